@@ -1,0 +1,215 @@
+"""Golden model of the top-k engine: the exact selection, the radix-select trace the hardware
+follows, the hardware's cycle model, and a model of the paper's random-pivot quick-select.
+
+Contract of the selection (`select`):
+
+* input: signed integers ``v[0..n-1]`` that fit ``cfg.value_width`` bits, and ``k``;
+* the ``k`` largest values are selected; among values equal to the k-th largest (the
+  *threshold*), the lowest indices win, so exactly ``k`` indices are selected;
+* the selected indices come out in ascending order;
+* ``k = 0`` selects nothing (the threshold is then reported as ``value_max``), ``k = n`` selects
+  everything; ``k > n``, ``n = 0``, ``n > capacity`` and values that do not fit are errors.
+
+The hardware finds the threshold by radix select over D-bit digits of the *key*, the value with
+its sign bit flipped (so unsigned order equals signed order). The histogram of the top digit is
+gathered while the input streams in; each later pass reads the candidates that share the digits
+chosen so far and histograms the next digit. `radix_trace` returns exactly what each pass sees,
+which is what the cycle model needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spatten.config import TopKConfig, zero_eliminator_latency
+
+__all__ = [
+    "TopKError", "TopKResult", "RadixTrace", "check_input", "to_keys", "select", "radix_trace",
+    "select_statistical", "cycle_model", "random_pivot_cycles", "MODES",
+]
+
+MODES = ("exact", "statistical")
+
+
+class TopKError(ValueError):
+    """Bad input to the top-k engine: the message says what was wrong."""
+
+
+@dataclass
+class TopKResult:
+    indices: np.ndarray          # selected indices, ascending
+    threshold: int               # the k-th largest value (value_max when k = 0)
+    mode: str = "exact"
+
+    @property
+    def values(self):
+        return None
+
+
+def check_input(cfg: TopKConfig, values, k: int) -> np.ndarray:
+    """Validate ``values`` and ``k`` for ``cfg``; return the values as an int64 array."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise TopKError(f"values must be a 1-D array, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(np.floor(arr) == arr):
+            pass
+        else:
+            raise TopKError(f"values must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    n = arr.size
+    if n == 0:
+        raise TopKError("n = 0: the input holds no values")
+    if n > cfg.capacity:
+        raise TopKError(f"n = {n} is over the capacity {cfg.capacity} of this configuration")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
+        raise TopKError(f"k must be an integer, not {k!r}")
+    if k < 0 or k > n:
+        raise TopKError(f"k = {k} is out of range 0..n (n = {n})")
+    lo, hi = cfg.value_min, cfg.value_max
+    bad = np.flatnonzero((arr < lo) | (arr > hi))
+    if bad.size:
+        i = int(bad[0])
+        raise TopKError(
+            f"value {int(arr[i])} at index {i} does not fit {cfg.value_width} signed bits "
+            f"[{lo}, {hi}]")
+    return arr
+
+
+def to_keys(cfg: TopKConfig, values: np.ndarray) -> np.ndarray:
+    """Unsigned sort keys: the value with its sign bit flipped (v + 2**(W-1))."""
+    return np.asarray(values, dtype=np.int64) + (1 << (cfg.value_width - 1))
+
+
+def select(cfg: TopKConfig, values, k: int) -> TopKResult:
+    """The exact top-k selection (see the module docstring)."""
+    v = check_input(cfg, values, k)
+    if k == 0:
+        return TopKResult(np.zeros(0, dtype=np.int64), cfg.value_max)
+    # Stable sort by descending value: equal values keep ascending index order.
+    order = np.argsort(-v, kind="stable")
+    chosen = np.sort(order[:k])
+    threshold = int(v[order[k - 1]])
+    return TopKResult(chosen.astype(np.int64), threshold)
+
+
+@dataclass
+class RadixPass:
+    """One histogram pass of the radix select."""
+
+    digit: int           # which digit this pass histograms (digits-1 is the top one)
+    rows: int            # beats read (for the input pass: beats received)
+    candidates: int      # elements that take part (match all digits chosen before)
+    bin: int             # the bin chosen for this digit
+    above: int           # candidates whose digit is above the chosen bin
+    in_bin: int          # candidates in the chosen bin
+    k_before: int        # how many still had to be found before this pass
+    last_row_count: int  # matches in the final row of this pass (for the packer's flush)
+    fill_before_last: int  # packed matches before the final row, mod lanes
+
+
+@dataclass
+class RadixTrace:
+    passes: list = field(default_factory=list)
+    threshold: int = 0
+    ties_kept: int = 0   # how many elements equal to the threshold are selected
+
+
+def radix_trace(cfg: TopKConfig, values, k: int) -> RadixTrace:
+    """The passes the hardware makes to find the k-th largest value (1 <= k <= n)."""
+    v = check_input(cfg, values, k)
+    if k == 0:
+        raise TopKError("radix_trace needs k >= 1")
+    D, L, P = cfg.digit_bits, cfg.digits, cfg.lanes
+    mask = (1 << D) - 1
+    keys = to_keys(cfg, v)
+    cand = keys                      # candidates of the current pass, in buffer order
+    k_rem = k
+    trace = RadixTrace()
+    prev_match = np.ones(v.size, dtype=bool)
+    for j in range(L - 1, -1, -1):
+        digit = (cand >> (j * D)) & mask
+        hist = np.bincount(digit, minlength=1 << D)
+        above = 0
+        b = (1 << D) - 1
+        while above + hist[b] < k_rem:
+            above += int(hist[b])
+            b -= 1
+        # The rows this pass reads: all n values (input pass and first candidate pass) or the
+        # packed candidates of the previous pass.
+        rows = -(-prev_match.size // P)
+        n_src = prev_match.size
+        last_lo = (rows - 1) * P
+        last_row_count = int(prev_match[last_lo:n_src].sum())
+        fill_before_last = int(prev_match[:last_lo].sum()) % P
+        trace.passes.append(RadixPass(
+            digit=j, rows=rows, candidates=int(cand.size), bin=b, above=above,
+            in_bin=int(hist[b]), k_before=k_rem, last_row_count=last_row_count,
+            fill_before_last=fill_before_last))
+        k_rem -= above
+        sel = digit == b
+        # The next pass reads the packed candidates of this one; "prev_match" describes which
+        # elements of *that* pass's source rows match (for the packer's flush timing).
+        prev_match = sel
+        cand = cand[sel]
+    key = 0
+    for p in trace.passes:
+        key = (key << D) | p.bin
+    trace.threshold = int(key - (1 << (cfg.value_width - 1)))
+    trace.ties_kept = k_rem
+    return trace
+
+
+def select_statistical(cfg: TopKConfig, values, k: int) -> TopKResult:
+    """The approximate selection of the `statistical` mode: every value >= mean + z * sigma,
+    with the threshold computed bit-exactly as the hardware does (golden/stat_threshold.py)."""
+    from spatten.golden.stat_threshold import stat_threshold_from_values
+
+    v = check_input(cfg, values, k)
+    st = stat_threshold_from_values(cfg, v, k)
+    if st.select_none:
+        idx = np.zeros(0, dtype=np.int64)
+    elif st.select_all:
+        idx = np.arange(v.size, dtype=np.int64)
+    else:
+        idx = np.flatnonzero(v >= st.threshold).astype(np.int64)
+    return TopKResult(idx, int(st.threshold), mode="statistical")
+
+
+def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
+    """Cycle counts of `hw.topk.TopK` with an input beat every cycle and an output that is
+    never stalled: ``select`` (cycles after the last input beat until the threshold is known)
+    and ``total`` (first input beat to last output beat, both counted)."""
+    from spatten.golden import topk_timing as t
+
+    return t.cycles(cfg, values, k, mode)
+
+
+def random_pivot_cycles(values, k: int, lanes: int, rng: np.random.Generator,
+                        round_overhead: int = 3) -> int:
+    """Selection cycles of the paper's engine (uniformly random pivot, quick-select): each round
+    reads the current candidates at `lanes` per cycle, ceil(m / lanes) + 3 cycles, and recurses
+    into the side that holds the k-th largest value; it stops when the pivot is that value."""
+    cand = np.asarray(values, dtype=np.int64)
+    k_rem = k
+    cycles = 0
+    while True:
+        m = cand.size
+        cycles += -(-m // lanes) + round_overhead
+        pivot = cand[rng.integers(m)]
+        greater = cand[cand > pivot]
+        n_eq = int(np.count_nonzero(cand == pivot))
+        if k_rem <= greater.size:
+            cand = greater
+        elif k_rem <= greater.size + n_eq:
+            return cycles
+        else:
+            k_rem -= greater.size + n_eq
+            cand = cand[cand < pivot]
+
+
+def _unused():  # keep linters quiet about imports used by the timing module
+    return math, zero_eliminator_latency

@@ -1,0 +1,619 @@
+"""The top-k engine: radix select with P comparisons per cycle, exact ties, survivors in order.
+
+Contract
+--------
+Input ``i`` (stream of beats, ``lanes`` values each): ``data[0..count-1]`` are values
+``v[row*P + lane]``; every beat but the last has ``count == lanes``; the beat with ``last`` ends the
+run (its count is 1..lanes). ``k`` and ``mode`` are sampled with the first beat of a run.
+
+Output ``o`` (stream): the selected ``(index, value)`` pairs in ascending index order, packed
+``lanes`` per beat (``index[0..count-1]``, ``value[0..count-1]``); only the final beat (``last``)
+may be partial. A run that selects nothing (``k = 0``, or an error) emits one beat with
+``count = 0, last = 1``, so a consumer never waits for an end that does not come.
+
+``mode = EXACT``: exactly ``k`` values: the ``k`` largest; of the values equal to the k-th
+largest (``threshold``), the lowest indices. ``mode = STATISTICAL``: every value at or above
+``mean + z * sigma`` (``hw/stat_threshold.py``), an approximate-k selection in one pass.
+
+Status: ``busy`` from the first input beat to the last output beat; ``done`` (level) from then
+until the next run starts; ``error`` and ``error_code`` (level, same lifetime as ``done``);
+``threshold``, ``n``, ``selected``, ``select_cycles`` (cycles after the last input beat until the
+threshold is known) and ``total_cycles`` (first input beat to last output beat, inclusive) are
+valid with ``done``. Bad input (see `TopKError`) never hangs: the engine keeps accepting beats
+until ``last``, then emits the empty packet with ``error`` set. A synchronous reset in the middle
+of a run returns it to idle.
+
+How it works (exact mode)
+-------------------------
+Values are kept as unsigned *keys* (sign bit flipped). The key is cut into D-bit digits from the
+top. While the input streams in it is written to buffer A and the top digit's histogram is
+gathered: for every bin b the count of candidates whose digit is >= b (2**D - 1 popcounts of P
+flags per cycle). The bin that holds the k-th largest key is then known, and the number of keys
+above it. Each later pass reads the candidates (buffer A for the first one, then the packed
+survivors of the previous pass, ping-ponging between buffers B and C), keeps those in the chosen
+bin (zero eliminator + beat packer, written back densely) and histograms the next digit. After the
+last digit the k-th key is known exactly, and so is the number of keys equal to it that must be
+kept. A final pass over A compares every key with it and emits the survivors in order, keeping
+ties lowest index first. Selection costs about n/P + ceil(n/(P*2**D))/P + ... + 6 cycles a pass.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from spatten.config import TopKConfig
+
+from .packer import BeatPacker
+from .stat_threshold import StatThreshold
+from .zero_elim import PrefixCount, ZeroEliminator
+
+__all__ = ["Mode", "ErrorCode", "TopK", "input_layout", "output_layout"]
+
+
+class Mode(enum.Enum, shape=2):
+    EXACT = 0
+    STATISTICAL = 1
+    # 2 and 3 are not modes: a run started with them ends with ErrorCode.BAD_MODE.
+
+
+class ErrorCode(enum.Enum, shape=3):
+    NONE = 0
+    N_ZERO = 1            # the run held no values
+    N_OVER_CAPACITY = 2   # more values than the buffers hold
+    K_OVER_N = 3          # k > n
+    BAD_BEAT = 4          # count 0 or > lanes, or a partial beat that is not the last
+    BAD_MODE = 5          # an unknown mode
+
+
+def input_layout(cfg: TopKConfig) -> data.StructLayout:
+    return data.StructLayout({
+        "data": data.ArrayLayout(signed(cfg.value_width), cfg.lanes),
+        "count": range(cfg.lanes + 1),
+        "last": 1,
+    })
+
+
+def output_layout(cfg: TopKConfig) -> data.StructLayout:
+    return data.StructLayout({
+        "index": data.ArrayLayout(unsigned(cfg.index_width), cfg.lanes),
+        "value": data.ArrayLayout(signed(cfg.value_width), cfg.lanes),
+        "count": range(cfg.lanes + 1),
+        "last": 1,
+    })
+
+
+class TopK(wiring.Component):
+    """The top-k engine; see the module docstring for the contract.
+
+    Parameters (keyword-only)
+    -------------------------
+    config : TopKConfig
+        lanes P, value width W, capacity, digit width D.
+    """
+
+    def __init__(self, *, config: TopKConfig):
+        if not isinstance(config, TopKConfig):
+            raise TypeError(f"config must be a TopKConfig, not {config!r}")
+        self.cfg = cfg = config
+        super().__init__({
+            "i": In(stream.Signature(input_layout(cfg))),
+            "k": In(range(cfg.capacity + 1)),
+            "mode": In(Mode),
+            "o": Out(stream.Signature(output_layout(cfg))),
+            "threshold": Out(signed(cfg.value_width)),
+            "busy": Out(1),
+            "done": Out(1),
+            "error": Out(1),
+            "error_code": Out(ErrorCode),
+            "n": Out(range(cfg.capacity + 1)),
+            "selected": Out(range(cfg.capacity + 1)),
+            "select_cycles": Out(32),
+            "total_cycles": Out(32),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        P, W, D, L = cfg.lanes, cfg.value_width, cfg.digit_bits, cfg.digits
+        R, CAP = cfg.rows, cfg.capacity
+        NB = 1 << D                      # bins per digit
+        KW = cfg.key_width
+        row_shape = range(R + 1)
+        cnt_shape = range(CAP + 1)
+        d_shape = signed(cfg.count_width + 1)
+        SIGN = 1 << (W - 1)
+        elem = data.StructLayout({"key": unsigned(W), "index": unsigned(cfg.index_width)})
+        row_layout = data.ArrayLayout(unsigned(W), P)
+
+        m = Module()
+
+        # ================================================================ buffers
+        # A holds the input keys (row r = input beat r); B and C the packed candidates.
+        m.submodules.mem_a = mem_a = Memory(shape=row_layout, depth=R, init=[])
+        m.submodules.mem_b = mem_b = Memory(shape=row_layout, depth=R, init=[])
+        m.submodules.mem_c = mem_c = Memory(shape=row_layout, depth=R, init=[])
+        wa = mem_a.write_port()
+        wbc = [mem_b.write_port(), mem_c.write_port()]
+        ra = mem_a.read_port()
+        rbc = [mem_b.read_port(transparent_for=(wbc[0],)),
+               mem_c.read_port(transparent_for=(wbc[1],))]
+
+        # ================================================================ sub-units
+        m.submodules.ze = ze = ZeroEliminator(elem, P)
+        m.submodules.packer = packer = BeatPacker(elem, P)
+        m.submodules.eq_prefix = eq_prefix = PrefixCount(P)
+        m.submodules.stat = stat = StatThreshold(cfg)
+        wiring.connect(m, ze.o, packer.i)
+
+        # ================================================================ state
+        k_reg = Signal(cnt_shape)
+        mode_reg = Signal(Mode)
+        n_reg = Signal(range(CAP + P + 1))      # values received (stops growing past capacity)
+        err = Signal(ErrorCode)
+        in_row = Signal(row_shape)              # next row of A to write
+        first = Signal(init=1)                  # the next input beat starts a run
+        total_cnt = Signal(32)
+        select_cnt = Signal(32)
+        counting_total = Signal()
+        counting_select = Signal()
+        selected_cnt = Signal(cnt_shape)
+        ran = Signal()                          # a run has finished since reset
+
+        # radix select
+        k_rem = Signal(cnt_shape)               # still to find among the current candidates
+        cand = Signal(cnt_shape)                # current candidates (share the chosen digits)
+        hdig = Signal(range(max(L, 2)))         # digit histogrammed by the current pass
+        fbin = Signal(D)                        # chosen bin of digit hdig + 1 (the filter)
+        filt = Signal()                         # candidate pass: filter on digit hdig + 1
+        thr_key = Signal(KW)
+        sel_all = Signal()                      # statistical: keep everything
+        out_pass = Signal()                     # the reader runs the output pass
+        ties_left = Signal(cnt_shape)           # keys equal to the threshold still to keep
+
+        # reader
+        src = Signal(range(3))                  # 0: A, 1: B, 2: C
+        rd_row = Signal(row_shape)
+        rd_elems = Signal(cnt_shape)            # elements in the rows this pass reads
+        reading = Signal()
+
+        # bin select
+        bs_go = Signal()
+        bs_valid = Signal()
+        bs_bin = Signal(D)
+        bs_dat = Signal(d_shape)
+        bs_dab = Signal(d_shape)
+        bs_in_bin = Signal(cnt_shape)
+        final_commit = Signal()                 # the commit of the last digit
+
+        # writer of candidates into B / C
+        wdst = Signal()                         # 0: B, 1: C
+        pend = Signal(range(3))                 # candidate passes whose rows are still coming
+        avail = [Signal(row_shape, name="avail_b"), Signal(row_shape, name="avail_c")]
+        wdone = [Signal(name="wdone_b"), Signal(name="wdone_c")]
+        writing = [Signal(name="writing_b"), Signal(name="writing_c")]
+        wr_row = Signal(row_shape)
+
+        # pipeline M -> R1 -> (H1 -> D | R2 -> R3) -> zero eliminator -> packer
+        adv = Signal()                          # the reader pipeline moves this cycle
+        m_valid = Signal()
+        m_row = Signal(range(R))
+        m_last = Signal()
+        r1_valid = Signal()
+        r1_keys = Signal(row_layout)
+        r1_lane_ok = Signal(P)
+        r1_row = Signal(range(R))
+        r1_last = Signal()
+        r1_from_input = Signal()
+        r2_valid = Signal()
+        r3_valid = Signal()
+
+        # ================================================================ input side
+        in_beat = self.i.payload
+        take = Signal()
+        m.d.comb += take.eq(self.i.valid & self.i.ready)
+        in_keys = Signal(row_layout)
+        in_lane_ok = Signal(P)
+        for lane in range(P):
+            m.d.comb += [
+                in_keys[lane].eq(in_beat.data[lane].as_unsigned() ^ SIGN),
+                in_lane_ok[lane].eq(in_beat.count > lane),
+            ]
+
+        # ================================================================ reader (issue, M)
+        m.d.comb += [ra.addr.eq(rd_row), ra.en.eq(adv)]
+        for rp in rbc:
+            m.d.comb += [rp.addr.eq(rd_row), rp.en.eq(adv)]
+        rd_data = Signal(row_layout)
+        with m.Switch(src):
+            with m.Case(0):
+                m.d.comb += rd_data.eq(ra.data)
+            with m.Case(1):
+                m.d.comb += rd_data.eq(rbc[0].data)
+            with m.Default():
+                m.d.comb += rd_data.eq(rbc[1].data)
+
+        can_read = Signal()
+        with m.Switch(src):
+            with m.Case(0):
+                m.d.comb += can_read.eq(1)
+            for s_idx in (1, 2):
+                with m.Case(s_idx):
+                    j = s_idx - 1
+                    m.d.comb += can_read.eq(
+                        wdone[j] | (rd_row < avail[j]) | ((rd_row == avail[j]) & writing[j]))
+        issue = Signal()
+        rd_last = Signal()
+        m.d.comb += [
+            issue.eq(reading & adv & can_read),
+            rd_last.eq(((rd_row + 1) << cfg.lane_bits) >= rd_elems),
+        ]
+        with m.If(adv):
+            m.d.sync += [m_valid.eq(issue), m_row.eq(rd_row), m_last.eq(rd_last)]
+        with m.If(issue):
+            m.d.sync += rd_row.eq(rd_row + 1)
+            with m.If(rd_last):
+                m.d.sync += reading.eq(0)
+        m_lane_ok = Signal(P)
+        for lane in range(P):
+            m.d.comb += m_lane_ok[lane].eq(((m_row << cfg.lane_bits) + lane) < rd_elems)
+
+        # R1 holds a row of keys from the input stream or from a buffer.
+        with m.If(take):
+            m.d.sync += [
+                r1_valid.eq(1), r1_keys.eq(in_keys), r1_lane_ok.eq(in_lane_ok),
+                r1_row.eq(Mux(first, 0, in_row)), r1_last.eq(in_beat.last),
+                r1_from_input.eq(1),
+            ]
+        with m.Elif(adv):
+            m.d.sync += [
+                r1_valid.eq(m_valid), r1_keys.eq(rd_data), r1_lane_ok.eq(m_lane_ok),
+                r1_row.eq(m_row), r1_last.eq(m_last), r1_from_input.eq(0),
+            ]
+
+        def digit(key, pos):
+            wide = Cat(key, Const(0, KW - W)) if KW > W else key
+            return wide.word_select(pos, D)
+
+        r1_match = Signal(P)                    # in the pass, and in the filter's bin
+        for lane in range(P):
+            if L > 1:
+                in_bin = digit(r1_keys[lane], hdig + 1) == fbin
+            else:
+                in_bin = Const(1)
+            m.d.comb += r1_match[lane].eq(r1_lane_ok[lane] & (~filt | in_bin))
+
+        # ================================================================ histogram (H1, D)
+        # H1 registers ge[b][lane] = match & (digit >= b). The next stage adds the popcount of
+        # each ge[b] into dcnt[b], which starts at -k_rem: dcnt[b] = (candidates with digit >= b)
+        # - k_rem. Its sign says whether the k-th largest key has a digit >= b, so the bin is
+        # known without a compare stage: the highest b with dcnt[b] >= 0 (dcnt[0] = cand - k_rem
+        # >= 0 always).
+        r1_hist = Signal()
+        m.d.comb += r1_hist.eq(r1_valid & adv & ~out_pass)
+        h1_valid = Signal()
+        h1_ge = [None] + [Signal(P, name=f"h1_ge{b}") for b in range(1, NB)]
+        m.d.sync += h1_valid.eq(r1_hist)
+        for b in range(1, NB):
+            m.d.sync += h1_ge[b].eq(Cat(*[
+                r1_match[lane] & (digit(r1_keys[lane], hdig) >= b) for lane in range(P)]))
+        dcnt = [Signal(d_shape, name=f"dcnt{b}") for b in range(NB + 1)]
+        d_load = Signal()
+        d_init = Signal(d_shape)
+        with m.If(d_load):
+            m.d.sync += [dcnt[b].eq(d_init) for b in range(1, NB)]
+        with m.Elif(h1_valid):
+            m.d.sync += [dcnt[b].eq(dcnt[b] + sum(h1_ge[b][lane] for lane in range(P)))
+                         for b in range(1, NB)]
+        d0 = Signal(d_shape)
+        m.d.comb += [dcnt[0].eq(d0), dcnt[NB].eq(-k_rem)]
+
+        # ================================================================ bin select, commit
+        # BS (one cycle, once the pass's counts are complete): pick the bin, register dcnt at it
+        # and above it. Commit (the next cycle): k_rem = -dcnt[bin+1] (what is still to find
+        # inside the bin), cand = dcnt[bin] - dcnt[bin+1] (the bin's population).
+        m.d.sync += bs_valid.eq(bs_go)
+        with m.If(bs_go):
+            for b in range(NB):
+                ok_b = ~dcnt[b][-1] if b else Const(1)
+                ok_up = ~dcnt[b + 1][-1] if b + 1 < NB else Const(0)
+                with m.If(ok_b & ~ok_up):
+                    m.d.sync += [bs_bin.eq(b), bs_dat.eq(dcnt[b]), bs_dab.eq(dcnt[b + 1])]
+        m.d.comb += bs_in_bin.eq(bs_dat - bs_dab)
+        with m.If(bs_valid):
+            m.d.sync += [
+                k_rem.eq(-bs_dab),
+                cand.eq(bs_in_bin),
+                d0.eq(bs_dat),
+                fbin.eq(bs_bin),
+                thr_key.eq(Cat(bs_bin, thr_key[:-D]) if KW > D else bs_bin),
+                ties_left.eq(-bs_dab),
+            ]
+            m.d.comb += [d_load.eq(1), d_init.eq(bs_dab)]
+
+        # ================================================================ output compare (R2, R3)
+        thr_ukey = Signal(W)
+        m.d.comb += thr_ukey.eq(thr_key[:W])
+        r2_gt = Signal(P)
+        r2_eq = Signal(P)
+        r2_keys = Signal(row_layout)
+        r2_row = Signal(range(R))
+        r2_last = Signal()
+        with m.If(adv):
+            m.d.sync += [r2_valid.eq(r1_valid & out_pass), r2_keys.eq(r1_keys),
+                         r2_row.eq(r1_row), r2_last.eq(r1_last)]
+            for lane in range(P):
+                ok = r1_lane_ok[lane]
+                m.d.sync += [
+                    r2_gt[lane].eq(ok & (sel_all | (r1_keys[lane] > thr_ukey))),
+                    r2_eq[lane].eq(ok & ~sel_all & (r1_keys[lane] == thr_ukey)),
+                ]
+        m.d.comb += eq_prefix.flags.eq(r2_eq)
+        r3_keep = Signal(P)
+        r3_keys = Signal(row_layout)
+        r3_row = Signal(range(R))
+        r3_last = Signal()
+        with m.If(adv):
+            m.d.sync += [r3_valid.eq(r2_valid), r3_keys.eq(r2_keys), r3_row.eq(r2_row),
+                         r3_last.eq(r2_last)]
+            for lane in range(P):
+                m.d.sync += r3_keep[lane].eq(
+                    r2_gt[lane] | (r2_eq[lane] & (eq_prefix.prefix[lane] < ties_left)))
+            with m.If(r2_valid):
+                m.d.sync += ties_left.eq(
+                    Mux(eq_prefix.total > ties_left, 0, ties_left - eq_prefix.total))
+
+        # ================================================================ zero eliminator input
+        # Candidate passes feed it from R1 (keep = match); the output pass from R3 (keep).
+        ze_in_valid = Signal()
+        m.d.comb += ze_in_valid.eq(Mux(out_pass, r3_valid, r1_valid & ~r1_from_input & filt))
+        m.d.comb += ze.i.valid.eq(ze_in_valid)
+        for lane in range(P):
+            m.d.comb += [
+                ze.i.payload.data[lane].key.eq(Mux(out_pass, r3_keys[lane], r1_keys[lane])),
+                ze.i.payload.data[lane].index.eq(
+                    (Mux(out_pass, r3_row, r1_row) << cfg.lane_bits) + lane),
+            ]
+        m.d.comb += [
+            ze.i.payload.keep.eq(Mux(out_pass, r3_keep, r1_match)),
+            ze.i.payload.last.eq(Mux(out_pass, r3_last, r1_last)),
+        ]
+        m.d.comb += adv.eq(~ze_in_valid | ze.i.ready)
+
+        # ================================================================ packer -> B/C or o
+        # The packer's beats belong to a candidate pass while `pend` counts one: they are
+        # written to B or C. Otherwise they are the output.
+        pk = packer.o.payload
+        cand_row = Signal(row_layout)
+        for lane in range(P):
+            m.d.comb += cand_row[lane].eq(pk.data[lane].key)
+        for j in (0, 1):
+            m.d.comb += [wbc[j].addr.eq(wr_row), wbc[j].data.eq(cand_row)]
+        o = self.o.payload
+        for lane in range(P):
+            m.d.comb += [
+                o.index[lane].eq(pk.data[lane].index),
+                o.value[lane].eq((pk.data[lane].key ^ SIGN).as_signed()),
+            ]
+        m.d.comb += [o.count.eq(pk.count), o.last.eq(pk.last)]
+        pass_start_cand = Signal()              # a candidate pass starts (end of this cycle)
+        pass_wbuf = Signal()                    # ... and writes this buffer
+        wr_last = Signal()
+        with m.If(pend != 0):
+            m.d.comb += packer.o.ready.eq(1)
+            with m.If(packer.o.valid):
+                m.d.comb += [wbc[0].en.eq(~wdst), wbc[1].en.eq(wdst),
+                             writing[0].eq(~wdst), writing[1].eq(wdst)]
+                m.d.sync += wr_row.eq(wr_row + 1)
+                with m.If(wdst):
+                    m.d.sync += avail[1].eq(wr_row + 1)
+                with m.Else():
+                    m.d.sync += avail[0].eq(wr_row + 1)
+                with m.If(pk.last):
+                    m.d.comb += wr_last.eq(1)
+                    m.d.sync += [wr_row.eq(0), wdst.eq(~wdst)]
+                    with m.If(wdst):
+                        m.d.sync += wdone[1].eq(1)
+                    with m.Else():
+                        m.d.sync += wdone[0].eq(1)
+        with m.Else():
+            m.d.comb += [self.o.valid.eq(packer.o.valid), packer.o.ready.eq(self.o.ready)]
+        m.d.sync += pend.eq(pend + pass_start_cand - wr_last)
+        with m.If(pass_start_cand):
+            for j in (0, 1):
+                with m.If(pass_wbuf == j):
+                    m.d.sync += [avail[j].eq(0), wdone[j].eq(0)]
+
+        # ================================================================ moments (statistical)
+        # S1 = sum of values, S2 = sum of squares of the input beats (taken from R1).
+        s1_w = W + cfg.count_width + 1
+        s2_w = 2 * W + cfg.count_width
+        mom_valid = Signal()
+        mom_v = [Signal(signed(W), name=f"mom_v{lane}") for lane in range(P)]
+        mom_q = [Signal(unsigned(2 * W), name=f"mom_q{lane}") for lane in range(P)]
+        m.d.sync += mom_valid.eq(r1_valid & r1_from_input)
+        for lane in range(P):
+            v = Mux(r1_lane_ok[lane], (r1_keys[lane] ^ SIGN).as_signed(), 0)
+            m.d.sync += [mom_v[lane].eq(v), mom_q[lane].eq(v * v)]
+        level_v, level_q, level_valid, depth = mom_v, mom_q, mom_valid, 0
+        while len(level_v) > 1:            # an adder tree with a register per level
+            nv, nq = [], []
+            for j in range(0, len(level_v), 2):
+                a = Signal(signed(s1_w), name=f"mom_s{depth}_{j}")
+                q = Signal(unsigned(s2_w), name=f"mom_q{depth}_{j}")
+                m.d.sync += [a.eq(level_v[j] + level_v[j + 1]), q.eq(level_q[j] + level_q[j + 1])]
+                nv.append(a)
+                nq.append(q)
+            vv = Signal(name=f"mom_valid{depth}")
+            m.d.sync += vv.eq(level_valid)
+            level_v, level_q, level_valid, depth = nv, nq, vv, depth + 1
+        acc_s1 = Signal(signed(s1_w))
+        acc_s2 = Signal(unsigned(s2_w))
+        mom_clear = Signal()
+        with m.If(mom_clear):
+            m.d.sync += [acc_s1.eq(0), acc_s2.eq(0)]
+        with m.Elif(level_valid):
+            m.d.sync += [acc_s1.eq(acc_s1 + level_v[0]), acc_s2.eq(acc_s2 + level_q[0])]
+        # The last beat is in R1 in CHECK; its sums are in acc_* `depth + 2` cycles later.
+        mom_wait = depth + 1
+        m.d.comb += [stat.n.eq(n_reg), stat.k.eq(k_reg), stat.s1.eq(acc_s1), stat.s2.eq(acc_s2)]
+
+        # ================================================================ counters, status
+        with m.If(counting_total):
+            m.d.sync += total_cnt.eq(total_cnt + 1)
+        with m.If(counting_select):
+            m.d.sync += select_cnt.eq(select_cnt + 1)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += selected_cnt.eq(selected_cnt + o.count)
+        m.d.comb += [
+            self.n.eq(Mux(n_reg > CAP, CAP, n_reg)),
+            self.error_code.eq(err),
+            self.error.eq(err != ErrorCode.NONE),
+            self.threshold.eq((thr_ukey ^ SIGN).as_signed()),
+            self.select_cycles.eq(select_cnt),
+            self.total_cycles.eq(total_cnt),
+            self.selected.eq(selected_cnt),
+        ]
+
+        # ================================================================ control
+        wait = Signal(range(64))
+
+        def start_reader(s, elems):
+            return [src.eq(s), rd_row.eq(0), reading.eq(1), rd_elems.eq(elems)]
+
+        end_of_run = [counting_total.eq(0), counting_select.eq(0), out_pass.eq(0), ran.eq(1)]
+
+        with m.FSM(name="ctrl"):
+            with m.State("RECV"):
+                m.d.comb += [self.i.ready.eq(1), self.busy.eq(~first),
+                             self.done.eq(first & ran)]
+                with m.If(take):
+                    row_now = Mux(first, 0, in_row)
+                    n_now = Mux(first, 0, n_reg)
+                    err_now = Mux(first, ErrorCode.NONE, err)
+                    beat_err = Signal(ErrorCode)
+                    with m.If(in_beat.count == 0):
+                        m.d.comb += beat_err.eq(
+                            Mux(first & in_beat.last, ErrorCode.N_ZERO, ErrorCode.BAD_BEAT))
+                    with m.Elif((in_beat.count > P) | (~in_beat.last & (in_beat.count != P))):
+                        m.d.comb += beat_err.eq(ErrorCode.BAD_BEAT)
+                    with m.Elif(row_now >= R):
+                        m.d.comb += beat_err.eq(ErrorCode.N_OVER_CAPACITY)
+                    m.d.comb += [
+                        wa.addr.eq(row_now), wa.data.eq(in_keys),
+                        wa.en.eq((beat_err == ErrorCode.NONE) & (err_now == ErrorCode.NONE)),
+                    ]
+                    m.d.sync += [
+                        in_row.eq(Mux(row_now >= R, R, row_now + 1)),
+                        n_reg.eq(Mux(n_now > CAP, n_now, n_now + in_beat.count)),
+                        err.eq(Mux(err_now != ErrorCode.NONE, err_now, beat_err)),
+                        first.eq(in_beat.last),
+                        counting_total.eq(1),
+                    ]
+                    with m.If(first):
+                        m.d.sync += [
+                            k_reg.eq(self.k), mode_reg.eq(self.mode), total_cnt.eq(1),
+                            select_cnt.eq(0), selected_cnt.eq(0), hdig.eq(L - 1), filt.eq(0),
+                            out_pass.eq(0), sel_all.eq(0), ran.eq(0),
+                        ]
+                        m.d.comb += [d_load.eq(1), d_init.eq(-self.k), mom_clear.eq(1)]
+                    with m.If(in_beat.last):
+                        m.d.sync += counting_select.eq(1)
+                        m.next = "CHECK"
+
+            with m.State("CHECK"):
+                # The cycle after the last input beat (which now sits in R1).
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [cand.eq(n_reg), k_rem.eq(k_reg), d0.eq(n_reg - k_reg),
+                             wdst.eq(0), wait.eq(0)]
+                with m.If(err != ErrorCode.NONE):
+                    m.next = "EMPTY"
+                with m.Elif((mode_reg != Mode.EXACT) & (mode_reg != Mode.STATISTICAL)):
+                    m.d.sync += err.eq(ErrorCode.BAD_MODE)
+                    m.next = "EMPTY"
+                with m.Elif(k_reg > n_reg):
+                    m.d.sync += err.eq(ErrorCode.K_OVER_N)
+                    m.next = "EMPTY"
+                with m.Elif(k_reg == 0):
+                    m.d.sync += thr_key.eq(SIGN * 2 - 1)
+                    m.next = "EMPTY"
+                with m.Elif(mode_reg == Mode.STATISTICAL):
+                    m.d.sync += wait.eq(mom_wait)
+                    m.next = "MOMENTS"
+                with m.Else():
+                    m.next = "HIST_DRAIN"
+
+            with m.State("HIST_DRAIN"):
+                # The last input beat is in H1 now; its counts are in dcnt next cycle.
+                m.d.comb += self.busy.eq(1)
+                m.next = "BIN_SELECT"
+
+            with m.State("BIN_SELECT"):
+                # dcnt is complete: pick the bin (it commits next cycle) and start the next pass
+                # now; its first row reaches R1, where the new bin is needed, after the commit.
+                m.d.comb += [self.busy.eq(1), bs_go.eq(1)]
+                with m.If(hdig == 0):
+                    m.d.comb += final_commit.eq(1)
+                    m.d.sync += [out_pass.eq(1), *start_reader(0, n_reg)]
+                    m.next = "OUTPUT"
+                with m.Else():
+                    m.d.sync += [hdig.eq(hdig - 1), filt.eq(1)]
+                    m.d.comb += pass_start_cand.eq(1)
+                    with m.If(hdig == L - 1):
+                        m.d.sync += start_reader(0, n_reg)
+                        m.d.comb += pass_wbuf.eq(0)
+                    with m.Else():
+                        # read what the previous pass wrote (`cand` values: the commit of this
+                        # bin select updates `cand` only at the end of the next cycle), write
+                        # the other buffer
+                        m.d.sync += start_reader(Mux(src == 1, 2, 1), cand)
+                        m.d.comb += pass_wbuf.eq(src != 1)
+                    m.next = "PASS"
+
+            with m.State("PASS"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(~reading & ~m_valid & ~r1_valid):
+                    # Every row has passed R1: the last one is in H1, its counts in dcnt next.
+                    m.next = "BIN_SELECT"
+
+            with m.State("MOMENTS"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += wait.eq(wait - 1)
+                with m.If(wait == 0):
+                    m.d.comb += stat.start.eq(1)
+                    m.next = "STAT"
+
+            with m.State("STAT"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(stat.done):
+                    m.d.sync += [counting_select.eq(0),
+                                 thr_key.eq(stat.threshold.as_unsigned() ^ SIGN)]
+                    with m.If(stat.select_none):
+                        m.next = "EMPTY"
+                    with m.Else():
+                        m.d.sync += [sel_all.eq(stat.select_all), ties_left.eq(CAP),
+                                     out_pass.eq(1), *start_reader(0, n_reg)]
+                        m.next = "OUTPUT"
+
+            with m.State("OUTPUT"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(self.o.valid & self.o.ready & o.last):
+                    m.d.sync += end_of_run
+                    m.next = "RECV"
+
+            with m.State("EMPTY"):
+                # One beat with count 0 and last: the packet of a run that selects nothing.
+                m.d.comb += [self.busy.eq(1), self.o.valid.eq(1), o.count.eq(0), o.last.eq(1)]
+                with m.If(self.o.ready):
+                    m.d.sync += end_of_run
+                    m.next = "RECV"
+
+        # The select counter runs from the cycle after the last input beat to the commit of the
+        # last digit (exact) or the statistical threshold's `done` (both inclusive).
+        final_d = Signal()
+        m.d.sync += final_d.eq(final_commit)
+        with m.If(bs_valid & final_d):
+            m.d.sync += counting_select.eq(0)
+
+        return m
