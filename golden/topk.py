@@ -19,7 +19,6 @@ which is what the cycle model needs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,10 +42,6 @@ class TopKResult:
     indices: np.ndarray          # selected indices, ascending
     threshold: int               # the k-th largest value (value_max when k = 0)
     mode: str = "exact"
-
-    @property
-    def values(self):
-        return None
 
 
 def check_input(cfg: TopKConfig, values, k: int) -> np.ndarray:
@@ -179,13 +174,97 @@ def select_statistical(cfg: TopKConfig, values, k: int) -> TopKResult:
     return TopKResult(idx, int(st.threshold), mode="statistical")
 
 
-def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
-    """Cycle counts of `hw.topk.TopK` with an input beat every cycle and an output that is
-    never stalled: ``select`` (cycles after the last input beat until the threshold is known)
-    and ``total`` (first input beat to last output beat, both counted)."""
-    from spatten.golden import topk_timing as t
+def _packer_writes(counts, arrivals, lanes):
+    """Cycles in which `hw.packer.BeatPacker` (output never stalled) emits its beats, for a packet
+    whose beats carry `counts` items and arrive (are accepted) in cycles `arrivals`."""
+    out, fill = [], 0
+    for idx, (c, a) in enumerate(zip(counts, arrivals)):
+        total = fill + c
+        if idx < len(counts) - 1:
+            if total > lanes:
+                out.append(a + 1)
+                fill = total - lanes
+            else:
+                fill = total
+        elif total <= lanes:
+            out.append(a + 1)
+        else:
+            out += [a + 1, a + 2]
+    return out
 
-    return t.cycles(cfg, values, k, mode)
+
+def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
+    """Cycle counts of `hw.topk.TopK` when an input beat arrives every cycle and the output is
+    never stalled: ``select`` (from the cycle after the last input beat until the threshold is
+    known, inclusive) and ``total`` (first input beat to last output beat, inclusive), plus the
+    radix passes' row counts.
+
+    The model follows the RTL's pipeline: a row read in cycle x is in R1 at x + 2 (histogram
+    flags H1 at x + 3, counts at x + 4, zero eliminator input at x + 2, output-pass compare R2,
+    R3 at x + 3, x + 4); a pass's bin is selected 4 cycles after its last read and committed the
+    cycle after, while the next pass already reads; a buffer row may be read in the cycle it is
+    written (transparent read), never before.
+    """
+    if mode not in MODES:
+        raise TopKError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    v = check_input(cfg, values, k)
+    P, n = cfg.lanes, v.size
+    lz = zero_eliminator_latency(P)
+    beats = -(-n // P)
+    t_in = beats - 1                         # last input beat accepted
+    info = {"passes": []}
+
+    def output_pass(first_read, keep):
+        """Cycle of the last output beat for an output pass whose reads start at first_read."""
+        counts = [int(keep[r * P:(r + 1) * P].sum()) for r in range(beats)]
+        arrivals = [first_read + r + 2 + 2 + lz for r in range(beats)]
+        return _packer_writes(counts, arrivals, P)[-1]
+
+    if k == 0:
+        return {"select": 2, "total": t_in + 3, **info}
+    if mode == "statistical":
+        from spatten.golden.stat_threshold import cycles as stat_cycles
+        from spatten.golden.stat_threshold import stat_threshold_from_values
+
+        depth = cfg.lane_bits
+        t_start = t_in + 3 + depth
+        t_done = t_start + stat_cycles(cfg, n=n, k=k)
+        st = stat_threshold_from_values(cfg, v, k)
+        if st.select_none:
+            return {"select": t_done - t_in, "total": t_done + 2, **info}
+        keep = np.ones(n, bool) if st.select_all else v >= st.threshold
+        last = output_pass(t_done + 1, keep)
+        return {"select": t_done - t_in, "total": last + 1, **info}
+
+    tr = radix_trace(cfg, v, k)
+    D, L = cfg.digit_bits, cfg.digits
+    keys = to_keys(cfg, v)
+    s = t_in + 3                             # bin select of the input pass
+    src_keys = keys                          # what the next pass reads, in buffer order
+    src_written = None                       # write cycle of each row of that buffer (None: A)
+    for p in range(1, L):                    # candidate passes: histogram digit L-1-p
+        fdig, fbin = L - p, tr.passes[p - 1].bin
+        rows = -(-src_keys.size // P)
+        x, reads = s, []
+        for r in range(rows):
+            x = x + 1 if src_written is None else max(x + 1, src_written[r])
+            reads.append(x)
+        match = ((src_keys >> (fdig * D)) & ((1 << D) - 1)) == fbin
+        counts = [int(match[r * P:(r + 1) * P].sum()) for r in range(rows)]
+        src_written = _packer_writes(counts, [x_r + 2 + lz for x_r in reads], P)
+        src_keys = src_keys[match]
+        info["passes"].append({"rows": rows, "first_read": reads[0], "last_read": reads[-1]})
+        s = reads[-1] + 4
+    select = s + 1 - t_in
+    res = select_exact_keep(cfg, v, k)
+    last = output_pass(s + 1, res)
+    return {"select": select, "total": last + 1, **info}
+
+
+def select_exact_keep(cfg: TopKConfig, v: np.ndarray, k: int) -> np.ndarray:
+    keep = np.zeros(v.size, bool)
+    keep[select(cfg, v, k).indices] = True
+    return keep
 
 
 def random_pivot_cycles(values, k: int, lanes: int, rng: np.random.Generator,
@@ -209,7 +288,3 @@ def random_pivot_cycles(values, k: int, lanes: int, rng: np.random.Generator,
         else:
             k_rem -= greater.size + n_eq
             cand = cand[cand < pivot]
-
-
-def _unused():  # keep linters quiet about imports used by the timing module
-    return math, zero_eliminator_latency

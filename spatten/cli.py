@@ -1,1 +1,216 @@
-def main(): print("hi")
+"""The `spatten` command: emit Verilog, run units in simulation against the golden models,
+benchmark them, build bitstreams, and run the demo. `spatten COMMAND --help` for each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from spatten.config import preset, preset_names
+
+
+class UserError(Exception):
+    """A mistake in the command's input: printed as one line, exit status 2."""
+
+
+def _config(args):
+    try:
+        cfg = preset(args.config)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    lanes = getattr(args, "lanes", None)
+    if lanes is not None:
+        cfg = cfg.replace(topk_lanes=lanes, topk_capacity=max(cfg.topk.capacity, lanes))
+    return cfg
+
+
+def _add_config(p):
+    p.add_argument("--config", default="default", metavar="NAME",
+                   help=f"configuration preset: {', '.join(preset_names())} (default: default)")
+
+
+# ------------------------------------------------------------------------------------- verilog
+def cmd_verilog(args):
+    from spatten.hw.tops import TOPS, make_top
+    from spatten.sim.runner import emit_verilog
+
+    cfg = _config(args)
+    if args.top not in TOPS:
+        raise UserError(f"unknown top {args.top!r}; choose one of: {', '.join(TOPS)}")
+    out = emit_verilog(make_top(args.top, cfg), args.top, Path(args.output))
+    print(f"{out} ({out.stat().st_size / 1024:.0f} KiB, config {cfg.name})")
+
+
+# ---------------------------------------------------------------------------------------- topk
+def _load_values(path: str):
+    import numpy as np
+
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"no such file: {path}") from None
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input error
+        raise UserError(f"cannot read {path} as a .npy array: {e}") from None
+    if arr.ndim != 1:
+        raise UserError(f"{path}: expected a 1-D array, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise UserError(f"{path}: expected an integer array, got dtype {arr.dtype}")
+    return arr
+
+
+def cmd_topk(args):
+    from spatten.golden import topk as golden
+    from spatten.sim.topk_run import run_topk
+
+    cfg = _config(args)
+    values = _load_values(args.input)
+    try:
+        golden.check_input(cfg.topk, values, args.k)
+    except golden.TopKError as e:
+        raise UserError(str(e)) from None
+    (res,) = run_topk(cfg.topk, [{"values": values.tolist(), "k": args.k, "mode": args.mode}],
+                      sim=args.sim)
+    ref = (golden.select if args.mode == "exact" else golden.select_statistical)(
+        cfg.topk, values, args.k)
+    model = golden.cycle_model(cfg.topk, values, args.k, args.mode)
+    match = (res["indices"] == ref.indices.tolist() and res["threshold"] == ref.threshold
+             and res["values"] == values[ref.indices].tolist() and res["error"] == "NONE")
+    n, P = values.size, cfg.topk.lanes
+    out = {
+        "n": int(n), "k": args.k, "lanes": P, "mode": args.mode, "config": cfg.name,
+        "sim": args.sim, "indices": res["indices"], "values": res["values"],
+        "threshold": res["threshold"], "selected": len(res["indices"]),
+        "cycles": {"select": res["select_cycles"], "total": res["total_cycles"]},
+        "model_cycles": {"select": model["select"], "total": model["total"]},
+        "golden_match": bool(match),
+    }
+    print(f"top-k   n={n} k={args.k} lanes={P} mode={args.mode} sim={args.sim} config={cfg.name}")
+    shown = ", ".join(map(str, res["indices"][:16])) + (" ..." if len(res["indices"]) > 16 else "")
+    print(f"selected {len(res['indices'])} indices: {shown}")
+    print(f"threshold {res['threshold']}")
+    print(f"cycles  select {res['select_cycles']} ({res['select_cycles'] / (n / P):.2f} n/P), "
+          f"total {res['total_cycles']} ({res['total_cycles'] / (n / P):.2f} n/P); "
+          f"model {model['select']} / {model['total']}")
+    print(f"golden  {'MATCH' if match else 'MISMATCH'}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0 if match else 1
+
+
+# --------------------------------------------------------------------------------------- bench
+def cmd_bench(args):
+    if args.what == "topk":
+        from spatten.sim.bench_topk import main as bench_main
+
+        return bench_main(trials=args.trials, json_path=args.json, plot_path=args.plot,
+                          sim=args.sim, seed=args.seed)
+    raise UserError(f"unknown benchmark {args.what!r}")
+
+
+# --------------------------------------------------------------------------------------- synth
+def cmd_synth(args):
+    from spatten.fpga.build import build
+    from spatten.fpga.report import format_table
+    from spatten.hw.tops import TOPS, make_top
+
+    cfg = _config(args)
+    if args.top not in TOPS:
+        raise UserError(f"unknown top {args.top!r}; choose one of: {', '.join(TOPS)}")
+    out_dir = Path(args.output or f"build/synth/{args.board}-{args.top}-{cfg.name}")
+    report = build(args.board, lambda: make_top(args.top, cfg), name=args.top, out_dir=out_dir,
+                   seed=args.seed, config=cfg)
+    print(format_table(report))
+    print(f"report: {out_dir / 'report.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- demo
+def cmd_demo(args):
+    from spatten.sim.demo import main as demo_main
+
+    return demo_main(skip_synth=args.no_synth)
+
+
+# ---------------------------------------------------------------------------------------- main
+def build_parser():
+    ap = argparse.ArgumentParser(
+        prog="spatten",
+        description="SpAtten sparse-attention accelerator: bit-exact Amaranth RTL, numpy golden "
+                    "models, cocotb/Verilator simulation and open FPGA builds.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("verilog", help="emit a unit's Verilog",
+                       description="Emit the Verilog of one unit (DIR/TOP.v).")
+    p.add_argument("--top", required=True, help="unit to emit: topk")
+    _add_config(p)
+    p.add_argument("-o", "--output", default="build/verilog", metavar="DIR",
+                   help="output folder (default: build/verilog)")
+    p.set_defaults(func=cmd_verilog)
+
+    p = sub.add_parser("topk", help="run the top-k engine's RTL on an array and check it",
+                       description="Run the top-k engine in RTL simulation on a 1-D integer "
+                                   "array, compare with the golden model, print the result.")
+    p.add_argument("--input", required=True, metavar="VALUES.npy", help="1-D integer array")
+    p.add_argument("--k", required=True, type=int, help="how many values to select")
+    _add_config(p)
+    p.add_argument("--lanes", type=int, choices=[1, 2, 4, 8, 16, 32],
+                   help="override the configuration's lane count P")
+    p.add_argument("--mode", choices=["exact", "statistical"], default="exact",
+                   help="exact top-k, or the one-pass statistical approximation")
+    p.add_argument("--sim", choices=["verilator", "icarus"], default="verilator",
+                   help="simulator (default: verilator)")
+    p.add_argument("--json", metavar="OUT", help="also write the result as JSON")
+    p.set_defaults(func=cmd_topk)
+
+    p = sub.add_parser("bench", help="benchmarks (tables, JSON, plots)",
+                       description="Run a benchmark: a table on the terminal, JSON and a plot.")
+    p.add_argument("what", choices=["topk"], help="what to measure")
+    p.add_argument("--json", metavar="OUT", help="JSON output (default: build/bench/WHAT.json)")
+    p.add_argument("--plot", metavar="OUT.png", help="plot (default: build/bench/WHAT.png)")
+    p.add_argument("--trials", type=int, default=50, help="random inputs per point (default 50)")
+    p.add_argument("--seed", type=int, default=2021, help="random seed (default 2021)")
+    p.add_argument("--sim", choices=["verilator", "icarus"], default="verilator")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("synth", help="build a bitstream and report Fmax and utilization",
+                       description="Build a unit behind a small board top with the "
+                                   "amaranth-boards platform and the YoWASP tools; write "
+                                   "report.json beside the bitstream.")
+    p.add_argument("--board", required=True, choices=["ulx3s-85f", "icebreaker"])
+    p.add_argument("--top", required=True, help="unit to build: topk")
+    _add_config(p)
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placer seed (default 1)")
+    p.add_argument("-o", "--output", metavar="DIR", help="build folder "
+                   "(default: build/synth/BOARD-TOP-CONFIG)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("demo", help="the main job: Verilog, RTL vs golden, bitstream, summary",
+                       description="Emit the Verilog, run the top-k engine in Verilator on a "
+                                   "sample and check it against the golden model, build the "
+                                   "ULX3S-85F bitstream and print a short summary.")
+    p.add_argument("--no-synth", action="store_true", help="skip the bitstream build")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    t0 = time.time()
+    try:
+        rc = args.func(args)
+    except UserError as e:
+        print(f"spatten {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if getattr(args, "verbose", False):
+        print(f"({time.time() - t0:.1f} s)")
+    return rc or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

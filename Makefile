@@ -1,0 +1,62 @@
+# SpAtten on open FPGAs. `make demo` runs the main job, `make test` every test.
+# Everything installs into .venv from PyPI; nothing outside the checkout is needed or written
+# (the YoWASP tools compile themselves once into build/yowasp-cache).
+
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+SPATTEN := $(VENV)/bin/spatten
+STAMP   := $(VENV)/.installed
+JOBS    ?= 2
+CONFIG  ?= default
+
+export YOWASP_CACHE_DIR := $(CURDIR)/build/yowasp-cache
+
+.PHONY: all setup verilog test test-fast bench synth demo lint clean distclean help
+
+all: help
+
+help:
+	@echo "make demo     the main job: Verilog, the top-k engine in Verilator against the golden"
+	@echo "              model, the ULX3S-85F bitstream, a summary"
+	@echo "make test     every test (pytest on $(JOBS) workers)"
+	@echo "make bench    benchmarks: tables on the terminal, JSON and plots under build/bench"
+	@echo "make synth    bitstreams and Fmax/utilization reports for both boards"
+	@echo "make verilog  emit the Verilog of every unit into build/verilog"
+	@echo "make setup    create $(VENV) and install the project into it (done by the others)"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+verilog: $(STAMP)
+	$(SPATTEN) verilog --top topk --config $(CONFIG)
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not synth and not slow" tests
+
+bench: $(STAMP)
+	$(SPATTEN) bench topk
+
+synth: $(STAMP)
+	$(SPATTEN) synth --board ulx3s-85f --top topk --config default
+	$(SPATTEN) synth --board icebreaker --top topk --config small
+
+demo: $(STAMP)
+	$(SPATTEN) demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check . || true
+
+clean:
+	rm -rf build/verilog build/sim build/bench build/synth build/formal
+
+distclean:
+	rm -rf build $(VENV) *.egg-info

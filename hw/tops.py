@@ -1,0 +1,31 @@
+"""The units that can be emitted, simulated and built on their own, by name.
+
+Each entry makes the unit's top `wiring.Component` from a whole `Config`; the command line
+(`spatten verilog|synth --top NAME`) and the board builds look units up here.
+"""
+
+from __future__ import annotations
+
+from spatten.config import Config
+
+__all__ = ["TOPS", "make_top"]
+
+
+def _topk(cfg: Config):
+    from .topk import TopK
+
+    return TopK(config=cfg.topk)
+
+
+TOPS = {
+    "topk": _topk,
+}
+
+
+def make_top(name: str, cfg: Config):
+    """The unit `name` built for `cfg`; a clear error lists the names that exist."""
+    try:
+        factory = TOPS[name]
+    except KeyError:
+        raise ValueError(f"unknown top {name!r}; choose one of: {', '.join(TOPS)}") from None
+    return factory(cfg)

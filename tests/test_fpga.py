@@ -1,0 +1,362 @@
+"""The FPGA flow: PLL divider search, report parsing, the board harness, and real builds.
+
+Fast tests run by default; `-m synth` selects the two real builds (a few seconds each once the
+YoWASP tools are compiled into their cache; the first run compiles them, about 90 s).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from amaranth.back import rtlil
+from amaranth.hdl import Module
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from spatten.config import Config, preset
+from spatten.fpga import report as rpt
+from spatten.fpga.boards import (BOARDS, ICE40_VCO, ECP5_VCO, board, ecp5_pll, ice40_pll)
+from spatten.fpga.build import BUILD_ROOT, build, tool_environment
+from spatten.fpga.harness import BoardHarness, dut_port_bits
+
+
+class LaneAdder(wiring.Component):
+    """Tiny DUT: each beat carries `lanes` pairs (a, b); the output beat carries a + b per lane,
+    one cycle later (a registered stream stage)."""
+
+    def __init__(self, lanes=4, width=8):
+        self.lanes, self.width = lanes, width
+        pair = data.StructLayout({"a": width, "b": width})
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(pair, lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(width + 1, lanes))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
+        with m.If(self.i.ready):
+            m.d.sync += self.o.valid.eq(self.i.valid)
+            with m.If(self.i.valid):
+                for lane in range(self.lanes):
+                    p = self.i.payload[lane]
+                    m.d.sync += self.o.payload[lane].eq(p.a + p.b)
+        return m
+
+
+# ---------------------------------------------------------------------------------------------
+# PLL divider search
+
+# (target MHz) -> (CLKI_DIV, CLKFB_DIV, CLKOP_DIV, achieved MHz), as yowasp-ecppll -i 25 prints.
+ECPPLL_25 = {100: (1, 4, 6, 100.0), 50: (1, 2, 12, 50.0), 65: (5, 13, 9, 65.0),
+             75: (1, 3, 8, 75.0), 200: (1, 8, 3, 200.0)}
+# (target MHz) -> (DIVR, DIVF, DIVQ, FILTER_RANGE, achieved MHz), as yowasp-icepll -i 12 prints.
+ICEPLL_12 = {40: (0, 52, 4, 1, 39.75), 100: (0, 66, 3, 1, 100.5), 50: (0, 66, 4, 1, 50.25),
+             75: (0, 49, 3, 1, 75.0), 133: (0, 87, 3, 1, 132.0)}
+
+
+@pytest.mark.parametrize("mhz", sorted(ECPPLL_25))
+def test_ecp5_pll_matches_ecppll(mhz):
+    s = ecp5_pll(25, mhz)
+    p = s.params
+    assert (p["CLKI_DIV"], p["CLKFB_DIV"], p["CLKOP_DIV"], s.f_out_mhz) == ECPPLL_25[mhz]
+    assert p["CLKOP_CPHASE"] == p["CLKOP_DIV"] // 2 and p["FEEDBK_PATH"] == "CLKOP"
+
+
+@pytest.mark.parametrize("mhz", sorted(ICEPLL_12))
+def test_ice40_pll_matches_icepll(mhz):
+    s = ice40_pll(12, mhz)
+    p = s.params
+    assert (p["DIVR"], p["DIVF"], p["DIVQ"], p["FILTER_RANGE"], s.f_out_mhz) == ICEPLL_12[mhz]
+
+
+def _best_error(f_req, settings):
+    """Smallest |f_out - f_req| over every (f_out, f_vco, f_pfd) that `settings` yields."""
+    return min(abs(f_out - f_req) for f_out in settings)
+
+
+@pytest.mark.parametrize("mhz", [17, 23.5, 40, 48, 66.6, 100, 120, 150, 200, 250])
+def test_pll_settings_are_valid_and_closest(mhz):
+    e = ecp5_pll(25, mhz)
+    p = e.params
+    f_out = 25 / p["CLKI_DIV"] * p["CLKFB_DIV"]
+    assert e.f_out_mhz == pytest.approx(f_out)
+    assert ECP5_VCO[0] <= f_out * p["CLKOP_DIV"] <= ECP5_VCO[1]
+    # brute force over the same divider ranges and limits: nothing is closer
+    best = _best_error(mhz, (25 / r * f for r in range(1, 9) for f in range(1, 81)
+                                 if any(400 <= 25 / r * f * o <= 800 for o in range(1, 129))))
+    assert abs(e.f_out_mhz - mhz) == pytest.approx(best)
+    i = ice40_pll(12, mhz)
+    p = i.params
+    vco = 12 / (p["DIVR"] + 1) * (p["DIVF"] + 1)
+    assert ICE40_VCO[0] <= vco <= ICE40_VCO[1]
+    assert i.f_out_mhz == pytest.approx(vco / 2 ** p["DIVQ"])
+    best = _best_error(mhz, (12 * (f + 1) / 2 ** q for f in range(128) for q in range(1, 7)
+                                 if 533 <= 12 * (f + 1) <= 1066))
+    assert abs(i.f_out_mhz - mhz) == pytest.approx(best)
+
+
+def _tool_fields(tool, *args):
+    env = {**os.environ, **tool_environment()}
+    BUILD_ROOT.mkdir(exist_ok=True)     # the YoWASP tools cannot see /tmp
+    out = subprocess.run([Path(sys.executable).parent / tool, *args], env=env, cwd=BUILD_ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return {k.strip(): v.strip() for k, v in
+            (line.split(":", 1) for line in out.splitlines() if ":" in line)}
+
+
+@pytest.mark.parametrize("mhz", [20, 40, 62, 100, 133])
+def test_pll_search_agrees_with_the_tools(mhz):
+    """Cross-check against the real icepll/ecppll of the YoWASP packages (0.1 s each).
+    ecppll computes in float32, which can break exact ties between divider sets differently:
+    compare its frequencies, not its dividers."""
+    fields = _tool_fields("yowasp-icepll", "-i", "12", "-o", str(mhz))
+    i = ice40_pll(12, mhz)
+    for key in ("DIVR", "DIVF", "DIVQ", "FILTER_RANGE"):
+        assert int(fields[key].split()[0]) == i.params[key], (mhz, key, fields)
+    fields = _tool_fields("yowasp-ecppll", "-i", "25", "-o", str(mhz))
+    e = ecp5_pll(25, mhz)
+    assert float(fields["clkout0 frequency"].split()[0]) == pytest.approx(e.f_out_mhz, rel=1e-5)
+    # an exact tie may pick the other VCO frequency, equally far from 600 MHz
+    assert abs(float(fields["VCO frequency"]) - 600) == pytest.approx(abs(e.f_vco_mhz - 600),
+                                                                      abs=1e-3)
+
+
+def test_pll_rejects_impossible_requests():
+    with pytest.raises(ValueError, match="f_out_mhz"):
+        ecp5_pll(25, 5)
+    with pytest.raises(ValueError, match="f_out_mhz"):
+        ice40_pll(12, 300)
+    with pytest.raises(TypeError):
+        ice40_pll(12, "40")
+
+
+def test_boards_and_targets():
+    assert set(BOARDS) == {"ulx3s-85f", "icebreaker"}
+    assert board("ulx3s-85f").target_mhz() == Config().target_mhz["ulx3s-85f"] == 100.0
+    assert board("icebreaker").target_mhz(preset("small")) == 40.0
+    custom = Config().replace(target_mhz={"icebreaker": 30.0})
+    assert board("icebreaker").target_mhz(custom) == 30.0
+    with pytest.raises(ValueError, match="no target clock"):
+        board("ulx3s-85f").target_mhz(custom)
+    with pytest.raises(ValueError, match="icebreaker"):
+        board("arty")
+    assert board("icebreaker").leds == 2 and board("ulx3s-85f").leds == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Report parsing (text and JSON shaped like nextpnr 0.11's)
+
+LOG = """\
+Info: Max frequency for clock 'clk': 51.04 MHz (FAIL at 100.56 MHz)
+Info: Critical path report for clock 'clk' (posedge -> posedge):
+Info:       type curr  total name
+Info:   clk-to-q  1.39  1.39 Source dut.o__valid_SB_DFFESR_Q_DFFLC.O
+Info:    routing  3.06  4.45 Net o__valid (1,23) -> (2,28)
+Info:                          Sink out_q_LC.I2
+Info:                          Defined in:
+Info:                               /x/amaranth/lib/stream.py:49
+Info:      logic  1.21  5.65 Source out_q_LC.O
+Info:    routing  1.76  7.41 Net out_q_D[1] (2,28) -> (1,29)
+Info:                          Sink dut.o__valid_SB_DFFESR_Q_DFFLC.CEN
+Info:      setup  0.10  7.51 Source dut.o__valid_SB_DFFESR_Q_DFFLC.CEN
+Info: 2.70 ns logic, 4.82 ns routing
+
+Warning: Max frequency for clock 'clk': 59.69 MHz (FAIL at 100.56 MHz)
+Info: Max frequency for clock 'other': 300.00 MHz (PASS at 25.00 MHz)
+"""
+
+NEXTPNR_REPORT = {
+    "fmax": {"clk": {"achieved": 59.69, "constraint": 100.56},
+             "other": {"achieved": 300.0, "constraint": 25.0}},
+    "utilization": {"ICESTORM_LC": {"available": 5280, "used": 379},
+                    "ICESTORM_RAM": {"available": 30, "used": 0},
+                    "SB_IO": {"available": 39, "used": 3}},
+    "critical_paths": [
+        {"from": "posedge clk", "to": "<async>", "path": [
+            {"delay": 9.0, "type": "routing", "net": "led",
+             "from": {"cell": "f", "port": "O"}, "to": {"cell": "led", "port": "D"}}]},
+        {"from": "posedge clk", "to": "posedge clk", "path": [
+            {"delay": 1.39, "type": "clk-to-q", "from": {"cell": "a", "port": "Q"},
+             "to": {"cell": "a", "port": "Q"}},
+            {"delay": 3.06, "type": "routing", "net": "o__valid",
+             "from": {"cell": "a", "port": "Q"}, "to": {"cell": "l", "port": "I2"}},
+            {"delay": 1.21, "type": "logic", "from": {"cell": "l", "port": "I2"},
+             "to": {"cell": "l", "port": "O"}},
+            {"delay": 0.10, "type": "setup", "from": {"cell": "b", "port": "CEN"},
+             "to": {"cell": "b", "port": "CEN"}}]},
+    ],
+}
+
+YOSYS_STAT = """\
+2.59. Printing statistics.
+=== top ===
+       10 cells
+      241   SB_LUT4
+=== design hierarchy ===
+      402 wires
+       10 cells
+        7   $scopeinfo
+        1   SB_PLL40_PAD
+       68   SB_CARRY
+      242   SB_DFF
+       76   SB_DFFESR
+      241   SB_LUT4
+
+2.60. Executing CHECK pass (checking for obvious problems).
+      999   SB_LUT4
+"""
+
+
+def test_parse_fmax_log_keeps_the_last_line_per_clock():
+    fmax = rpt.parse_fmax_log(LOG)
+    assert fmax["clk"] == {"achieved": 59.69, "constraint": 100.56, "pass": False}
+    assert fmax["other"]["pass"] is True
+
+
+def test_parse_nextpnr_report():
+    parsed = rpt.parse_nextpnr(NEXTPNR_REPORT, LOG)
+    assert parsed["fmax"]["clk"]["pass"] is False and parsed["fmax"]["other"]["pass"] is True
+    assert parsed["utilization"]["ICESTORM_LC"] == {"used": 379, "available": 5280}
+    path = parsed["critical_paths"]["clk"]
+    assert path[0].startswith("5.76 ns in 4 steps")
+    assert path[1] == "source: a.Q" and path[2] == "sink:   b.CEN"
+    assert path[3] == "clk-to-q 1.39 ns: a"     # segments in path order
+    assert any("routing 3.06 ns: o__valid" in line for line in path)
+    assert parsed["critical_paths"]["other"] == []
+
+
+def test_critical_path_from_log():
+    lines = rpt.critical_path_from_log(LOG, "clk")
+    assert lines[0].startswith("7.52 ns in 5 steps (2.70 ns logic, 4.82 ns routing)")
+    assert lines[1] == "source: dut.o__valid_SB_DFFESR_Q_DFFLC.O"
+    assert lines[2] == "sink:   dut.o__valid_SB_DFFESR_Q_DFFLC.CEN"
+    assert lines[3:5] == ["clk-to-q 1.39 ns: dut.o__valid_SB_DFFESR_Q_DFFLC.O",
+                          "routing 3.06 ns: o__valid"]
+    assert len(lines) == 3 + rpt.PATH_SEGMENTS
+    assert rpt.critical_path_from_log(LOG, "nope") == []
+    # without a JSON critical path, parse_nextpnr falls back to the log
+    no_paths = {k: v for k, v in NEXTPNR_REPORT.items() if k != "critical_paths"}
+    assert rpt.parse_nextpnr(no_paths, LOG)["critical_paths"]["clk"] == lines
+
+
+def test_yosys_stat_and_summary():
+    cells = rpt.parse_yosys_stat(YOSYS_STAT)
+    assert cells["SB_LUT4"] == 241 and cells["SB_DFFESR"] == 76 and "$scopeinfo" not in cells
+    assert rpt.synth_summary(cells) == {"LUT4": 241, "FF": 318, "carry": 68}
+
+
+def test_format_table():
+    report = {"top": "t", "board": "icebreaker", "device": "iCE40UP5K-SG48", "family": "ice40",
+              "config": "small", "target_mhz": 40.0,
+              "fmax_mhz": {"sync": {"achieved": 35.0, "constraint": 39.76}},
+              "utilization": {"ICESTORM_LC": {"used": 528, "available": 5280},
+                              "ICESTORM_DSP": {"used": 0, "available": 8},
+                              "ICESTORM_RAM": {"used": 3, "available": 30}},
+              "critical_path": ["28.6 ns", "source: a.Q"]}
+    table = rpt.format_table(report)
+    lines = table.splitlines()
+    sync = next(line for line in lines if line.startswith("sync"))
+    assert sync.split() == ["sync", "35.00", "39.76", "40.00", "FAIL"]
+    lc = next(line for line in lines if line.startswith("ICESTORM_LC"))
+    assert lc.split() == ["ICESTORM_LC", "528", "5280", "10.0%"]
+    assert any(line.startswith("ICESTORM_RAM") for line in lines)
+    assert not any(line.startswith("ICESTORM_DSP") for line in lines)   # unused: no row
+    assert "  source: a.Q" in lines and "config small" in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Harness (elaboration only: no tools)
+
+def test_harness_counts_every_port_bit():
+    h = BoardHarness(LaneAdder, board="icebreaker")
+    rtlil.convert(h, platform=board("icebreaker").make_platform())
+    inputs, outputs = dut_port_bits(h.dut)
+    assert [n for n, _ in inputs] == ["i.payload", "i.valid", "o.ready"]
+    assert [n for n, _ in outputs] == ["i.ready", "o.payload", "o.valid"]
+    assert (h.in_bits, h.out_bits) == (4 * 16 + 2, 1 + 4 * 9 + 1)
+    assert h.pll.f_out_mhz == 39.75
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_harness_elaborates_on_each_board(name):
+    b = board(name)
+    text = rtlil.convert(BoardHarness(LaneAdder, board=b), platform=b.make_platform())
+    assert ("EHXPLLL" if b.family == "ecp5" else "SB_PLL40_PAD") in text
+    assert f"led_{b.leds - 1}__io" in text and f"led_{b.leds}__io" not in text
+
+
+def test_harness_rejects_bad_duts():
+    class NoOutputs(wiring.Component):
+        a: In(4)
+
+        def elaborate(self, platform):
+            return Module()
+
+    with pytest.raises(ValueError, match="no output"):
+        BoardHarness(NoOutputs, board="icebreaker")
+    with pytest.raises(TypeError, match="wiring.Component"):
+        BoardHarness(lambda: {}, board="icebreaker")
+
+
+def test_build_rejects_tmp_and_bad_names(tmp_path):
+    with pytest.raises(ValueError, match="cannot see"):
+        build("icebreaker", LaneAdder, name="x", out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="letters"):
+        build("icebreaker", LaneAdder, name="a-b", out_dir=BUILD_ROOT / "x", progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real builds
+
+def _out_dir(board_name):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return BUILD_ROOT / "test-fpga" / f"{board_name}-{worker}"
+
+
+@pytest.mark.synth
+@pytest.mark.parametrize("name", ["ulx3s-85f", "icebreaker"])
+def test_build_tiny_design(name):
+    cfg = preset("small")
+    report = build(name, LaneAdder, name="lane_adder", out_dir=_out_dir(name), config=cfg,
+                   progress=False)
+    print(rpt.format_table(report))
+    target = cfg.target_mhz[name]
+    sync = report["fmax_mhz"]["sync"]
+    assert sync["constraint"] == pytest.approx(target, rel=0.01)
+    assert sync["achieved"] > 0
+    assert report["target_mhz"] == target and report["config"] == "small"
+    util = report["utilization"]
+    if board(name).family == "ecp5":
+        assert util["TRELLIS_COMB"]["used"] > 0 and util["TRELLIS_FF"]["used"] > 0
+        assert util["DP16KD"] == {"used": 0, "available": 208}
+    else:
+        assert util["ICESTORM_LC"]["used"] > 0
+    # the DUT survived: at least its 4 x 9 output flip-flops plus the harness's 2 per output bit
+    assert report["synth"]["FF"] >= 36 + 2 * report["dut_bits"]["out"]
+    assert report["synth"]["carry"] > 0          # the adders are there
+    assert Path(report["bitstream"]).stat().st_size > 0
+    on_disk = json.loads((Path(report["build_dir"]) / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert ("critical_path" in report) == (not report["timing_met"])
+
+
+@pytest.mark.synth
+def test_build_reports_the_critical_path_when_timing_fails(capsys):
+    # 100 MHz is beyond what the iCE40 reaches through the 9-bit adders' carry chains (~68)
+    report = build("icebreaker", LaneAdder, name="lane_adder_fast", mhz=100,
+                   out_dir=_out_dir("icebreaker-100"), progress=True)
+    sync = report["fmax_mhz"]["sync"]
+    assert report["pll"]["f_out_mhz"] == 100.5
+    assert sync["constraint"] == pytest.approx(100, rel=0.01)
+    assert sync["achieved"] < sync["constraint"] and report["timing_met"] is False
+    path = report["critical_path"]
+    assert path[0].split()[1] == "ns" and float(path[0].split()[0]) > 1000 / 100.5
+    assert path[1].startswith("source: ") and path[2].startswith("sink:   ")
+    assert len(path) > 3
+    err = capsys.readouterr().err
+    assert "icebreaker lane_adder_fast: done" in err     # the spinner's last state
+    assert "FAIL" in err and "critical path (sync):" in err
