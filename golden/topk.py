@@ -200,8 +200,8 @@ def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
     radix passes' row counts.
 
     The model follows the RTL's pipeline: a row read in cycle x is in R1 at x + 2 (histogram
-    flags H1 at x + 3, counts at x + 4, zero eliminator input at x + 2, output-pass compare R2,
-    R3 at x + 3, x + 4); a pass's bin is selected 4 cycles after its last read and committed the
+    flags H1 at x + 3, counts at x + 4; candidate passes feed the zero eliminator from R2 at
+    x + 3, the output pass from R3 at x + 4); a pass's bin is selected 4 cycles after its last read and committed the
     cycle after, while the next pass already reads; a buffer row may be read in the cycle it is
     written (transparent read), never before.
     """
@@ -251,7 +251,7 @@ def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
             reads.append(x)
         match = ((src_keys >> (fdig * D)) & ((1 << D) - 1)) == fbin
         counts = [int(match[r * P:(r + 1) * P].sum()) for r in range(rows)]
-        src_written = _packer_writes(counts, [x_r + 2 + lz for x_r in reads], P)
+        src_written = _packer_writes(counts, [x_r + 3 + lz for x_r in reads], P)
         src_keys = src_keys[match]
         info["passes"].append({"rows": rows, "first_read": reads[0], "last_read": reads[-1]})
         s = reads[-1] + 4

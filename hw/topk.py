@@ -7,8 +7,8 @@ Input ``i`` (stream of beats, ``lanes`` values each): ``data[0..count-1]`` are v
 run (its count is 1..lanes). ``k`` and ``mode`` are sampled with the first beat of a run.
 
 Output ``o`` (stream): the selected ``(index, value)`` pairs in ascending index order, packed
-``lanes`` per beat (``index[0..count-1]``, ``value[0..count-1]``); only the final beat (``last``)
-may be partial. A run that selects nothing (``k = 0``, or an error) emits one beat with
+``lanes`` per beat (``index[0..count-1]``, ``value[0..count-1]``; lanes above read zero); only
+the final beat (``last``) may be partial. A run that selects nothing (``k = 0``, or an error) emits one beat with
 ``count = 0, last = 1``, so a consumer never waits for an end that does not come.
 
 ``mode = EXACT``: exactly ``k`` values: the ``k`` largest; of the values equal to the k-th
@@ -332,17 +332,21 @@ class TopK(wiring.Component):
             ]
             m.d.comb += [d_load.eq(1), d_init.eq(bs_dab)]
 
-        # ================================================================ output compare (R2, R3)
+        # ================================================================ R2, R3
+        # Candidate passes: R2 holds the row and its match flags (the zero eliminator's input).
+        # Output pass: R2 compares with the threshold, R3 adds the tie ranks (keep flags).
         thr_ukey = Signal(W)
         m.d.comb += thr_ukey.eq(thr_key[:W])
         r2_gt = Signal(P)
         r2_eq = Signal(P)
+        r2_match = Signal(P)
         r2_keys = Signal(row_layout)
         r2_row = Signal(range(R))
         r2_last = Signal()
         with m.If(adv):
-            m.d.sync += [r2_valid.eq(r1_valid & out_pass), r2_keys.eq(r1_keys),
-                         r2_row.eq(r1_row), r2_last.eq(r1_last)]
+            m.d.sync += [r2_valid.eq(r1_valid & ~r1_from_input & (out_pass | filt)),
+                         r2_keys.eq(r1_keys), r2_row.eq(r1_row), r2_last.eq(r1_last),
+                         r2_match.eq(r1_match)]
             for lane in range(P):
                 ok = r1_lane_ok[lane]
                 m.d.sync += [
@@ -355,29 +359,29 @@ class TopK(wiring.Component):
         r3_row = Signal(range(R))
         r3_last = Signal()
         with m.If(adv):
-            m.d.sync += [r3_valid.eq(r2_valid), r3_keys.eq(r2_keys), r3_row.eq(r2_row),
+            m.d.sync += [r3_valid.eq(r2_valid & out_pass), r3_keys.eq(r2_keys), r3_row.eq(r2_row),
                          r3_last.eq(r2_last)]
             for lane in range(P):
                 m.d.sync += r3_keep[lane].eq(
                     r2_gt[lane] | (r2_eq[lane] & (eq_prefix.prefix[lane] < ties_left)))
-            with m.If(r2_valid):
+            with m.If(r2_valid & out_pass):
                 m.d.sync += ties_left.eq(
                     Mux(eq_prefix.total > ties_left, 0, ties_left - eq_prefix.total))
 
         # ================================================================ zero eliminator input
-        # Candidate passes feed it from R1 (keep = match); the output pass from R3 (keep).
+        # Candidate passes feed it from R2 (keep = match); the output pass from R3 (keep).
         ze_in_valid = Signal()
-        m.d.comb += ze_in_valid.eq(Mux(out_pass, r3_valid, r1_valid & ~r1_from_input & filt))
+        m.d.comb += ze_in_valid.eq(Mux(out_pass, r3_valid, r2_valid))
         m.d.comb += ze.i.valid.eq(ze_in_valid)
         for lane in range(P):
             m.d.comb += [
-                ze.i.payload.data[lane].key.eq(Mux(out_pass, r3_keys[lane], r1_keys[lane])),
+                ze.i.payload.data[lane].key.eq(Mux(out_pass, r3_keys[lane], r2_keys[lane])),
                 ze.i.payload.data[lane].index.eq(
-                    (Mux(out_pass, r3_row, r1_row) << cfg.lane_bits) + lane),
+                    Cat(Const(lane, cfg.lane_bits), Mux(out_pass, r3_row, r2_row))),
             ]
         m.d.comb += [
-            ze.i.payload.keep.eq(Mux(out_pass, r3_keep, r1_match)),
-            ze.i.payload.last.eq(Mux(out_pass, r3_last, r1_last)),
+            ze.i.payload.keep.eq(Mux(out_pass, r3_keep, r2_match)),
+            ze.i.payload.last.eq(Mux(out_pass, r3_last, r2_last)),
         ]
         m.d.comb += adv.eq(~ze_in_valid | ze.i.ready)
 
@@ -391,10 +395,11 @@ class TopK(wiring.Component):
         for j in (0, 1):
             m.d.comb += [wbc[j].addr.eq(wr_row), wbc[j].data.eq(cand_row)]
         o = self.o.payload
-        for lane in range(P):
+        for lane in range(P):                   # lanes at and above `count` read as zero
+            used = o.count > lane
             m.d.comb += [
-                o.index[lane].eq(pk.data[lane].index),
-                o.value[lane].eq((pk.data[lane].key ^ SIGN).as_signed()),
+                o.index[lane].eq(Mux(used, pk.data[lane].index, 0)),
+                o.value[lane].eq(Mux(used, (pk.data[lane].key ^ SIGN).as_signed(), 0)),
             ]
         m.d.comb += [o.count.eq(pk.count), o.last.eq(pk.last)]
         pass_start_cand = Signal()              # a candidate pass starts (end of this cycle)

@@ -13,8 +13,8 @@ when a cocotb test failed or none ran; pass ``check=False`` to get the `CocotbRe
 It reads the JUnit file the run writes, so it behaves the same under pytest and from a command
 line (cocotb's own pytest integration is switched off for the call).
 
-Builds: Verilator with ``-Wno-fatal -Wno-lint --x-assign 0 -CFLAGS -O2`` (Amaranth's Verilog trips
-width lint warnings), Icarus with ``-g2012``; both with timescale 1ns/1ps. A build is skipped when
+Builds: Verilator with ``-Wno-fatal -Wno-lint --x-assign 0`` (Amaranth's Verilog trips width
+lint warnings; the C++ is compiled at -O1, see toolchain.py), Icarus with ``-g2012``; both with timescale 1ns/1ps. A build is skipped when
 a stamp of everything that goes into it (simulator, top, arguments, and the contents of every
 Verilog file) matches the last successful build in `build_dir`; `emit_verilog` leaves an
 unchanged file untouched. Build output goes to ``build_dir/build.log`` and only its tail is shown,
@@ -53,7 +53,7 @@ __all__ = ["emit_verilog", "run_cocotb", "sim_build_dir", "CocotbResult", "Cocot
 
 SIMULATORS = ("verilator", "icarus")
 TIMESCALE = ("1ns", "1ps")
-VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "--x-assign", "0", "-CFLAGS", "-O2")
+VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "--x-assign", "0")
 _LOG_TAIL_LINES = 40
 _NS_PER = {"fs": 1e-6, "ps": 1e-3, "ns": 1.0, "us": 1e3, "ms": 1e6, "sec": 1e9, "s": 1e9}
 
@@ -221,6 +221,27 @@ def _parse_results(path: Path) -> tuple[int, int, int, list, list, float]:
     return passed, failed, skipped, failures, names, sim_ns
 
 
+_YOSYS_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ ) = 0;",
+                            re.M)
+
+
+def _icarus_source(src: Path, build_dir: Path) -> Path:
+    """A copy of `src` that Icarus simulates correctly from time 0.
+
+    Yosys writes every combinational process as ``always @*`` with a dummy trigger register
+    (``reg \$auto$verilog_backend...$N = 0;``) meant to run it once at time 0; Icarus applies
+    such an initializer without an event, so an output that depends only on registers that keep
+    their initial value (``i.ready`` of an idle FSM) stays X forever. Toggling the trigger at
+    time 1 (before the first clock edge) evaluates every process once."""
+    text = src.read_text()
+    fixed = _YOSYS_TRIGGER.sub(lambda m: f"{m.group(1)}reg {m.group(2)}= 0;\n"
+                               f"{m.group(1)}initial #1 {m.group(2)}= 1;", text)
+    out = build_dir / (src.stem + ".icarus.v")
+    if not out.is_file() or out.read_text() != fixed:
+        out.write_text(fixed)
+    return out
+
+
 def run_cocotb(*, verilog: Path | str | list, toplevel: str, test_module: str, sim: str,
                build_dir: Path | str, extra_env: dict | None = None, testcase=None,
                waves: bool = False, seed: int | None = None, build_args: list | None = None,
@@ -252,6 +273,8 @@ def run_cocotb(*, verilog: Path | str | list, toplevel: str, test_module: str, s
     if waves:  # a sibling: Verilator's make would pick up objects of a parent build folder
         build_dir = build_dir.with_name(build_dir.name + "-waves")
     build_dir.mkdir(parents=True, exist_ok=True)
+    if sim == "icarus":
+        sources = [_icarus_source(src, build_dir) for src in sources]
     args = list(VERILATOR_ARGS if sim == "verilator" else ()) + [str(a) for a in build_args or ()]
 
     logging.getLogger("Verilator").setLevel(logging.WARNING)

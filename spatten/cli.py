@@ -130,7 +130,7 @@ def cmd_synth(args):
 
 # ---------------------------------------------------------------------------------------- demo
 def cmd_demo(args):
-    from spatten.sim.demo import main as demo_main
+    from spatten.demo import main as demo_main
 
     return demo_main(skip_synth=args.no_synth)
 

@@ -1,0 +1,229 @@
+# amaranth: UnusedElaboratable=no
+"""BeatPacker against a transaction model and a cycle model, in Amaranth's simulator."""
+
+import random
+
+import pytest
+from amaranth.hdl import signed, unsigned
+from amaranth.sim import Simulator
+from spatten.hw.packer import BeatPacker
+
+ALL_LANES = (1, 2, 4, 8, 16, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def pack(beats, lanes):
+    """Transaction model: items of each packet re-cut into beats of `lanes` items."""
+    out, items = [], []
+    for b in beats:
+        items += b["data"][:b["count"]]
+        if b["last"]:
+            cuts = [items[k:k + lanes] for k in range(0, len(items), lanes)] or [[]]
+            for n, cut in enumerate(cuts):
+                out.append({"data": cut + [0] * (lanes - len(cut)), "count": len(cut),
+                            "last": int(n == len(cuts) - 1)})
+            items = []
+    return out
+
+
+class CycleModel:
+    """The timing of the BeatPacker docstring, one call of `step` per clock cycle."""
+
+    def __init__(self, lanes):
+        self.lanes = lanes
+        self.items = []          # residual, at most `lanes` items
+        self.flush = False       # residual is the tail of a packet
+        self.o = None            # output register: payload dict, or None when not valid
+
+    def outputs(self, o_ready):
+        """(i.ready, o payload or None) in the current cycle, before the clock edge."""
+        free = self.o is None or o_ready
+        return free and not self.flush, self.o
+
+    def step(self, i_beat, o_ready):
+        """Clock edge. `i_beat`: the payload presented with i.valid high, or None."""
+        lanes = self.lanes
+        i_ready, _ = self.outputs(o_ready)
+        if not (self.o is None or o_ready):
+            return
+
+        def beat(items, last):
+            return {"data": items + [0] * (lanes - len(items)), "count": len(items),
+                    "last": int(last)}
+
+        if self.flush:
+            self.o, self.items, self.flush = beat(self.items, True), [], False
+        elif i_beat is not None and i_ready:
+            items = self.items + i_beat["data"][:i_beat["count"]]
+            if i_beat["last"] and len(items) <= lanes:
+                self.o, self.items = beat(items, True), []
+            elif len(items) > lanes:
+                self.o, self.items = beat(items[:lanes], False), items[lanes:]
+                self.flush = bool(i_beat["last"])
+            else:
+                self.o, self.items = None, items
+        else:
+            self.o = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Harness: the DUT and the cycle model in lockstep
+
+
+def run_packer(dut, beats, *, rng, gap=0.0, stall=0.0):
+    """Feeds `beats`; checks every cycle against CycleModel (i.ready, o.valid, o.payload) and the
+    stream rules on o. Returns ([(cycle, payload)] taken from o, [i.ready per cycle])."""
+    lanes = dut.lanes
+    n_out = len(pack(beats, lanes))
+    model = CycleModel(lanes)
+    outputs, ready_log = [], []
+    max_cycles = 50 + 3 * (len(beats) + n_out) * (1 + int(10 * max(gap, stall)))
+
+    async def tb(ctx):
+        idx, presenting, prev = 0, False, None
+        for cycle in range(max_cycles):
+            if len(outputs) == n_out and idx == len(beats):
+                break
+            if not presenting and idx < len(beats) and rng.random() >= gap:
+                ctx.set(dut.i.payload, beats[idx])
+                presenting = True
+            ctx.set(dut.i.valid, presenting)
+            o_ready = rng.random() >= stall
+            ctx.set(dut.o.ready, o_ready)
+            i_ready, o_valid = ctx.get(dut.i.ready), ctx.get(dut.o.valid)
+            p = ctx.get(dut.o.payload)
+            payload = {"data": [int(x) for x in p.data], "count": int(p.count),
+                       "last": int(p.last)}
+            m_ready, m_out = model.outputs(o_ready)
+            assert i_ready == m_ready, f"cycle {cycle}: i.ready {i_ready}, model {m_ready}"
+            assert o_valid == (m_out is not None), f"cycle {cycle}: o.valid {o_valid}"
+            if o_valid:
+                assert payload == m_out, f"cycle {cycle}: o {payload}, model {m_out}"
+            if prev is not None and prev[0] and not prev[1]:
+                assert o_valid and payload == prev[2], f"cycle {cycle}: stream rule broken"
+            prev = (o_valid, o_ready, payload)
+            ready_log.append(i_ready)
+            model.step(beats[idx] if presenting else None, o_ready)
+            if presenting and i_ready:
+                presenting = False
+                idx += 1
+            if o_valid and o_ready:
+                outputs.append((cycle, payload))
+            await ctx.tick()
+        else:
+            raise AssertionError(f"timeout: {idx}/{len(beats)} in, {len(outputs)}/{n_out} out")
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert [p for _, p in outputs] == pack(beats, lanes)
+    return outputs, ready_log
+
+
+def mk(lanes, counts_lasts, rng, width=8):
+    """Beats from (count, last) pairs; lanes from `count` up carry garbage (must be ignored)."""
+    return [{"data": [rng.randrange(1, 1 << width) for _ in range(lanes)], "count": c,
+             "last": int(last)} for c, last in counts_lasts]
+
+
+def random_packets(rng, lanes, n_beats):
+    pairs = []
+    for _ in range(n_beats):
+        r = rng.random()
+        c = 0 if r < 0.15 else lanes if r < 0.3 else rng.randrange(lanes + 1)
+        pairs.append((c, rng.random() < 0.25))
+    pairs.append((rng.randrange(lanes + 1), True))
+    return mk(lanes, pairs, rng)
+
+
+@pytest.fixture
+def seed(request):
+    s = random.randrange(1 << 32)
+    print(f"seed={s}")
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+
+
+def test_exact_timing_lanes_4():
+    """The cycles stated in the docstring, with o never stalled and the input always valid."""
+    rng = random.Random(0)
+    beats = mk(4, [(3, 0), (3, 1),      # 6 items: full beat at t+1, remainder at t+2
+                   (0, 1),              # empty packet: one beat count 0, last 1
+                   (2, 0), (2, 1),      # 4 items: one full beat with last, no empty beat
+                   (1, 0), (1, 0), (1, 1),
+                   (4, 0), (0, 0), (0, 1),  # a full beat waits until the packet's end is known
+                   (4, 0), (1, 1)], rng)    # ... or until an item beyond it arrives
+    outputs, ready_log = run_packer(BeatPacker(unsigned(8), 4), beats, rng=rng)
+    # Accepts in cycles 0, 1, (2: i.ready low), 3..13, (14: i.ready low).
+    assert ready_log == [1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1]
+    assert [(c, p["count"], p["last"]) for c, p in outputs] == \
+        [(2, 4, 0), (3, 2, 1), (4, 0, 1), (6, 4, 1), (9, 3, 1), (12, 4, 1), (14, 4, 0), (15, 1, 1)]
+
+
+@pytest.mark.parametrize("lanes", ALL_LANES)
+def test_packet_edge_cases(lanes, seed):
+    rng = random.Random(seed)
+    L = lanes
+    pairs = [
+        (0, 1),                                  # empty packet
+        (0, 0), (0, 0), (0, 1),                  # empty beats, then an empty last beat
+        (L, 1),                                  # one full beat
+        (L, 0), (L, 0), (0, 1),                  # multiple of lanes, empty last beat
+        (L, 0), (L, 1),                          # multiple of lanes
+        (1, 0), (L, 1),                          # split last beat: L and 1
+        (L - 1 if L > 1 else 1, 0), (L, 1),      # split last beat (L - 1 residual)
+        (1, 1), (1, 0), (0, 0), (1, 1),          # tiny packets
+    ]
+    pairs += [(1, 0)] * (2 * L - 1) + [(1, 1)]  # 2L items one by one
+    beats = mk(L, pairs, rng)
+    run_packer(BeatPacker(unsigned(8), L), beats, rng=rng)
+    run_packer(BeatPacker(unsigned(8), L), beats, rng=rng, gap=0.3, stall=0.4)
+
+
+@pytest.mark.parametrize("lanes,n", [(1, 150), (2, 150), (4, 150), (8, 120), (16, 100), (32, 80)])
+@pytest.mark.parametrize("gap,stall", [(0.0, 0.0), (0.5, 0.1), (0.1, 0.6), (0.4, 0.4)])
+def test_random_packets(lanes, n, gap, stall, seed):
+    rng = random.Random(seed)
+    beats = random_packets(rng, lanes, n)
+    outputs, ready_log = run_packer(BeatPacker(unsigned(8), lanes), beats, rng=rng, gap=gap,
+                                    stall=stall)
+    if gap == stall == 0.0:
+        # Unstalled: i.ready is low only in the cycle after each split last beat.
+        splits, fill = 0, 0
+        for b in beats:
+            total = fill + b["count"]
+            if b["last"]:
+                splits += total > lanes
+                fill = 0
+            else:
+                fill = total - lanes if total > lanes else total
+        assert ready_log.count(0) == splits
+
+
+def test_signed_payload(seed):
+    rng = random.Random(seed)
+    lanes = 4
+    beats = [{"data": [rng.randrange(-8, 8) for _ in range(lanes)],
+              "count": rng.randrange(lanes + 1), "last": int(rng.random() < 0.3)}
+             for _ in range(60)]
+    beats[-1]["last"] = 1
+    run_packer(BeatPacker(signed(4), lanes), beats, rng=rng, gap=0.2, stall=0.2)
+
+
+@pytest.mark.parametrize("kwargs,exc,msg", [
+    ({"payload_shape": unsigned(8), "lanes": 0}, ValueError, "power of two"),
+    ({"payload_shape": unsigned(8), "lanes": 12}, ValueError, "not 12"),
+    ({"payload_shape": unsigned(8), "lanes": "4"}, TypeError, "integer"),
+    ({"payload_shape": 3.5, "lanes": 4}, TypeError, "shape-castable"),
+    ({"payload_shape": unsigned(0), "lanes": 4}, ValueError, "at least 1 bit"),
+])
+def test_parameter_validation(kwargs, exc, msg):
+    with pytest.raises(exc, match=msg):
+        BeatPacker(**kwargs)
