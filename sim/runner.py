@@ -226,7 +226,7 @@ _YOSYS_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\.cc:\d+:dump_
 
 
 def _icarus_source(src: Path, build_dir: Path) -> Path:
-    """A copy of `src` that Icarus simulates correctly from time 0.
+    r"""A copy of `src` that Icarus simulates correctly from time 0.
 
     Yosys writes every combinational process as ``always @*`` with a dummy trigger register
     (``reg \$auto$verilog_backend...$N = 0;``) meant to run it once at time 0; Icarus applies
@@ -319,11 +319,12 @@ def run_cocotb(*, verilog: Path | str | list, toplevel: str, test_module: str, s
                 exit_note = f" (simulator exit code {e.code})"
         run_seconds = time.monotonic() - t0
 
-    if not results_xml.is_file():
-        tail = _tail(sim_log) if sim_log is not None else "(output went to the console)"
-        raise SimRunError(f"{sim} run of {test_module} on {toplevel} wrote no results"
-                          f"{exit_note}; tail of the simulation log:\n{tail}")
-    passed, failed, skipped, failures, names, sim_ns = _parse_results(results_xml)
+        # Still under the lock: another run in the same folder would replace these files.
+        if not results_xml.is_file():
+            tail = _tail(sim_log) if sim_log is not None else "(output went to the console)"
+            raise SimRunError(f"{sim} run of {test_module} on {toplevel} wrote no results"
+                              f"{exit_note}; tail of the simulation log:\n{tail}")
+        passed, failed, skipped, failures, names, sim_ns = _parse_results(results_xml)
     result = CocotbResult(passed=passed, failed=failed, skipped=skipped, failures=failures,
                           results_xml=results_xml, log=sim_log, built=built,
                           build_seconds=build_seconds, run_seconds=run_seconds,

@@ -135,6 +135,18 @@ def cmd_demo(args):
     return demo_main(skip_synth=args.no_synth)
 
 
+# ------------------------------------------------------------------------------------- results
+def cmd_results(args):
+    from spatten.results import render, update_readme
+
+    if args.update_readme:
+        update_readme()
+        print("README.md results section rewritten from build/bench and build/synth")
+    else:
+        print(render())
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- main
 def build_parser():
     ap = argparse.ArgumentParser(
@@ -194,6 +206,13 @@ def build_parser():
                                    "ULX3S-85F bitstream and print a short summary.")
     p.add_argument("--no-synth", action="store_true", help="skip the bitstream build")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("results", help="the README's results tables, from build/ JSON",
+                       description="Render the results tables from build/bench/*.json and "
+                                   "build/synth/*/report.json (markdown).")
+    p.add_argument("--update-readme", action="store_true",
+                   help="rewrite README.md between its results markers")
+    p.set_defaults(func=cmd_results)
     return ap
 
 
