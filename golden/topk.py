@@ -202,8 +202,8 @@ def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
     The model follows the RTL's pipeline: a row read in cycle x is in R1 at x + 2 (histogram
     flags H1 at x + 3, counts at x + 4; candidate passes feed the zero eliminator from R2 at
     x + 3, the output pass from R3 at x + 4); a pass's bin is selected 4 cycles after its last read and committed the
-    cycle after, while the next pass already reads; a buffer row may be read in the cycle it is
-    written (transparent read), never before.
+    cycle after, while the next pass already reads; a buffer row may be read from the cycle after
+    it is written.
     """
     if mode not in MODES:
         raise TopKError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -227,7 +227,7 @@ def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
         from spatten.golden.stat_threshold import stat_threshold_from_values
 
         depth = cfg.lane_bits
-        t_start = t_in + 3 + depth
+        t_start = t_in + 4 + depth           # moments drained, then a registered start
         t_done = t_start + stat_cycles(cfg, n=n, k=k)
         st = stat_threshold_from_values(cfg, v, k)
         if st.select_none:
@@ -247,7 +247,7 @@ def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
         rows = -(-src_keys.size // P)
         x, reads = s, []
         for r in range(rows):
-            x = x + 1 if src_written is None else max(x + 1, src_written[r])
+            x = x + 1 if src_written is None else max(x + 1, src_written[r] + 1)
             reads.append(x)
         match = ((src_keys >> (fdig * D)) & ((1 << D) - 1)) == fbin
         counts = [int(match[r * P:(r + 1) * P].sum()) for r in range(rows)]

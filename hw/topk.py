@@ -137,8 +137,7 @@ class TopK(wiring.Component):
         wa = mem_a.write_port()
         wbc = [mem_b.write_port(), mem_c.write_port()]
         ra = mem_a.read_port()
-        rbc = [mem_b.read_port(transparent_for=(wbc[0],)),
-               mem_c.read_port(transparent_for=(wbc[1],))]
+        rbc = [mem_b.read_port(), mem_c.read_port()]
 
         # ================================================================ sub-units
         m.submodules.ze = ze = ZeroEliminator(elem, P)
@@ -162,7 +161,7 @@ class TopK(wiring.Component):
         ran = Signal()                          # a run has finished since reset
 
         # radix select
-        k_rem = Signal(cnt_shape)               # still to find among the current candidates
+        neg_k_rem = Signal(d_shape)             # -(how many are still to find among them)
         cand = Signal(cnt_shape)                # current candidates (share the chosen digits)
         hdig = Signal(range(max(L, 2)))         # digit histogrammed by the current pass
         fbin = Signal(D)                        # chosen bin of digit hdig + 1 (the filter)
@@ -176,6 +175,7 @@ class TopK(wiring.Component):
         src = Signal(range(3))                  # 0: A, 1: B, 2: C
         rd_row = Signal(row_shape)
         rd_elems = Signal(cnt_shape)            # elements in the rows this pass reads
+        rd_final = Signal(range(R))             # the last row it reads: (elems - 1) // P
         reading = Signal()
 
         # bin select
@@ -190,9 +190,8 @@ class TopK(wiring.Component):
         # writer of candidates into B / C
         wdst = Signal()                         # 0: B, 1: C
         pend = Signal(range(3))                 # candidate passes whose rows are still coming
-        avail = [Signal(row_shape, name="avail_b"), Signal(row_shape, name="avail_c")]
-        wdone = [Signal(name="wdone_b"), Signal(name="wdone_c")]
-        writing = [Signal(name="writing_b"), Signal(name="writing_c")]
+        avail = [Signal(row_shape, name="avail_b"), Signal(row_shape, name="avail_c")]  # rows done
+        wdone = [Signal(name="wdone_b"), Signal(name="wdone_c")]                        # all done
         wr_row = Signal(row_shape)
 
         # pipeline M -> R1 -> (H1 -> D | R2 -> R3) -> zero eliminator -> packer
@@ -234,6 +233,8 @@ class TopK(wiring.Component):
             with m.Default():
                 m.d.comb += rd_data.eq(rbc[1].data)
 
+        # A pass reading B or C must not overtake the writer of the pass before it: row r may be
+        # read once the writer has finished it (the cycle after its write) or the whole buffer.
         can_read = Signal()
         with m.Switch(src):
             with m.Case(0):
@@ -241,13 +242,12 @@ class TopK(wiring.Component):
             for s_idx in (1, 2):
                 with m.Case(s_idx):
                     j = s_idx - 1
-                    m.d.comb += can_read.eq(
-                        wdone[j] | (rd_row < avail[j]) | ((rd_row == avail[j]) & writing[j]))
+                    m.d.comb += can_read.eq(wdone[j] | (rd_row < avail[j]))
         issue = Signal()
         rd_last = Signal()
         m.d.comb += [
             issue.eq(reading & adv & can_read),
-            rd_last.eq(((rd_row + 1) << cfg.lane_bits) >= rd_elems),
+            rd_last.eq(rd_row == rd_final),
         ]
         with m.If(adv):
             m.d.sync += [m_valid.eq(issue), m_row.eq(rd_row), m_last.eq(rd_last)]
@@ -286,8 +286,8 @@ class TopK(wiring.Component):
 
         # ================================================================ histogram (H1, D)
         # H1 registers ge[b][lane] = match & (digit >= b). The next stage adds the popcount of
-        # each ge[b] into dcnt[b], which starts at -k_rem: dcnt[b] = (candidates with digit >= b)
-        # - k_rem. Its sign says whether the k-th largest key has a digit >= b, so the bin is
+        # each ge[b] into dcnt[b], which starts at -k_rem (k_rem: how many of the k largest are
+        # still to find among the candidates): dcnt[b] = (candidates with digit >= b) - k_rem. Its sign says whether the k-th largest key has a digit >= b, so the bin is
         # known without a compare stage: the highest b with dcnt[b] >= 0 (dcnt[0] = cand - k_rem
         # >= 0 always).
         r1_hist = Signal()
@@ -307,23 +307,38 @@ class TopK(wiring.Component):
             m.d.sync += [dcnt[b].eq(dcnt[b] + sum(h1_ge[b][lane] for lane in range(P)))
                          for b in range(1, NB)]
         d0 = Signal(d_shape)
-        m.d.comb += [dcnt[0].eq(d0), dcnt[NB].eq(-k_rem)]
+        m.d.comb += [dcnt[0].eq(d0), dcnt[NB].eq(neg_k_rem)]
 
         # ================================================================ bin select, commit
         # BS (one cycle, once the pass's counts are complete): pick the bin, register dcnt at it
         # and above it. Commit (the next cycle): k_rem = -dcnt[bin+1] (what is still to find
         # inside the bin), cand = dcnt[bin] - dcnt[bin+1] (the bin's population).
+        # The sign bits form a thermometer code, so `sel` is one-hot and the selection is an
+        # AND-OR tree (not a priority chain).
         m.d.sync += bs_valid.eq(bs_go)
+        sel = [Signal(name=f"bs_sel{b}") for b in range(NB)]
+        for b in range(NB):
+            ok_b = ~dcnt[b][-1] if b else Const(1)
+            ok_up = ~dcnt[b + 1][-1] if b + 1 < NB else Const(0)
+            m.d.comb += sel[b].eq(ok_b & ~ok_up)
+
+        def pick(values):
+            """values[b] of the selected bin: an OR of the masked candidates."""
+            acc = Mux(sel[0], values[0], 0)
+            for b in range(1, NB):
+                acc = acc | Mux(sel[b], values[b], 0)
+            return acc
+
         with m.If(bs_go):
-            for b in range(NB):
-                ok_b = ~dcnt[b][-1] if b else Const(1)
-                ok_up = ~dcnt[b + 1][-1] if b + 1 < NB else Const(0)
-                with m.If(ok_b & ~ok_up):
-                    m.d.sync += [bs_bin.eq(b), bs_dat.eq(dcnt[b]), bs_dab.eq(dcnt[b + 1])]
+            m.d.sync += [
+                bs_bin.eq(pick([Const(b, D) for b in range(NB)])),
+                bs_dat.eq(pick(dcnt[:NB])),
+                bs_dab.eq(pick(dcnt[1:])),
+            ]
         m.d.comb += bs_in_bin.eq(bs_dat - bs_dab)
         with m.If(bs_valid):
             m.d.sync += [
-                k_rem.eq(-bs_dab),
+                neg_k_rem.eq(bs_dab),
                 cand.eq(bs_in_bin),
                 d0.eq(bs_dat),
                 fbin.eq(bs_bin),
@@ -408,8 +423,7 @@ class TopK(wiring.Component):
         with m.If(pend != 0):
             m.d.comb += packer.o.ready.eq(1)
             with m.If(packer.o.valid):
-                m.d.comb += [wbc[0].en.eq(~wdst), wbc[1].en.eq(wdst),
-                             writing[0].eq(~wdst), writing[1].eq(wdst)]
+                m.d.comb += [wbc[0].en.eq(~wdst), wbc[1].en.eq(wdst)]
                 m.d.sync += wr_row.eq(wr_row + 1)
                 with m.If(wdst):
                     m.d.sync += avail[1].eq(wr_row + 1)
@@ -462,7 +476,10 @@ class TopK(wiring.Component):
             m.d.sync += [acc_s1.eq(acc_s1 + level_v[0]), acc_s2.eq(acc_s2 + level_q[0])]
         # The last beat is in R1 in CHECK; its sums are in acc_* `depth + 2` cycles later.
         mom_wait = depth + 1
-        m.d.comb += [stat.n.eq(n_reg), stat.k.eq(k_reg), stat.s1.eq(acc_s1), stat.s2.eq(acc_s2)]
+        stat_start = Signal()
+        m.d.sync += stat_start.eq(0)
+        m.d.comb += [stat.n.eq(n_reg), stat.k.eq(k_reg), stat.s1.eq(acc_s1), stat.s2.eq(acc_s2),
+                     stat.start.eq(stat_start)]
 
         # ================================================================ counters, status
         with m.If(counting_total):
@@ -485,7 +502,8 @@ class TopK(wiring.Component):
         wait = Signal(range(64))
 
         def start_reader(s, elems):
-            return [src.eq(s), rd_row.eq(0), reading.eq(1), rd_elems.eq(elems)]
+            return [src.eq(s), rd_row.eq(0), reading.eq(1), rd_elems.eq(elems),
+                    rd_final.eq((elems - 1) >> cfg.lane_bits)]
 
         end_of_run = [counting_total.eq(0), counting_select.eq(0), out_pass.eq(0), ran.eq(1)]
 
@@ -530,7 +548,7 @@ class TopK(wiring.Component):
             with m.State("CHECK"):
                 # The cycle after the last input beat (which now sits in R1).
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [cand.eq(n_reg), k_rem.eq(k_reg), d0.eq(n_reg - k_reg),
+                m.d.sync += [cand.eq(n_reg), neg_k_rem.eq(-k_reg), d0.eq(n_reg - k_reg),
                              wdst.eq(0), wait.eq(0)]
                 with m.If(err != ErrorCode.NONE):
                     m.next = "EMPTY"
@@ -586,7 +604,8 @@ class TopK(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += wait.eq(wait - 1)
                 with m.If(wait == 0):
-                    m.d.comb += stat.start.eq(1)
+                    # a registered start pulse (the statistical unit sees it next cycle)
+                    m.d.sync += stat_start.eq(1)
                     m.next = "STAT"
 
             with m.State("STAT"):

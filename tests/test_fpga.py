@@ -360,3 +360,20 @@ def test_build_reports_the_critical_path_when_timing_fails(capsys):
     err = capsys.readouterr().err
     assert "icebreaker lane_adder_fast: done" in err     # the spinner's last state
     assert "FAIL" in err and "critical path (sync):" in err
+
+
+@pytest.mark.synth
+def test_build_topk_small_on_icebreaker():
+    """The real engine through the real flow: `spatten synth --board icebreaker --top topk
+    --config small`, report with Fmax and utilization, and the engine fits the UP5K."""
+    from spatten.cli import main
+
+    out = _out_dir("icebreaker-topk")
+    assert main(["synth", "--board", "icebreaker", "--top", "topk", "--config", "small",
+                 "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["top"] == "topk" and report["config"] == "small"
+    assert report["fmax_mhz"]["sync"]["achieved"] > 0
+    lc = report["utilization"]["ICESTORM_LC"]
+    assert 1000 < lc["used"] <= lc["available"]
+    assert report["utilization"]["ICESTORM_RAM"]["used"] >= 3   # buffers A, B, C
