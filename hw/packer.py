@@ -20,11 +20,15 @@ class BeatPacker(wiring.Component):
         Shape of one item.
     lanes : int
         Items per beat: 1, 2, 4, 8, 16 or 32.
+    zero_above_count : bool (keyword)
+        The producer guarantees input lanes from ``count`` up are zero, so they are not masked
+        (saves a level of logic on the packer's longest path).
 
     Ports
     -----
     i : In(stream.Signature(compact_layout(payload_shape, lanes)))
-        ``data[0..count-1]`` are items (``data`` lanes from ``count`` up are ignored); ``last``
+        ``data[0..count-1]`` are items (``data`` lanes from ``count`` up are ignored, or with
+        ``zero_above_count=True`` promised zero, as `ZeroEliminator` makes them); ``last``
         ends a packet. Beats with ``count == 0`` are allowed anywhere.
     o : Out(stream.Signature(compact_layout(payload_shape, lanes)))
         The items of each packet in order, ``lanes`` per beat; the final beat of a packet has
@@ -60,9 +64,12 @@ class BeatPacker(wiring.Component):
     cycle per packet whose last beat splits.
     """
 
-    def __init__(self, payload_shape, lanes):
+    def __init__(self, payload_shape, lanes, *, zero_above_count=False):
         self.payload_shape = check_payload_shape(payload_shape)
         self.lanes = check_lanes(lanes)
+        if not isinstance(zero_above_count, bool):
+            raise TypeError(f"zero_above_count must be a bool, not {zero_above_count!r}")
+        self.zero_above_count = zero_above_count
         self._width = Shape.cast(payload_shape).width
         layout = compact_layout(payload_shape, lanes)
         super().__init__({
@@ -97,7 +104,9 @@ class BeatPacker(wiring.Component):
         # The new items (lanes from `count` up zeroed), shifted up by `fill` in a 2*lanes window.
         shifted = []
         for j in range(lanes):
-            shifted.append(Mux(j < i.payload.count, Value.cast(i.payload.data[j]), 0))
+            item = Value.cast(i.payload.data[j])
+            # Input lanes from `count` up are masked, unless the producer promises them zero.
+            shifted.append(item if self.zero_above_count else Mux(j < i.payload.count, item, 0))
         shifted += [0] * lanes
         for b in range(len(fill)):
             dist = 1 << b
@@ -112,7 +121,8 @@ class BeatPacker(wiring.Component):
         for k in range(2 * lanes):
             w = Signal(width, name=f"window_{k}")
             if k < lanes:
-                m.d.comb += w.eq(Mux(k < fill, res[k], shifted[k]))
+                # res is zero from `fill` up and `shifted` below it: an OR merges them.
+                m.d.comb += w.eq(res[k] | shifted[k])
             else:
                 m.d.comb += w.eq(shifted[k])
             window.append(w)

@@ -141,7 +141,7 @@ class TopK(wiring.Component):
 
         # ================================================================ sub-units
         m.submodules.ze = ze = ZeroEliminator(elem, P)
-        m.submodules.packer = packer = BeatPacker(elem, P)
+        m.submodules.packer = packer = BeatPacker(elem, P, zero_above_count=True)
         m.submodules.eq_prefix = eq_prefix = PrefixCount(P)
         m.submodules.stat = stat = StatThreshold(cfg)
         wiring.connect(m, ze.o, packer.i)

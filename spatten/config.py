@@ -126,7 +126,8 @@ PRESETS: dict[str, Config] = {
     # SpAtten-1/8 scale for the ULX3S-85F (ECP5-85F).
     "default": Config(name="default", topk=TopKConfig(lanes=16, value_width=16, capacity=1024)),
     # Fits the iCEBreaker's iCE40UP5K (5280 LUTs, 120 kbit of block RAM).
-    "small": Config(name="small", topk=TopKConfig(lanes=4, value_width=12, capacity=256)),
+    "small": Config(name="small", topk=TopKConfig(lanes=4, value_width=12, capacity=256,
+                                                  digit_bits=3)),
     # The default engine with room for 4096 values (benchmarks at n = 4096).
     "large": Config(name="large", topk=TopKConfig(lanes=16, value_width=16, capacity=4096)),
 }

@@ -227,3 +227,17 @@ def test_signed_payload(seed):
 def test_parameter_validation(kwargs, exc, msg):
     with pytest.raises(exc, match=msg):
         BeatPacker(**kwargs)
+
+
+@pytest.mark.parametrize("lanes", [1, 4, 16])
+def test_zero_above_count(lanes, seed):
+    """With zero_above_count=True (input lanes from count up are zero, as the zero eliminator
+    makes them) the packer behaves exactly as the masking one, stalls included."""
+    rng = random.Random(seed)
+    beats = random_packets(rng, lanes, 100)
+    for b in beats:
+        b["data"] = [x if j < b["count"] else 0 for j, x in enumerate(b["data"])]
+    run_packer(BeatPacker(unsigned(8), lanes, zero_above_count=True), beats, rng=rng,
+               gap=0.3, stall=0.3)
+    with pytest.raises(TypeError, match="bool"):
+        BeatPacker(unsigned(8), lanes, zero_above_count=1)
