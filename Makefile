@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
+	$(PY) -m spatten.sim.toolchain
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -37,6 +38,7 @@ verilog: $(STAMP)
 	$(SPATTEN) verilog --top topk --config $(CONFIG)
 
 test: $(STAMP)
+	$(PY) -m spatten.sim.toolchain
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup tests
 
 test-fast: $(STAMP)

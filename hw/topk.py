@@ -31,7 +31,8 @@ gathered: for every bin b the count of candidates whose digit is >= b (2**D - 1 
 flags per cycle). The bin that holds the k-th largest key is then known, and the number of keys
 above it. Each later pass reads the candidates (buffer A for the first one, then the packed
 survivors of the previous pass, ping-ponging between buffers B and C), keeps those in the chosen
-bin (zero eliminator + beat packer, written back densely) and histograms the next digit. After the
+bin (zero eliminator + beat packer, written back densely and shifted left by one digit, so that
+every pass finds its digits at fixed places) and histograms the next digit. After the
 last digit the k-th key is known exactly, and so is the number of keys equal to it that must be
 kept. A final pass over A compares every key with it and emits the survivors in order, keeping
 ties lowest index first. Selection costs about n/P + ceil(n/(P*2**D))/P + ... + 6 cycles a pass.
@@ -124,8 +125,8 @@ class TopK(wiring.Component):
         cnt_shape = range(CAP + 1)
         d_shape = signed(cfg.count_width + 1)
         SIGN = 1 << (W - 1)
-        elem = data.StructLayout({"key": unsigned(W), "index": unsigned(cfg.index_width)})
-        row_layout = data.ArrayLayout(unsigned(W), P)
+        elem = data.StructLayout({"key": unsigned(KW), "index": unsigned(cfg.index_width)})
+        row_layout = data.ArrayLayout(unsigned(KW), P)
 
         m = Module()
 
@@ -272,22 +273,26 @@ class TopK(wiring.Component):
                 r1_row.eq(m_row), r1_last.eq(m_last), r1_from_input.eq(0),
             ]
 
-        def digit(key, pos):
-            wide = Cat(key, Const(0, KW - W)) if KW > W else key
-            return wide.word_select(pos, D)
+        # Digits sit at fixed places: a candidate pass writes its survivors back shifted left
+        # by one digit (they all share the digit it filtered on), so every pass filters on the
+        # top digit of what it reads and histograms the second; the input pass histograms the
+        # top digit. (No variable digit select on the critical path.)
+        def top(key):
+            return key[KW - D:]
+
+        def second(key):
+            return key[KW - 2 * D:KW - D] if L > 1 else key[KW - D:]
 
         r1_match = Signal(P)                    # in the pass, and in the filter's bin
         for lane in range(P):
-            if L > 1:
-                in_bin = digit(r1_keys[lane], hdig + 1) == fbin
-            else:
-                in_bin = Const(1)
+            in_bin = (top(r1_keys[lane]) == fbin) if L > 1 else Const(1)
             m.d.comb += r1_match[lane].eq(r1_lane_ok[lane] & (~filt | in_bin))
 
         # ================================================================ histogram (H1, D)
         # H1 registers ge[b][lane] = match & (digit >= b). The next stage adds the popcount of
         # each ge[b] into dcnt[b], which starts at -k_rem (k_rem: how many of the k largest are
-        # still to find among the candidates): dcnt[b] = (candidates with digit >= b) - k_rem. Its sign says whether the k-th largest key has a digit >= b, so the bin is
+        # still to find among the candidates): dcnt[b] = (candidates with digit >= b) - k_rem.
+        # Its sign says whether the k-th largest key has a digit >= b, so the bin is
         # known without a compare stage: the highest b with dcnt[b] >= 0 (dcnt[0] = cand - k_rem
         # >= 0 always).
         r1_hist = Signal()
@@ -297,7 +302,9 @@ class TopK(wiring.Component):
         m.d.sync += h1_valid.eq(r1_hist)
         for b in range(1, NB):
             m.d.sync += h1_ge[b].eq(Cat(*[
-                r1_match[lane] & (digit(r1_keys[lane], hdig) >= b) for lane in range(P)]))
+                r1_match[lane]
+                & (Mux(filt, second(r1_keys[lane]), top(r1_keys[lane])) >= b)
+                for lane in range(P)]))
         dcnt = [Signal(d_shape, name=f"dcnt{b}") for b in range(NB + 1)]
         d_load = Signal()
         d_init = Signal(d_shape)
@@ -350,8 +357,8 @@ class TopK(wiring.Component):
         # ================================================================ R2, R3
         # Candidate passes: R2 holds the row and its match flags (the zero eliminator's input).
         # Output pass: R2 compares with the threshold, R3 adds the tie ranks (keep flags).
-        thr_ukey = Signal(W)
-        m.d.comb += thr_ukey.eq(thr_key[:W])
+        thr_ukey = Signal(KW)
+        m.d.comb += thr_ukey.eq(thr_key)
         r2_gt = Signal(P)
         r2_eq = Signal(P)
         r2_match = Signal(P)
@@ -384,13 +391,17 @@ class TopK(wiring.Component):
                     Mux(eq_prefix.total > ties_left, 0, ties_left - eq_prefix.total))
 
         # ================================================================ zero eliminator input
+        def shifted_key(key):                   # a survivor drops its (shared) top digit
+            return Cat(Const(0, D), key[:KW - D]) if L > 1 else key
+
         # Candidate passes feed it from R2 (keep = match); the output pass from R3 (keep).
         ze_in_valid = Signal()
         m.d.comb += ze_in_valid.eq(Mux(out_pass, r3_valid, r2_valid))
         m.d.comb += ze.i.valid.eq(ze_in_valid)
         for lane in range(P):
             m.d.comb += [
-                ze.i.payload.data[lane].key.eq(Mux(out_pass, r3_keys[lane], r2_keys[lane])),
+                ze.i.payload.data[lane].key.eq(
+                    Mux(out_pass, r3_keys[lane], shifted_key(r2_keys[lane]))),
                 ze.i.payload.data[lane].index.eq(
                     Cat(Const(lane, cfg.lane_bits), Mux(out_pass, r3_row, r2_row))),
             ]
@@ -414,7 +425,7 @@ class TopK(wiring.Component):
             used = o.count > lane
             m.d.comb += [
                 o.index[lane].eq(Mux(used, pk.data[lane].index, 0)),
-                o.value[lane].eq(Mux(used, (pk.data[lane].key ^ SIGN).as_signed(), 0)),
+                o.value[lane].eq(Mux(used, (pk.data[lane].key[:W] ^ SIGN).as_signed(), 0)),
             ]
         m.d.comb += [o.count.eq(pk.count), o.last.eq(pk.last)]
         pass_start_cand = Signal()              # a candidate pass starts (end of this cycle)
@@ -453,7 +464,7 @@ class TopK(wiring.Component):
         mom_q = [Signal(unsigned(2 * W), name=f"mom_q{lane}") for lane in range(P)]
         m.d.sync += mom_valid.eq(r1_valid & r1_from_input)
         for lane in range(P):
-            v = Mux(r1_lane_ok[lane], (r1_keys[lane] ^ SIGN).as_signed(), 0)
+            v = Mux(r1_lane_ok[lane], (r1_keys[lane][:W] ^ SIGN).as_signed(), 0)
             m.d.sync += [mom_v[lane].eq(v), mom_q[lane].eq(v * v)]
         level_v, level_q, level_valid, depth = mom_v, mom_q, mom_valid, 0
         while len(level_v) > 1:            # an adder tree with a register per level
@@ -492,7 +503,7 @@ class TopK(wiring.Component):
             self.n.eq(Mux(n_reg > CAP, CAP, n_reg)),
             self.error_code.eq(err),
             self.error.eq(err != ErrorCode.NONE),
-            self.threshold.eq((thr_ukey ^ SIGN).as_signed()),
+            self.threshold.eq((thr_key[:W] ^ SIGN).as_signed()),
             self.select_cycles.eq(select_cnt),
             self.total_cycles.eq(total_cnt),
             self.selected.eq(selected_cnt),
@@ -622,7 +633,8 @@ class TopK(wiring.Component):
 
             with m.State("OUTPUT"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(self.o.valid & self.o.ready & o.last):
+                # (the packer's own handshake: shorter than going through self.o.valid's mux)
+                with m.If((pend == 0) & packer.o.valid & self.o.ready & pk.last):
                     m.d.sync += end_of_run
                     m.next = "RECV"
 

