@@ -176,20 +176,21 @@ def select_statistical(cfg: TopKConfig, values, k: int) -> TopKResult:
 
 def _packer_writes(counts, arrivals, lanes):
     """Cycles in which `hw.packer.BeatPacker` (output never stalled) emits its beats, for a packet
-    whose beats carry `counts` items and arrive (are accepted) in cycles `arrivals`."""
+    whose beats carry `counts` items and arrive (are accepted) in cycles `arrivals`: two cycles
+    after the beat that releases a beat, three for the remainder of a split last beat."""
     out, fill = [], 0
     for idx, (c, a) in enumerate(zip(counts, arrivals)):
         total = fill + c
         if idx < len(counts) - 1:
             if total > lanes:
-                out.append(a + 1)
+                out.append(a + 2)
                 fill = total - lanes
             else:
                 fill = total
         elif total <= lanes:
-            out.append(a + 1)
+            out.append(a + 2)
         else:
-            out += [a + 1, a + 2]
+            out += [a + 2, a + 3]
     return out
 
 
