@@ -165,6 +165,11 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int = 1, progress: 
                                  f"--timing-allow-fail"}
     if b.synth_opts:
         overrides["synth_opts"] = b.synth_opts
+    if b.family == "ecp5":
+        # Yosys 0.70 trips an internal assertion (rtlil.cc:3091, in ABC's re-integration) on the
+        # flattened harness + top-k engine; flattening and purging dangling wires before
+        # synth_ecp5 avoids it and changes nothing else.
+        overrides["script_after_read"] = f"hierarchy -top {name}\nflatten\nopt_clean -purge"
 
     env = tool_environment()
     saved = {k: os.environ.get(k) for k in env}

@@ -228,7 +228,7 @@ def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
         from spatten.golden.stat_threshold import stat_threshold_from_values
 
         depth = cfg.lane_bits
-        t_start = t_in + 4 + depth           # moments drained, then a registered start
+        t_start = t_in + 5 + depth           # moments drained, then a registered start
         t_done = t_start + stat_cycles(cfg, n=n, k=k)
         st = stat_threshold_from_values(cfg, v, k)
         if st.select_none:

@@ -459,13 +459,18 @@ class TopK(wiring.Component):
         # S1 = sum of values, S2 = sum of squares of the input beats (taken from R1).
         s1_w = W + cfg.count_width + 1
         s2_w = 2 * W + cfg.count_width
+        # Stage 1 registers the (masked) values, stage 2 their squares (a multiplier fed from a
+        # register, not from R1's fan-out), then an adder tree with a register per level.
+        mom_valid1 = Signal()
         mom_valid = Signal()
+        mom_v1 = [Signal(signed(W), name=f"mom_v1_{lane}") for lane in range(P)]
         mom_v = [Signal(signed(W), name=f"mom_v{lane}") for lane in range(P)]
         mom_q = [Signal(unsigned(2 * W), name=f"mom_q{lane}") for lane in range(P)]
-        m.d.sync += mom_valid.eq(r1_valid & r1_from_input)
+        m.d.sync += [mom_valid1.eq(r1_valid & r1_from_input), mom_valid.eq(mom_valid1)]
         for lane in range(P):
             v = Mux(r1_lane_ok[lane], (r1_keys[lane][:W] ^ SIGN).as_signed(), 0)
-            m.d.sync += [mom_v[lane].eq(v), mom_q[lane].eq(v * v)]
+            m.d.sync += [mom_v1[lane].eq(v), mom_v[lane].eq(mom_v1[lane]),
+                         mom_q[lane].eq(mom_v1[lane] * mom_v1[lane])]
         level_v, level_q, level_valid, depth = mom_v, mom_q, mom_valid, 0
         while len(level_v) > 1:            # an adder tree with a register per level
             nv, nq = [], []
@@ -485,8 +490,8 @@ class TopK(wiring.Component):
             m.d.sync += [acc_s1.eq(0), acc_s2.eq(0)]
         with m.Elif(level_valid):
             m.d.sync += [acc_s1.eq(acc_s1 + level_v[0]), acc_s2.eq(acc_s2 + level_q[0])]
-        # The last beat is in R1 in CHECK; its sums are in acc_* `depth + 2` cycles later.
-        mom_wait = depth + 1
+        # The last beat is in R1 in CHECK; its sums are in acc_* `depth + 3` cycles later.
+        mom_wait = depth + 2
         stat_start = Signal()
         m.d.sync += stat_start.eq(0)
         m.d.comb += [stat.n.eq(n_reg), stat.k.eq(k_reg), stat.s1.eq(acc_s1), stat.s2.eq(acc_s2),
