@@ -201,8 +201,9 @@ def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
     radix passes' row counts.
 
     The model follows the RTL's pipeline: a row read in cycle x is in R1 at x + 2 (histogram
-    flags H1 at x + 3, counts at x + 4; candidate passes feed the zero eliminator from R2 at
-    x + 3, the output pass from R3 at x + 4); a pass's bin is selected 4 cycles after its last read and committed the
+    flags H1 at x + 3, counts at x + 4; candidate passes feed the skid buffer in front of the
+    zero eliminator from R2 at x + 3, the output pass from R3 at x + 4, one more cycle to the
+    zero eliminator); a pass's bin is selected 4 cycles after its last read and committed the
     cycle after, while the next pass already reads; a buffer row may be read from the cycle after
     it is written.
     """
@@ -218,11 +219,11 @@ def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
     def output_pass(first_read, keep):
         """Cycle of the last output beat for an output pass whose reads start at first_read."""
         counts = [int(keep[r * P:(r + 1) * P].sum()) for r in range(beats)]
-        arrivals = [first_read + r + 2 + 2 + lz for r in range(beats)]
-        return _packer_writes(counts, arrivals, P)[-1]
+        arrivals = [first_read + r + 2 + 2 + 1 + lz for r in range(beats)]
+        return _packer_writes(counts, arrivals, P)[-1] + 1   # + the output skid buffer
 
-    if k == 0:
-        return {"select": 2, "total": t_in + 3, **info}
+    if k == 0:                               # one empty beat, through the output skid buffer
+        return {"select": 3, "total": t_in + 4, **info}
     if mode == "statistical":
         from spatten.golden.stat_threshold import cycles as stat_cycles
         from spatten.golden.stat_threshold import stat_threshold_from_values
@@ -232,7 +233,7 @@ def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
         t_done = t_start + stat_cycles(cfg, n=n, k=k)
         st = stat_threshold_from_values(cfg, v, k)
         if st.select_none:
-            return {"select": t_done - t_in, "total": t_done + 2, **info}
+            return {"select": t_done - t_in, "total": t_done + 3, **info}
         keep = np.ones(n, bool) if st.select_all else v >= st.threshold
         last = output_pass(t_done + 1, keep)
         return {"select": t_done - t_in, "total": last + 1, **info}
@@ -252,7 +253,7 @@ def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
             reads.append(x)
         match = ((src_keys >> (fdig * D)) & ((1 << D) - 1)) == fbin
         counts = [int(match[r * P:(r + 1) * P].sum()) for r in range(rows)]
-        src_written = _packer_writes(counts, [x_r + 3 + lz for x_r in reads], P)
+        src_written = _packer_writes(counts, [x_r + 3 + 1 + lz for x_r in reads], P)
         src_keys = src_keys[match]
         info["passes"].append({"rows": rows, "first_read": reads[0], "last_read": reads[-1]})
         s = reads[-1] + 4

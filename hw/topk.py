@@ -49,7 +49,8 @@ from spatten.config import TopKConfig
 
 from .packer import BeatPacker
 from .stat_threshold import StatThreshold
-from .zero_elim import PrefixCount, ZeroEliminator
+from .skid import SkidBuffer
+from .zero_elim import PrefixCount, ZeroEliminator, keep_layout
 
 __all__ = ["Mode", "ErrorCode", "TopK", "input_layout", "output_layout"]
 
@@ -141,7 +142,11 @@ class TopK(wiring.Component):
         rbc = [mem_b.read_port(), mem_c.read_port()]
 
         # ================================================================ sub-units
+        # The reader pipeline hands its beats to the zero eliminator through a skid buffer, so
+        # it stalls on a registered ready, not on the ready chain of the units behind it.
+        m.submodules.skid = skid = SkidBuffer(keep_layout(elem, P))
         m.submodules.ze = ze = ZeroEliminator(elem, P)
+        wiring.connect(m, skid.o, ze.i)
         m.submodules.packer = packer = BeatPacker(elem, P, zero_above_count=True)
         m.submodules.eq_prefix = eq_prefix = PrefixCount(P)
         m.submodules.stat = stat = StatThreshold(cfg)
@@ -397,32 +402,36 @@ class TopK(wiring.Component):
         # Candidate passes feed it from R2 (keep = match); the output pass from R3 (keep).
         ze_in_valid = Signal()
         m.d.comb += ze_in_valid.eq(Mux(out_pass, r3_valid, r2_valid))
-        m.d.comb += ze.i.valid.eq(ze_in_valid)
+        m.d.comb += skid.i.valid.eq(ze_in_valid)
         for lane in range(P):
             m.d.comb += [
-                ze.i.payload.data[lane].key.eq(
+                skid.i.payload.data[lane].key.eq(
                     Mux(out_pass, r3_keys[lane], shifted_key(r2_keys[lane]))),
-                ze.i.payload.data[lane].index.eq(
+                skid.i.payload.data[lane].index.eq(
                     Cat(Const(lane, cfg.lane_bits), Mux(out_pass, r3_row, r2_row))),
             ]
         m.d.comb += [
-            ze.i.payload.keep.eq(Mux(out_pass, r3_keep, r2_match)),
-            ze.i.payload.last.eq(Mux(out_pass, r3_last, r2_last)),
+            skid.i.payload.keep.eq(Mux(out_pass, r3_keep, r2_match)),
+            skid.i.payload.last.eq(Mux(out_pass, r3_last, r2_last)),
         ]
-        m.d.comb += adv.eq(~ze_in_valid | ze.i.ready)
+        m.d.comb += adv.eq(~ze_in_valid | skid.i.ready)
 
         # ================================================================ packer -> B/C or o
-        # The packer's beats belong to a candidate pass while `pend` counts one: they are
-        # written to B or C. Otherwise they are the output.
+        # The packer's beats belong to a candidate pass while `pend` counts one (`to_mem`, a
+        # register): they are written to B or C. Otherwise they go out, through a skid buffer
+        # (so `o` is a register and `o.ready` reaches no further than that buffer).
+        m.submodules.out_skid = out_skid = SkidBuffer(output_layout(cfg))
+        wiring.connect(m, out_skid.o, wiring.flipped(self.o))
+        to_mem = Signal()
         pk = packer.o.payload
         cand_row = Signal(row_layout)
         for lane in range(P):
             m.d.comb += cand_row[lane].eq(pk.data[lane].key)
         for j in (0, 1):
             m.d.comb += [wbc[j].addr.eq(wr_row), wbc[j].data.eq(cand_row)]
-        o = self.o.payload
+        o = out_skid.i.payload
         for lane in range(P):                   # lanes at and above `count` read as zero
-            used = o.count > lane
+            used = pk.count > lane
             m.d.comb += [
                 o.index[lane].eq(Mux(used, pk.data[lane].index, 0)),
                 o.value[lane].eq(Mux(used, (pk.data[lane].key[:W] ^ SIGN).as_signed(), 0)),
@@ -431,7 +440,7 @@ class TopK(wiring.Component):
         pass_start_cand = Signal()              # a candidate pass starts (end of this cycle)
         pass_wbuf = Signal()                    # ... and writes this buffer
         wr_last = Signal()
-        with m.If(pend != 0):
+        with m.If(to_mem):
             m.d.comb += packer.o.ready.eq(1)
             with m.If(packer.o.valid):
                 m.d.comb += [wbc[0].en.eq(~wdst), wbc[1].en.eq(wdst)]
@@ -448,8 +457,10 @@ class TopK(wiring.Component):
                     with m.Else():
                         m.d.sync += wdone[0].eq(1)
         with m.Else():
-            m.d.comb += [self.o.valid.eq(packer.o.valid), packer.o.ready.eq(self.o.ready)]
-        m.d.sync += pend.eq(pend + pass_start_cand - wr_last)
+            m.d.comb += [out_skid.i.valid.eq(packer.o.valid), packer.o.ready.eq(out_skid.i.ready)]
+        pend_next = Signal.like(pend)
+        m.d.comb += pend_next.eq(pend + pass_start_cand - wr_last)
+        m.d.sync += [pend.eq(pend_next), to_mem.eq(pend_next != 0)]
         with m.If(pass_start_cand):
             for j in (0, 1):
                 with m.If(pass_wbuf == j):
@@ -503,7 +514,7 @@ class TopK(wiring.Component):
         with m.If(counting_select):
             m.d.sync += select_cnt.eq(select_cnt + 1)
         with m.If(self.o.valid & self.o.ready):
-            m.d.sync += selected_cnt.eq(selected_cnt + o.count)
+            m.d.sync += selected_cnt.eq(selected_cnt + self.o.payload.count)
         m.d.comb += [
             self.n.eq(Mux(n_reg > CAP, CAP, n_reg)),
             self.error_code.eq(err),
@@ -638,15 +649,20 @@ class TopK(wiring.Component):
 
             with m.State("OUTPUT"):
                 m.d.comb += self.busy.eq(1)
-                # (the packer's own handshake: shorter than going through self.o.valid's mux)
-                with m.If((pend == 0) & packer.o.valid & self.o.ready & pk.last):
+                with m.If(self.o.valid & self.o.ready & self.o.payload.last):
                     m.d.sync += end_of_run
                     m.next = "RECV"
 
             with m.State("EMPTY"):
                 # One beat with count 0 and last: the packet of a run that selects nothing.
-                m.d.comb += [self.busy.eq(1), self.o.valid.eq(1), o.count.eq(0), o.last.eq(1)]
-                with m.If(self.o.ready):
+                m.d.comb += [self.busy.eq(1), out_skid.i.valid.eq(1),
+                             o.eq(output_layout(cfg).const({"count": 0, "last": 1}))]
+                with m.If(out_skid.i.ready):
+                    m.next = "EMPTY_OUT"
+
+            with m.State("EMPTY_OUT"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(self.o.valid & self.o.ready):
                     m.d.sync += end_of_run
                     m.next = "RECV"
 
