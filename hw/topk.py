@@ -132,14 +132,16 @@ class TopK(wiring.Component):
         m = Module()
 
         # ================================================================ buffers
-        # A holds the input keys (row r = input beat r); B and C the packed candidates.
-        m.submodules.mem_a = mem_a = Memory(shape=row_layout, depth=R, init=[])
-        m.submodules.mem_b = mem_b = Memory(shape=row_layout, depth=R, init=[])
-        m.submodules.mem_c = mem_c = Memory(shape=row_layout, depth=R, init=[])
-        wa = mem_a.write_port()
-        wbc = [mem_b.write_port(), mem_c.write_port()]
-        ra = mem_a.read_port()
-        rbc = [mem_b.read_port(), mem_c.read_port()]
+        # Three regions of one memory (one read port, one write port): A holds the input keys
+        # (row r = input beat r), B and C the packed candidates. One memory, not three, so that
+        # the block RAM's output reaches R1 with no multiplexer (and fewer RAM blocks are used).
+        rb = max(1, (R - 1).bit_length())       # row bits; region = address bits above them
+        m.submodules.mem = mem = Memory(shape=row_layout, depth=(2 << rb) + R, init=[])
+        wp = mem.write_port()
+        rp = mem.read_port()
+
+        def addr(region, row):
+            return Cat(row[:rb], Const(region, 2) if isinstance(region, int) else region)
 
         # ================================================================ sub-units
         # The reader pipeline hands its beats to the zero eliminator through a skid buffer, so
@@ -227,17 +229,8 @@ class TopK(wiring.Component):
             ]
 
         # ================================================================ reader (issue, M)
-        m.d.comb += [ra.addr.eq(rd_row), ra.en.eq(adv)]
-        for rp in rbc:
-            m.d.comb += [rp.addr.eq(rd_row), rp.en.eq(adv)]
-        rd_data = Signal(row_layout)
-        with m.Switch(src):
-            with m.Case(0):
-                m.d.comb += rd_data.eq(ra.data)
-            with m.Case(1):
-                m.d.comb += rd_data.eq(rbc[0].data)
-            with m.Default():
-                m.d.comb += rd_data.eq(rbc[1].data)
+        m.d.comb += [rp.addr.eq(addr(src, rd_row)), rp.en.eq(adv)]
+        rd_data = rp.data
 
         # A pass reading B or C must not overtake the writer of the pass before it: row r may be
         # read once the writer has finished it (the cycle after its write) or the whole buffer.
@@ -427,8 +420,8 @@ class TopK(wiring.Component):
         cand_row = Signal(row_layout)
         for lane in range(P):
             m.d.comb += cand_row[lane].eq(pk.data[lane].key)
-        for j in (0, 1):
-            m.d.comb += [wbc[j].addr.eq(wr_row), wbc[j].data.eq(cand_row)]
+        # (the input side overrides these in RECV; the two never write in the same cycle)
+        m.d.comb += [wp.addr.eq(addr(wdst + 1, wr_row)), wp.data.eq(cand_row)]
         o = out_skid.i.payload
         for lane in range(P):                   # lanes at and above `count` read as zero
             used = pk.count > lane
@@ -443,7 +436,7 @@ class TopK(wiring.Component):
         with m.If(to_mem):
             m.d.comb += packer.o.ready.eq(1)
             with m.If(packer.o.valid):
-                m.d.comb += [wbc[0].en.eq(~wdst), wbc[1].en.eq(wdst)]
+                m.d.comb += wp.en.eq(1)
                 m.d.sync += wr_row.eq(wr_row + 1)
                 with m.If(wdst):
                     m.d.sync += avail[1].eq(wr_row + 1)
@@ -551,8 +544,8 @@ class TopK(wiring.Component):
                     with m.Elif(row_now >= R):
                         m.d.comb += beat_err.eq(ErrorCode.N_OVER_CAPACITY)
                     m.d.comb += [
-                        wa.addr.eq(row_now), wa.data.eq(in_keys),
-                        wa.en.eq((beat_err == ErrorCode.NONE) & (err_now == ErrorCode.NONE)),
+                        wp.addr.eq(addr(0, row_now)), wp.data.eq(in_keys),
+                        wp.en.eq((beat_err == ErrorCode.NONE) & (err_now == ErrorCode.NONE)),
                     ]
                     m.d.sync += [
                         in_row.eq(Mux(row_now >= R, R, row_now + 1)),
