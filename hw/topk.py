@@ -489,8 +489,10 @@ class TopK(wiring.Component):
             level_v, level_q, level_valid, depth = nv, nq, vv, depth + 1
         acc_s1 = Signal(signed(s1_w))
         acc_s2 = Signal(unsigned(s2_w))
-        mom_clear = Signal()
-        with m.If(mom_clear):
+        mom_clear = Signal()                    # a run starts: clear the sums next cycle
+        mom_clear_r = Signal()                  # (its first beat reaches them 4 cycles later)
+        m.d.sync += mom_clear_r.eq(mom_clear)
+        with m.If(mom_clear_r):
             m.d.sync += [acc_s1.eq(0), acc_s2.eq(0)]
         with m.Elif(level_valid):
             m.d.sync += [acc_s1.eq(acc_s1 + level_v[0]), acc_s2.eq(acc_s2 + level_q[0])]
