@@ -178,6 +178,10 @@ class TopK(wiring.Component):
         sel_all = Signal()                      # statistical: keep everything
         out_pass = Signal()                     # the reader runs the output pass
         ties_left = Signal(cnt_shape)           # keys equal to the threshold still to keep
+        ties_cap = Signal(range(P + 1))         # min(ties_left, P): all a beat can compare to
+
+        def set_ties(value):
+            return [ties_left.eq(value), ties_cap.eq(Mux(value >= P, P, value))]
 
         # reader
         src = Signal(range(3))                  # 0: A, 1: B, 2: C
@@ -348,7 +352,7 @@ class TopK(wiring.Component):
                 d0.eq(bs_dat),
                 fbin.eq(bs_bin),
                 thr_key.eq(Cat(bs_bin, thr_key[:-D]) if KW > D else bs_bin),
-                ties_left.eq(-bs_dab),
+                *set_ties(-bs_dab),
             ]
             m.d.comb += [d_load.eq(1), d_init.eq(bs_dab)]
 
@@ -383,10 +387,16 @@ class TopK(wiring.Component):
                          r3_last.eq(r2_last)]
             for lane in range(P):
                 m.d.sync += r3_keep[lane].eq(
-                    r2_gt[lane] | (r2_eq[lane] & (eq_prefix.prefix[lane] < ties_left)))
+                    r2_gt[lane] | (r2_eq[lane] & (eq_prefix.prefix[lane] < ties_cap)))
             with m.If(r2_valid & out_pass):
-                m.d.sync += ties_left.eq(
-                    Mux(eq_prefix.total > ties_left, 0, ties_left - eq_prefix.total))
+                # the new count and its cap from three compares that run side by side
+                tot = eq_prefix.total
+                none_left = tot > ties_left
+                m.d.sync += [
+                    ties_left.eq(Mux(none_left, 0, ties_left - tot)),
+                    ties_cap.eq(Mux(none_left, 0, Mux(ties_left >= tot + P, P,
+                                                      (ties_left - tot)[:len(ties_cap)]))),
+                ]
 
         # ================================================================ zero eliminator input
         def shifted_key(key):                   # a survivor drops its (shared) top digit
@@ -638,7 +648,7 @@ class TopK(wiring.Component):
                     with m.If(stat.select_none):
                         m.next = "EMPTY"
                     with m.Else():
-                        m.d.sync += [sel_all.eq(stat.select_all), ties_left.eq(CAP),
+                        m.d.sync += [sel_all.eq(stat.select_all), *set_ties(CAP),
                                      out_pass.eq(1), *start_reader(0, n_reg)]
                         m.next = "OUTPUT"
 
