@@ -50,7 +50,7 @@ from spatten.config import TopKConfig
 from .packer import BeatPacker
 from .stat_threshold import StatThreshold
 from .skid import SkidBuffer
-from .zero_elim import PrefixCount, ZeroEliminator, keep_layout
+from .zero_elim import PrefixCount, ZeroEliminator, compact_layout, keep_layout
 
 __all__ = ["Mode", "ErrorCode", "TopK", "input_layout", "output_layout"]
 
@@ -152,7 +152,11 @@ class TopK(wiring.Component):
         m.submodules.packer = packer = BeatPacker(elem, P, zero_above_count=True)
         m.submodules.eq_prefix = eq_prefix = PrefixCount(P)
         m.submodules.stat = stat = StatThreshold(cfg)
-        wiring.connect(m, ze.o, packer.i)
+        # ... and a second one between the zero eliminator and the packer: no ready path runs
+        # through more than one of these units.
+        m.submodules.mid_skid = mid_skid = SkidBuffer(compact_layout(elem, P))
+        wiring.connect(m, ze.o, mid_skid.i)
+        wiring.connect(m, mid_skid.o, packer.i)
 
         # ================================================================ state
         k_reg = Signal(cnt_shape)
@@ -363,6 +367,7 @@ class TopK(wiring.Component):
         m.d.comb += thr_ukey.eq(thr_key)
         r2_gt = Signal(P)
         r2_eq = Signal(P)
+        r2_eqn = Signal(range(P + 1))           # how many lanes equal the threshold
         r2_match = Signal(P)
         r2_keys = Signal(row_layout)
         r2_row = Signal(range(R))
@@ -371,12 +376,12 @@ class TopK(wiring.Component):
             m.d.sync += [r2_valid.eq(r1_valid & ~r1_from_input & (out_pass | filt)),
                          r2_keys.eq(r1_keys), r2_row.eq(r1_row), r2_last.eq(r1_last),
                          r2_match.eq(r1_match)]
+            eq_flags = []
             for lane in range(P):
                 ok = r1_lane_ok[lane]
-                m.d.sync += [
-                    r2_gt[lane].eq(ok & (sel_all | (r1_keys[lane] > thr_ukey))),
-                    r2_eq[lane].eq(ok & ~sel_all & (r1_keys[lane] == thr_ukey)),
-                ]
+                eq_flags.append(ok & ~sel_all & (r1_keys[lane] == thr_ukey))
+                m.d.sync += r2_gt[lane].eq(ok & (sel_all | (r1_keys[lane] > thr_ukey)))
+            m.d.sync += [r2_eq.eq(Cat(*eq_flags)), r2_eqn.eq(sum(eq_flags))]
         m.d.comb += eq_prefix.flags.eq(r2_eq)
         r3_keep = Signal(P)
         r3_keys = Signal(row_layout)
@@ -389,8 +394,9 @@ class TopK(wiring.Component):
                 m.d.sync += r3_keep[lane].eq(
                     r2_gt[lane] | (r2_eq[lane] & (eq_prefix.prefix[lane] < ties_cap)))
             with m.If(r2_valid & out_pass):
-                # the new count and its cap from three compares that run side by side
-                tot = eq_prefix.total
+                # the new count and its cap from three compares that run side by side, on the
+                # registered count of equal lanes
+                tot = r2_eqn
                 none_left = tot > ties_left
                 m.d.sync += [
                     ties_left.eq(Mux(none_left, 0, ties_left - tot)),
