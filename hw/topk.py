@@ -175,7 +175,7 @@ class TopK(wiring.Component):
         # radix select
         neg_k_rem = Signal(d_shape)             # -(how many are still to find among them)
         cand = Signal(cnt_shape)                # current candidates (share the chosen digits)
-        hdig = Signal(range(max(L, 2)))         # digit histogrammed by the current pass
+        hdig = Signal(range(max(L, 2)), init=L - 1)  # digit histogrammed by the current pass
         fbin = Signal(D)                        # chosen bin of digit hdig + 1 (the filter)
         filt = Signal()                         # candidate pass: filter on digit hdig + 1
         thr_key = Signal(KW)
@@ -543,7 +543,10 @@ class TopK(wiring.Component):
             return [src.eq(s), rd_row.eq(0), reading.eq(1), rd_elems.eq(elems),
                     rd_final.eq((elems - 1) >> cfg.lane_bits)]
 
-        end_of_run = [counting_total.eq(0), counting_select.eq(0), out_pass.eq(0), ran.eq(1)]
+        # Pass state for the next run is set here, not with its first beat (a shorter path from
+        # the input handshake); reset leaves the same values.
+        end_of_run = [counting_total.eq(0), counting_select.eq(0), out_pass.eq(0), ran.eq(1),
+                      hdig.eq(L - 1), filt.eq(0), sel_all.eq(0)]
 
         with m.FSM(name="ctrl"):
             with m.State("RECV"):
@@ -575,8 +578,7 @@ class TopK(wiring.Component):
                     with m.If(first):
                         m.d.sync += [
                             k_reg.eq(self.k), mode_reg.eq(self.mode), total_cnt.eq(1),
-                            select_cnt.eq(0), selected_cnt.eq(0), hdig.eq(L - 1), filt.eq(0),
-                            out_pass.eq(0), sel_all.eq(0), ran.eq(0),
+                            select_cnt.eq(0), selected_cnt.eq(0), ran.eq(0),
                         ]
                         m.d.comb += [d_load.eq(1), d_init.eq(-self.k), mom_clear.eq(1)]
                     with m.If(in_beat.last):
