@@ -49,7 +49,7 @@ bench: $(STAMP)
 
 synth: $(STAMP)
 	$(SPATTEN) synth --board ulx3s-85f --top topk --config default
-	$(SPATTEN) synth --board icebreaker --top topk --config small --seed 2
+	$(SPATTEN) synth --board icebreaker --top topk --config small
 
 demo: $(STAMP)
 	$(SPATTEN) demo

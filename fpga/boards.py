@@ -175,6 +175,9 @@ class Board:
     # design uses, so these fill the gaps (DP16KD, MULT18X18D...)
     resources: dict
     synth_opts: str = ""      # extra options for Yosys' synth_<family>
+    # nextpnr placer seed used unless one is given: results move ~5% with it, and on a crowded
+    # design some seeds leave the router congested for many minutes (seen: ECP5 seed 1, >15 min)
+    seed: int = 1
 
     def make_platform(self):
         """A fresh instance of the board's Amaranth platform."""
@@ -212,6 +215,7 @@ BOARDS: dict[str, Board] = {
         resources={"TRELLIS_COMB": 83640, "TRELLIS_FF": 83640, "DP16KD": 208,
                    "MULT18X18D": 156, "ALU54B": 78, "TRELLIS_RAMW": 10455, "TRELLIS_IO": 365,
                    "EHXPLLL": 4, "DCCA": 56},
+        seed=3,
     ),
     "icebreaker": Board(
         name="icebreaker",
@@ -225,6 +229,7 @@ BOARDS: dict[str, Board] = {
         resources={"ICESTORM_LC": 5280, "ICESTORM_RAM": 30, "ICESTORM_SPRAM": 4,
                    "ICESTORM_DSP": 8, "SB_IO": 39, "SB_GB": 8, "ICESTORM_PLL": 1},
         synth_opts="-dsp",
+        seed=2,
     ),
 }
 

@@ -108,7 +108,8 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def build(board: str, make_dut, *, name: str, out_dir, seed: int = 1, progress: bool = True,
+def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
+          progress: bool = True,
           config: Config | None = None, config_name: str | None = None,
           mhz: float | None = None) -> dict:
     """Build `make_dut()` inside `BoardHarness` for `board`; return (and write) the report.
@@ -118,7 +119,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int = 1, progress: 
         make_dut  callable with no arguments returning the `wiring.Component` to build
         name      design name (letters, digits, underscores): file names and report "top"
         out_dir   build folder, created if needed; not under the system temp folder
-        seed      nextpnr placer seed (results move about 5% with it)
+        seed      nextpnr placer seed (results move about 5% with it); None: the board's own
         progress  show a spinner with the stage and elapsed time on stderr, then the table
         config    `Config` giving the target clock (`target_mhz[board]`) and the report's
                   "config" name; default `Config()`
@@ -139,6 +140,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int = 1, progress: 
     b = get_board(board)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]+", name):
         raise ValueError(f"name must be letters, digits and underscores only, not {name!r}")
+    if seed is None:
+        seed = b.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
     if config is not None and not isinstance(config, Config):

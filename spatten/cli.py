@@ -195,7 +195,9 @@ def build_parser():
     p.add_argument("--board", required=True, choices=["ulx3s-85f", "icebreaker"])
     p.add_argument("--top", required=True, help="unit to build: topk")
     _add_config(p)
-    p.add_argument("--seed", type=int, default=1, help="nextpnr placer seed (default 1)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="nextpnr placer seed (default: the board's, 3 for ulx3s-85f, 2 for "
+                        "icebreaker)")
     p.add_argument("-o", "--output", metavar="DIR", help="build folder "
                    "(default: build/synth/BOARD-TOP-CONFIG)")
     p.set_defaults(func=cmd_synth)
