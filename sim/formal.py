@@ -32,7 +32,7 @@ from pathlib import Path
 
 from amaranth.asserts import AnySeq
 from amaranth.back import rtlil
-from amaranth.hdl import Assert, ClockDomain, Elaboratable, Module, Signal, Value, ValueCastable
+from amaranth.hdl import Assert, ClockDomain, Module, Signal, Value, ValueCastable
 from amaranth.lib import wiring
 
 __all__ = ["FormalResult", "FormalFailure", "FormalToolsMissing", "formal_tools_missing",
@@ -118,7 +118,7 @@ def _environment(solver: str | None) -> dict[str, str]:
     return env
 
 
-def emit_rtlil(spec: Elaboratable) -> str:
+def emit_rtlil(spec) -> str:
     """RTLIL text of a formal wrapper (``Initial``/``AnySeq``/``AnyConst`` survive this route).
 
     The wrapper gets a ``sync`` domain whose clock is the only port of the emitted top module and
@@ -202,9 +202,12 @@ def _port(dut, path: str):
     return obj
 
 
-class _StreamRulesHarness(Elaboratable):
+class _StreamRulesHarness(wiring.Component):
+    """Formal wrapper (no ports of its own: every DUT input is driven inside)."""
+
     def __init__(self, dut, port, assume):
         self.dut, self.port, self.assume = dut, port, assume
+        super().__init__({})
 
     def elaborate(self, platform):
         m = Module()
@@ -236,7 +239,7 @@ class _StreamRulesHarness(Elaboratable):
         return m
 
 
-def stream_rules_harness(dut: wiring.Component, port: str, *, assume=None) -> Elaboratable:
+def stream_rules_harness(dut: wiring.Component, port: str, *, assume=None) -> wiring.Component:
     """A formal wrapper around `dut` asserting the stream rules on its output stream `port`.
 
     `port` names an ``Out(stream.Signature(...))`` member (dotted for nested ones, e.g.
