@@ -202,7 +202,7 @@ def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
 
     The model follows the RTL's pipeline: a row read in cycle x is in R1 at x + 2 (histogram
     flags H1 at x + 3, counts at x + 4; candidate passes feed the skid buffer in front of the
-    zero eliminator from R2 at x + 3, the output pass from R3 at x + 4, one more cycle to the
+    zero eliminator from R2 at x + 3, the output pass from R4 at x + 5, one more cycle to the
     zero eliminator, one more from it to the packer); a pass's bin is selected 4 cycles after its last read and committed the
     cycle after, while the next pass already reads; a buffer row may be read from the cycle after
     it is written.
@@ -219,7 +219,7 @@ def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
     def output_pass(first_read, keep):
         """Cycle of the last output beat for an output pass whose reads start at first_read."""
         counts = [int(keep[r * P:(r + 1) * P].sum()) for r in range(beats)]
-        arrivals = [first_read + r + 2 + 2 + 1 + lz + 1 for r in range(beats)]
+        arrivals = [first_read + r + 2 + 3 + 1 + lz + 1 for r in range(beats)]
         return _packer_writes(counts, arrivals, P)[-1] + 1   # + the output skid buffer
 
     if k == 0:                               # one empty beat, through the output skid buffer

@@ -367,7 +367,6 @@ class TopK(wiring.Component):
         m.d.comb += thr_ukey.eq(thr_key)
         r2_gt = Signal(P)
         r2_eq = Signal(P)
-        r2_eqn = Signal(range(P + 1))           # how many lanes equal the threshold
         r2_match = Signal(P)
         r2_keys = Signal(row_layout)
         r2_row = Signal(range(R))
@@ -381,22 +380,37 @@ class TopK(wiring.Component):
                 ok = r1_lane_ok[lane]
                 eq_flags.append(ok & ~sel_all & (r1_keys[lane] == thr_ukey))
                 m.d.sync += r2_gt[lane].eq(ok & (sel_all | (r1_keys[lane] > thr_ukey)))
-            m.d.sync += [r2_eq.eq(Cat(*eq_flags)), r2_eqn.eq(sum(eq_flags))]
+            m.d.sync += r2_eq.eq(Cat(*eq_flags))
         m.d.comb += eq_prefix.flags.eq(r2_eq)
-        r3_keep = Signal(P)
+        # R3 registers the tie ranks (prefix counts) and the number of ties of the beat; R4 the
+        # keep flags, from registers only: each compare is small and no popcount sits before it.
+        r3_gt = Signal(P)
+        r3_eq = Signal(P)
+        r3_prefix = Signal(data.ArrayLayout(range(P), P))
+        r3_eqn = Signal(range(P + 1))
         r3_keys = Signal(row_layout)
         r3_row = Signal(range(R))
         r3_last = Signal()
         with m.If(adv):
             m.d.sync += [r3_valid.eq(r2_valid & out_pass), r3_keys.eq(r2_keys), r3_row.eq(r2_row),
-                         r3_last.eq(r2_last)]
+                         r3_last.eq(r2_last), r3_gt.eq(r2_gt), r3_eq.eq(r2_eq),
+                         r3_eqn.eq(eq_prefix.total)]
             for lane in range(P):
-                m.d.sync += r3_keep[lane].eq(
-                    r2_gt[lane] | (r2_eq[lane] & (eq_prefix.prefix[lane] < ties_cap)))
-            with m.If(r2_valid & out_pass):
-                # the new count and its cap from three compares that run side by side, on the
-                # registered count of equal lanes
-                tot = r2_eqn
+                m.d.sync += r3_prefix[lane].eq(eq_prefix.prefix[lane])
+        r4_valid = Signal()
+        r4_keep = Signal(P)
+        r4_keys = Signal(row_layout)
+        r4_row = Signal(range(R))
+        r4_last = Signal()
+        with m.If(adv):
+            m.d.sync += [r4_valid.eq(r3_valid), r4_keys.eq(r3_keys), r4_row.eq(r3_row),
+                         r4_last.eq(r3_last)]
+            for lane in range(P):
+                m.d.sync += r4_keep[lane].eq(
+                    r3_gt[lane] | (r3_eq[lane] & (r3_prefix[lane] < ties_cap)))
+            with m.If(r3_valid):
+                # the count after this beat and its cap, from compares that run side by side
+                tot = r3_eqn
                 none_left = tot > ties_left
                 m.d.sync += [
                     ties_left.eq(Mux(none_left, 0, ties_left - tot)),
@@ -410,18 +424,18 @@ class TopK(wiring.Component):
 
         # Candidate passes feed it from R2 (keep = match); the output pass from R3 (keep).
         ze_in_valid = Signal()
-        m.d.comb += ze_in_valid.eq(Mux(out_pass, r3_valid, r2_valid))
+        m.d.comb += ze_in_valid.eq(Mux(out_pass, r4_valid, r2_valid))
         m.d.comb += skid.i.valid.eq(ze_in_valid)
         for lane in range(P):
             m.d.comb += [
                 skid.i.payload.data[lane].key.eq(
-                    Mux(out_pass, r3_keys[lane], shifted_key(r2_keys[lane]))),
+                    Mux(out_pass, r4_keys[lane], shifted_key(r2_keys[lane]))),
                 skid.i.payload.data[lane].index.eq(
-                    Cat(Const(lane, cfg.lane_bits), Mux(out_pass, r3_row, r2_row))),
+                    Cat(Const(lane, cfg.lane_bits), Mux(out_pass, r4_row, r2_row))),
             ]
         m.d.comb += [
-            skid.i.payload.keep.eq(Mux(out_pass, r3_keep, r2_match)),
-            skid.i.payload.last.eq(Mux(out_pass, r3_last, r2_last)),
+            skid.i.payload.keep.eq(Mux(out_pass, r4_keep, r2_match)),
+            skid.i.payload.last.eq(Mux(out_pass, r4_last, r2_last)),
         ]
         m.d.comb += adv.eq(~ze_in_valid | skid.i.ready)
 
