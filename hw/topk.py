@@ -319,6 +319,13 @@ class TopK(wiring.Component):
         with m.Elif(h1_valid):
             m.d.sync += [dcnt[b].eq(dcnt[b] + sum(h1_ge[b][lane] for lane in range(P)))
                          for b in range(1, NB)]
+        # A run's first beat loads dcnt with -k one cycle later, from registers (its counts
+        # reach dcnt two cycles after that).
+        first_take = Signal()
+        first_take_r = Signal()
+        m.d.sync += first_take_r.eq(first_take)
+        with m.If(first_take_r):
+            m.d.comb += [d_load.eq(1), d_init.eq(-k_reg)]
         d0 = Signal(d_shape)
         m.d.comb += [dcnt[0].eq(d0), dcnt[NB].eq(neg_k_rem)]
 
@@ -594,7 +601,7 @@ class TopK(wiring.Component):
                             k_reg.eq(self.k), mode_reg.eq(self.mode), total_cnt.eq(1),
                             select_cnt.eq(0), selected_cnt.eq(0), ran.eq(0),
                         ]
-                        m.d.comb += [d_load.eq(1), d_init.eq(-self.k), mom_clear.eq(1)]
+                        m.d.comb += [first_take.eq(1), mom_clear.eq(1)]
                     with m.If(in_beat.last):
                         m.d.sync += counting_select.eq(1)
                         m.next = "CHECK"
