@@ -16,7 +16,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["TopKConfig", "Config", "PRESETS", "preset", "preset_names", "zero_eliminator_latency",
+__all__ = ["TopKConfig", "AttentionConfig", "Config", "PRESETS", "preset", "preset_names", "zero_eliminator_latency",
            "z_table"]
 
 
@@ -104,21 +104,182 @@ class TopKConfig:
 
 
 @dataclass(frozen=True)
+class AttentionConfig:
+    """The fixed-point contract and the sizes of the attention datapath (`hw/qk.py`,
+    `hw/softmax.py`, `hw/pv.py`, `hw/attention.py`). Every width below is derived from the worst
+    case the formats allow; `golden/attention.py` follows the same rules bit for bit.
+
+    Formats (``S`` signed, ``U`` unsigned; ``a.b`` = integer.fraction bits)
+    ---------------------------------------------------------------------
+    q, k, v        S`data_width` integers; real value = integer x per-tensor scale (host side)
+    dot            q.k over d <= qk_mults terms: S`dot_width` (2W + log2 M; exact, never wraps)
+    t              max(dot) - dot >= 0, U`dot_width`
+    y              -log2 of the unnormalised probability, U`y_int_bits`.`y_frac_bits`:
+                   y = min(((min(t >> shift, 2**t_bits - 1)) * scale + half) >> post_shift, y_max),
+                   with run-time registers shift, scale (U`scale_bits`) and post_shift chosen by the
+                   host so that y = t * q_scale * k_scale * log2(e) / sqrt(d) (golden
+                   `score_params`); y saturates at y_max (2**-32 is far below one probability LSB)
+    e              2**-y as U1.16: exp_table()[y fraction] (round(2**16 * 2**-f)), then shifted
+                   right by the integer part with rounding; the row maximum has e = 2**16 exactly
+    esum           sum of e over the row: U(17 + log2 n_max); >= 2**16 since the max is in it
+    recip          round(2**33 / m), m = esum normalised to [2**16, 2**17) (truncated), capped at
+                   2**17 - 1: U17
+    p              probability, U0.`prob_bits`: min((e * recip + half) >> (17 + norm), 2**16 - 1)
+    acc            sum of p * v over the kept keys: S(prob_bits + W + log2 n_max), exact
+    out            S`data_width`, same scale as v (a convex combination of v rows stays in range):
+                   round(acc / 2**prob_bits), or with renormalisation round(acc / sum(p kept))
+                   through a normalised reciprocal; saturated, never wrapped
+
+    Sizes
+    -----
+    qk_mults       M, multipliers of the Q.K array (power of two, 8..256); head dim d is a run-time
+                   power of two in [8, M]; the array computes M/d keys a cycle
+    pv_mults       multipliers of the prob x V array (power of two, 8..256)
+    capacity       n_max, keys (and values) one head may hold on chip
+    softmax_lanes  S, scores the softmax handles per cycle (power of two, <= qk_mults / 8 keeps the
+                   Q.K array busy down to d = M / S)
+    topk_lanes     P of the top-k engine used for local value pruning
+    """
+
+    data_width: int = 12
+    qk_mults: int = 64
+    pv_mults: int = 64
+    capacity: int = 1024
+    softmax_lanes: int = 4
+    y_int_bits: int = 5
+    y_frac_bits: int = 10
+    t_bits: int = 18
+    scale_bits: int = 16
+    prob_bits: int = 16
+    topk_lanes: int = 16
+    topk_digit_bits: int = 4
+
+    def __post_init__(self):
+        _check_int("data_width", self.data_width, 4, 16)
+        for name in ("qk_mults", "pv_mults"):
+            value = getattr(self, name)
+            _check_int(name, value, 8, 256)
+            if not _is_pow2(value):
+                raise ValueError(f"{name} must be a power of two (8..256), not {value}")
+        _check_int("capacity", self.capacity, 1, 65536)
+        _check_int("softmax_lanes", self.softmax_lanes, 1, 32)
+        if not _is_pow2(self.softmax_lanes):
+            raise ValueError(f"softmax_lanes must be a power of two, not {self.softmax_lanes}")
+        _check_int("topk_lanes", self.topk_lanes, 1, 32)
+        if not _is_pow2(self.topk_lanes):
+            raise ValueError(f"topk_lanes must be a power of two, not {self.topk_lanes}")
+        if self.softmax_lanes > self.topk_lanes:
+            raise ValueError(f"softmax_lanes ({self.softmax_lanes}) must not exceed topk_lanes "
+                             f"({self.topk_lanes})")
+        if self.capacity % self.topk_lanes or self.capacity % self.softmax_lanes:
+            raise ValueError(f"capacity ({self.capacity}) must be a multiple of topk_lanes and "
+                             f"softmax_lanes")
+        for name in ("pv_mults", "qk_mults"):
+            if (self.capacity * 8) % getattr(self, name):
+                raise ValueError(f"capacity x 8 must be a multiple of {name}")
+        _check_int("y_int_bits", self.y_int_bits, 3, 6)
+        _check_int("y_frac_bits", self.y_frac_bits, 4, 12)
+        _check_int("t_bits", self.t_bits, 8, 24)
+        _check_int("scale_bits", self.scale_bits, 8, 24)
+        if self.prob_bits != 16:
+            raise ValueError(f"prob_bits is fixed at 16 (U0.16 probabilities), not {self.prob_bits}")
+        _check_int("topk_digit_bits", self.topk_digit_bits, 1, 6)
+
+    # --- derived widths: computed here once so that every user agrees on them ---
+    @property
+    def dot_width(self) -> int:
+        """|q_i k_i| <= 2**(2W-2) (from (-2**(W-1))**2), times at most M terms: S(2W + log2 M)."""
+        return 2 * self.data_width + int(math.log2(self.qk_mults))
+
+    @property
+    def head_dims(self) -> tuple:
+        """The head dimensions the arrays accept at run time: powers of two from 8 to M."""
+        top = min(self.qk_mults, self.pv_mults)
+        return tuple(1 << i for i in range(3, int(math.log2(top)) + 1))
+
+    @property
+    def y_width(self) -> int:
+        return self.y_int_bits + self.y_frac_bits
+
+    @property
+    def y_max(self) -> int:
+        return (1 << self.y_width) - 1
+
+    @property
+    def e_width(self) -> int:
+        """e in U1.16: 2**16 is reachable (the row maximum), so 17 bits."""
+        return self.prob_bits + 1
+
+    @property
+    def esum_width(self) -> int:
+        """n_max values of at most 2**16 each."""
+        return self.e_width + max(1, (self.capacity - 1).bit_length())
+
+    @property
+    def recip_width(self) -> int:
+        return self.prob_bits + 1
+
+    @property
+    def acc_width(self) -> int:
+        """|p v| < 2**16 * 2**(W-1); n_max of them: S(16 + W + log2 n_max)."""
+        return self.prob_bits + self.data_width + max(1, (self.capacity - 1).bit_length())
+
+    @property
+    def psum_width(self) -> int:
+        """Sum of up to n_max probabilities of at most 2**16 - 1."""
+        return self.prob_bits + max(1, (self.capacity - 1).bit_length())
+
+    @property
+    def post_shift_max(self) -> int:
+        """Largest post_shift the score scaling accepts (5-bit register)."""
+        return 31
+
+    @property
+    def index_width(self) -> int:
+        return max(1, (self.capacity - 1).bit_length())
+
+    @property
+    def data_min(self) -> int:
+        return -(1 << (self.data_width - 1))
+
+    @property
+    def data_max(self) -> int:
+        return (1 << (self.data_width - 1)) - 1
+
+    @property
+    def topk(self) -> TopKConfig:
+        """The top-k engine of local value pruning: probabilities (U0.16) as non-negative signed
+        values, so 17 bits."""
+        return TopKConfig(lanes=self.topk_lanes, value_width=self.prob_bits + 1,
+                          capacity=self.capacity, digit_bits=self.topk_digit_bits)
+
+    def exp_table(self) -> list[int]:
+        """round(2**16 * 2**(-f / 2**y_frac_bits)) for every fraction f: the exponent ROM."""
+        size = 1 << self.y_frac_bits
+        return [round((1 << self.prob_bits) * 2.0 ** (-f / size)) for f in range(size)]
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole accelerator's configuration: one field per unit."""
 
     name: str = "default"
     topk: TopKConfig = field(default_factory=TopKConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
     #: clock the board builds are constrained at, in MHz, per board name
     target_mhz: dict = field(default_factory=lambda: {"ulx3s-85f": 100.0, "icebreaker": 40.0})
 
     def replace(self, **changes) -> "Config":
-        """A copy with `changes`; `topk_<field>=` keywords change the top-k engine's fields."""
+        """A copy with `changes`; `topk_<field>=` keywords change the top-k engine's fields,
+        `attn_<field>=` keywords the attention datapath's."""
         topk = {k[5:]: v for k, v in changes.items() if k.startswith("topk_")}
-        rest = {k: v for k, v in changes.items() if not k.startswith("topk_")}
+        attn = {k[5:]: v for k, v in changes.items() if k.startswith("attn_")}
+        rest = {k: v for k, v in changes.items() if not k.startswith(("topk_", "attn_"))}
         cfg = dataclasses.replace(self, **rest)
         if topk:
             cfg = dataclasses.replace(cfg, topk=dataclasses.replace(cfg.topk, **topk))
+        if attn:
+            cfg = dataclasses.replace(cfg, attention=dataclasses.replace(cfg.attention, **attn))
         return cfg
 
 
@@ -127,7 +288,10 @@ PRESETS: dict[str, Config] = {
     "default": Config(name="default", topk=TopKConfig(lanes=16, value_width=16, capacity=1024)),
     # Fits the iCEBreaker's iCE40UP5K (5280 LUTs, 120 kbit of block RAM).
     "small": Config(name="small", topk=TopKConfig(lanes=4, value_width=12, capacity=256,
-                                                  digit_bits=3)),
+                                                  digit_bits=3),
+                    attention=AttentionConfig(qk_mults=8, pv_mults=8, capacity=128,
+                                              softmax_lanes=1, y_frac_bits=8, topk_lanes=4,
+                                              topk_digit_bits=3)),
     # The default engine with room for 4096 values (benchmarks at n = 4096).
     "large": Config(name="large", topk=TopKConfig(lanes=16, value_width=16, capacity=4096)),
 }
