@@ -1,0 +1,172 @@
+"""The attention datapath's golden model: formats at their extremes, agreement with float
+attention, value selection, prob x V rounding and renormalisation."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from spatten.config import AttentionConfig, preset
+from spatten.golden import attention as A
+
+SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
+CFG = preset("default").attention
+SMALL = preset("small").attention
+
+
+def float_softmax(scores):
+    s = scores - scores.max(axis=-1, keepdims=True)
+    e = np.exp(s)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def quantize(x, width=12):
+    s = float(np.abs(x).max()) / (2 ** (width - 1) - 1)
+    return np.round(x / s).astype(np.int64), s
+
+
+@pytest.mark.parametrize("cfg", [CFG, SMALL], ids=["default", "small"])
+def test_score_params_scale(cfg):
+    """y from the registers equals t * c (the real exponent in y LSBs) to within one LSB, over
+    scales spanning six decades and every head dimension."""
+    rng = np.random.default_rng(SEED)
+    print("seed", SEED)
+    for d in cfg.head_dims:
+        for scale in (1e-4, 3e-3, 0.02, 0.3):
+            p = A.score_params(cfg, scale, scale * 0.7, d)
+            A.check_params(cfg, p)
+            assert (1 << (cfg.scale_bits - 1)) <= p.scale < (1 << cfg.scale_bits)
+            c = scale * scale * 0.7 * A.LOG2E / math.sqrt(d) * (1 << cfg.y_frac_bits)
+            t = rng.integers(0, 1 << (cfg.dot_width - 1), 2000)
+            t[0] = 0                                   # the row maximum: t is relative to it
+            _, y = A.scores_to_y(cfg, -t[None, :], p)
+            want = np.minimum(t * c, cfg.y_max)
+            ok = want < cfg.y_max - 2
+            assert np.all(np.abs(y[0][ok] - want[ok]) <= 1.0), (d, scale)
+            assert np.all(y[0][t * c > cfg.y_max + 1] == cfg.y_max)
+
+
+def test_score_params_errors():
+    with pytest.raises(A.AttentionError, match="positive"):
+        A.score_params(CFG, 0.0, 1.0, 32)
+    with pytest.raises(A.AttentionError, match="head dimension"):
+        A.score_params(CFG, 0.01, 0.01, 48)
+    with pytest.raises(A.AttentionError, match="too large"):
+        A.score_params(CFG, 1e4, 1e4, 32)
+    with pytest.raises(A.AttentionError, match="too small"):
+        A.score_params(CFG, 1e-12, 1e-12, 32)
+
+
+def test_softmax_edges():
+    p = A.score_params(CFG, 0.01, 0.01, 32)
+    one = A.softmax(CFG, np.array([123]), p)
+    assert one.p.tolist() == [65535] and one.p_max == 65535 and one.esum == 65536
+    flat = A.softmax(CFG, np.full(CFG.capacity, -77), p)
+    assert np.all(flat.p == 64) and flat.p_max == 64
+    dom = A.softmax(CFG, np.array([0] * 100 + [1 << 28] + [0] * 20), p)
+    assert dom.p[100] == 65535 and np.all(np.delete(dom.p, 100) == 0)
+    # the extremes of the dot format: no intermediate leaves its width
+    lo = CFG.data_min * CFG.data_max * CFG.qk_mults
+    hi = CFG.data_min * CFG.data_min * CFG.qk_mults
+    assert hi < 1 << (CFG.dot_width - 1) and lo >= -(1 << (CFG.dot_width - 1))
+    for params in (A.ScoreParams(0, (1 << CFG.scale_bits) - 1, 0),
+                   A.ScoreParams(CFG.dot_width, 1, 31), A.ScoreParams(0, 0, 0)):
+        r = A.softmax(CFG, np.array([lo, hi, 0, hi] + [lo] * (CFG.capacity - 4)), params)
+        assert r.y.max() <= CFG.y_max and r.e.max() <= 1 << 16
+        assert int(r.esum) < 1 << CFG.esum_width
+        assert 1 << 16 <= int(r.recip) < 1 << CFG.recip_width
+        assert r.p.max() <= 65535 and r.p.min() >= 0
+
+
+def test_softmax_matches_float():
+    """Probabilities of quantized Gaussian rows against float softmax of the same integer
+    scores: error under 2**-12 (the formats' own error, before quantization of q and k)."""
+    rng = np.random.default_rng(SEED + 1)
+    for d, n, spread in ((32, 128, 1.0), (64, 1024, 2.0), (8, 7, 3.0), (32, 300, 0.2)):
+        q, qs = quantize(rng.normal(size=(16, d)) * spread)
+        k, ks = quantize(rng.normal(size=(n, d)) * spread)
+        params = A.score_params(CFG, qs, ks, d)
+        r = A.softmax(CFG, A.qk(CFG, q, k), params)
+        ref = float_softmax((q @ k.T) * qs * ks / math.sqrt(d))
+        err = np.abs(r.p / 65536 - ref).max()
+        assert err < 2 ** -12, (d, n, err)
+        assert np.array_equal(r.p_max, r.p.max(axis=1))
+
+
+def test_value_select_ties_and_bypass():
+    p = np.array([5, 9, 9, 1, 9, 0])
+    assert A.value_select(CFG, p, 2).tolist() == [1, 2]
+    assert A.value_select(CFG, p, 4).tolist() == [0, 1, 2, 4]
+    assert A.value_select(CFG, p, None).tolist() == list(range(6))
+    assert A.value_select(CFG, p, 6).tolist() == list(range(6))
+    with pytest.raises(A.AttentionError):
+        A.value_select(CFG, p, 0)
+
+
+def test_pv_rounding_renorm_saturation():
+    v = np.array([[100, -100], [3, -3]])
+    r = A.pv(CFG, np.array([32768, 32768]), v)          # 0.5 * 100 + 0.5 * 3 = 51.5 -> 52
+    assert r.out.tolist() == [52, -51] and r.psum == 65536
+    r = A.pv(CFG, np.array([16384]), v[:1], renorm=True)  # one kept row renormalises to itself
+    assert r.out.tolist() == [100, -100]
+    r = A.pv(CFG, np.array([0, 0]), v, renorm=True)
+    assert r.out.tolist() == [0, 0]
+    big = np.full((CFG.capacity, 1), CFG.data_min)
+    r = A.pv(CFG, np.full(CFG.capacity, 65535), big)
+    assert -(1 << (CFG.acc_width - 1)) <= int(r.acc[0]) and r.out.tolist() == [CFG.data_min]
+    r = A.pv(CFG, np.full(CFG.capacity, 65535), -big)     # saturates, never wraps
+    assert r.out.tolist() == [CFG.data_max] and int(r.acc[0]) < 1 << (CFG.acc_width - 1)
+    rng = np.random.default_rng(SEED + 2)
+    for _ in range(50):
+        k = int(rng.integers(1, 40))
+        pk = rng.integers(0, 65536, k)
+        vk = rng.integers(CFG.data_min, CFG.data_max + 1, (k, 8))
+        r = A.pv(CFG, pk, vk, renorm=True)
+        if pk.sum():
+            want = (pk @ vk) / pk.sum()
+            assert np.all(np.abs(r.out - np.clip(want, CFG.data_min, CFG.data_max)) <= 0.51)
+
+
+def test_attention_consistent_and_accurate():
+    rng = np.random.default_rng(SEED + 3)
+    n, d, m = 96, 32, 12
+    qf, kf, vf = (rng.normal(size=s) for s in ((m, d), (n, d), (n, d)))
+    q, qs = quantize(qf * 2)
+    k, ks = quantize(kf * 2)
+    v, vs = quantize(vf)
+    params = A.score_params(CFG, qs, ks, d)
+    for k_v, renorm in ((None, False), (24, False), (24, True), (1, True)):
+        res = A.attention(CFG, q, k, v, params, k_v, renorm)
+        for i in (0, 5, m - 1):
+            one = A.attention_query(CFG, q[i], k, v, params, k_v, renorm)
+            assert np.array_equal(one.out, res.out[i]) and one.p_max == res.p_max[i]
+            assert np.array_equal(one.kept, res.kept[i])
+    res = A.attention(CFG, q, k, v, params)
+    ref = float_softmax((q * qs) @ (k * ks).T / math.sqrt(d)) @ (v * vs)
+    out = res.out * vs
+    cos = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.9999
+
+
+def test_check_qkv_errors():
+    ok = np.zeros((4, 32), dtype=np.int64)
+    with pytest.raises(A.AttentionError, match="head dimension"):
+        A.attention(CFG, np.zeros((1, 24), int), np.zeros((4, 24), int), np.zeros((4, 24), int),
+                    A.ScoreParams(0, 1, 0))
+    with pytest.raises(A.AttentionError, match="capacity"):
+        big = np.zeros((CFG.capacity + 1, 32), dtype=np.int64)
+        A.attention(CFG, ok, big, big, A.ScoreParams(0, 1, 0))
+    with pytest.raises(A.AttentionError, match="outside"):
+        A.attention(CFG, ok + 5000, ok, ok, A.ScoreParams(0, 1, 0))
+    with pytest.raises(A.AttentionError, match="rows"):
+        A.attention(CFG, ok, ok, ok[:3], A.ScoreParams(0, 1, 0))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="qk_mults must be a power of two"):
+        AttentionConfig(qk_mults=48)
+    with pytest.raises(ValueError, match="softmax_lanes"):
+        AttentionConfig(softmax_lanes=32, topk_lanes=16)
+    with pytest.raises(TypeError):
+        AttentionConfig(capacity=1.5)
