@@ -242,33 +242,37 @@ class PvResult:
     acc: np.ndarray      # (d,) exact sum of p * v
     psum: int            # sum of the kept probabilities
     recip: int           # renormalisation reciprocal (0 when not renormalising)
-    out: np.ndarray      # (d,) output row, data_width signed
+    out: np.ndarray      # (d,) output row, out_width signed (v's scale / 2**out_frac_bits)
 
 
 def pv(cfg: AttentionConfig, p_kept, v_kept, renorm: bool = False) -> PvResult:
-    """prob x V over the kept keys: p_kept (k,) U0.16, v_kept (k, d) -> one output row.
+    """prob x V over the kept keys: p_kept (k,) U0.16, v_kept (k, d) -> one output row in
+    S(data_width + out_frac_bits), v's scale times 2**-out_frac_bits.
 
-    Without renormalisation: out = round(acc / 2**16). With it: out = round(acc / psum) through
-    m2 = psum normalised to [2**15, 2**16) and recip = round(2**31 / m2), i.e.
-    out = (acc * recip + 2**(14 + L)) >> (15 + L) with L = bit_length(psum); psum = 0 gives 0.
-    Rounding is half up (towards +inf); the result saturates to data_width bits."""
+    With F = out_frac_bits and pb = prob_bits (16): without renormalisation
+    out = (acc + 2**(pb-F-1)) >> (pb - F). With it, out = round(acc * 2**F / psum) through
+    m2 = psum normalised to [2**15, 2**16) and recip = round(2**31 / m2):
+    out = (acc * recip + 2**(14 - F + L)) >> (15 - F + L) with L = bit_length(psum); psum = 0
+    gives 0. Rounding is half up (towards +inf); the result saturates to out_width bits."""
     p_kept = np.asarray(p_kept, dtype=np.int64)
     v_kept = np.asarray(v_kept, dtype=np.int64)
     acc = p_kept @ v_kept if p_kept.size else np.zeros(v_kept.shape[1], dtype=np.int64)
     psum = int(p_kept.sum())
-    pb = cfg.prob_bits
+    pb, F = cfg.prob_bits, cfg.out_frac_bits
     recip = 0
     if not renorm:
-        out = (acc + (1 << (pb - 1))) >> pb
+        sh = pb - F
+        out = (acc + (1 << (sh - 1))) >> sh
     elif psum == 0:
         out = np.zeros_like(acc)
     else:
         bl = psum.bit_length()
         m2 = psum << (pb - bl) if bl <= pb else psum >> (bl - pb)
         recip = ((1 << (2 * pb)) // m2 + 1) >> 1
+        sh = pb - 1 - F + bl          # >= 8 since bl >= 1 and F <= 8
         # |acc| < 2**37 and recip <= 2**16: the product fits int64
-        out = (acc * np.int64(recip) + (np.int64(1) << (pb - 2 + bl))) >> (pb - 1 + bl)
-    out = np.clip(out, cfg.data_min, cfg.data_max)
+        out = (acc * np.int64(recip) + (np.int64(1) << (sh - 1))) >> sh
+    out = np.clip(out, cfg.out_min, cfg.out_max)
     return PvResult(acc, psum, recip, out)
 
 
@@ -355,7 +359,7 @@ def fixed_point_attention(cfg: AttentionConfig, kv_keep: float | None = None,
         params = score_params(cfg, qs, ks, d)
         k_v = None if kv_keep is None else max(1, int(round(kv_keep * n)))
         res = attention(cfg, qi, ki, vi, params, k_v, renorm)
-        out = (res.out * vs).astype(np.float32)
+        out = (res.out * (vs / (1 << cfg.out_frac_bits))).astype(np.float32)
         if stats is not None:
             stats.append({"layer": layer, "head": head, "p": res.p, "out": out,
                           "q": qi, "k": ki, "v": vi, "scales": (qs, ks, vs), "params": params,

@@ -126,9 +126,11 @@ class AttentionConfig:
                    2**17 - 1: U17
     p              probability, U0.`prob_bits`: min((e * recip + half) >> (17 + norm), 2**16 - 1)
     acc            sum of p * v over the kept keys: S(prob_bits + W + log2 n_max), exact
-    out            S`data_width`, same scale as v (a convex combination of v rows stays in range):
-                   round(acc / 2**prob_bits), or with renormalisation round(acc / sum(p kept))
-                   through a normalised reciprocal; saturated, never wrapped
+    out            S(data_width + out_frac_bits): v's scale with out_frac_bits more fraction bits (a
+                   convex combination of v rows stays in v's range; the extra bits keep rows of
+                   small norm accurate): round(acc / 2**(prob_bits - out_frac_bits)), or with
+                   renormalisation round(acc * 2**out_frac_bits / sum(p kept)) through a
+                   normalised reciprocal; saturated, never wrapped
 
     Sizes
     -----
@@ -153,9 +155,11 @@ class AttentionConfig:
     prob_bits: int = 16
     topk_lanes: int = 16
     topk_digit_bits: int = 4
+    out_frac_bits: int = 4
 
     def __post_init__(self):
         _check_int("data_width", self.data_width, 4, 16)
+        _check_int("out_frac_bits", self.out_frac_bits, 0, 8)
         for name in ("qk_mults", "pv_mults"):
             value = getattr(self, name)
             _check_int(name, value, 8, 256)
@@ -237,6 +241,19 @@ class AttentionConfig:
     @property
     def index_width(self) -> int:
         return max(1, (self.capacity - 1).bit_length())
+
+    @property
+    def out_width(self) -> int:
+        """Bits of an output element: v's width plus out_frac_bits fraction bits."""
+        return self.data_width + self.out_frac_bits
+
+    @property
+    def out_min(self) -> int:
+        return -(1 << (self.out_width - 1))
+
+    @property
+    def out_max(self) -> int:
+        return (1 << (self.out_width - 1)) - 1
 
     @property
     def data_min(self) -> int:

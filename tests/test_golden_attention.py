@@ -106,17 +106,21 @@ def test_value_select_ties_and_bypass():
 
 def test_pv_rounding_renorm_saturation():
     v = np.array([[100, -100], [3, -3]])
-    r = A.pv(CFG, np.array([32768, 32768]), v)          # 0.5 * 100 + 0.5 * 3 = 51.5 -> 52
-    assert r.out.tolist() == [52, -51] and r.psum == 65536
+    F = 1 << CFG.out_frac_bits                            # output LSBs per v LSB
+    r = A.pv(CFG, np.array([32768, 32768]), v)          # 0.5 * 100 + 0.5 * 3 = 51.5
+    assert r.out.tolist() == [round(51.5 * F + 0.01), -round(51.5 * F - 0.01)]
+    assert r.psum == 65536
     r = A.pv(CFG, np.array([16384]), v[:1], renorm=True)  # one kept row renormalises to itself
-    assert r.out.tolist() == [100, -100]
+    assert r.out.tolist() == [100 * F, -100 * F]
+    r = A.pv(CFG.__class__(out_frac_bits=0), np.array([32768, 32768]), v)   # half up: 52, -51
+    assert r.out.tolist() == [52, -51]
     r = A.pv(CFG, np.array([0, 0]), v, renorm=True)
     assert r.out.tolist() == [0, 0]
     big = np.full((CFG.capacity, 1), CFG.data_min)
     r = A.pv(CFG, np.full(CFG.capacity, 65535), big)
-    assert -(1 << (CFG.acc_width - 1)) <= int(r.acc[0]) and r.out.tolist() == [CFG.data_min]
+    assert -(1 << (CFG.acc_width - 1)) <= int(r.acc[0]) and r.out.tolist() == [CFG.out_min]
     r = A.pv(CFG, np.full(CFG.capacity, 65535), -big)     # saturates, never wraps
-    assert r.out.tolist() == [CFG.data_max] and int(r.acc[0]) < 1 << (CFG.acc_width - 1)
+    assert r.out.tolist() == [CFG.out_max] and int(r.acc[0]) < 1 << (CFG.acc_width - 1)
     rng = np.random.default_rng(SEED + 2)
     for _ in range(50):
         k = int(rng.integers(1, 40))
@@ -124,8 +128,10 @@ def test_pv_rounding_renorm_saturation():
         vk = rng.integers(CFG.data_min, CFG.data_max + 1, (k, 8))
         r = A.pv(CFG, pk, vk, renorm=True)
         if pk.sum():
-            want = (pk @ vk) / pk.sum()
-            assert np.all(np.abs(r.out - np.clip(want, CFG.data_min, CFG.data_max)) <= 0.51)
+            want = (pk @ vk) / pk.sum() * F
+            # half an LSB of rounding plus the 16-bit reciprocal's relative error
+            tol = 0.5 + np.abs(want) * 2.0 ** -15
+            assert np.all(np.abs(r.out - np.clip(want, CFG.out_min, CFG.out_max)) <= tol)
 
 
 def test_attention_consistent_and_accurate():
@@ -144,7 +150,7 @@ def test_attention_consistent_and_accurate():
             assert np.array_equal(one.kept, res.kept[i])
     res = A.attention(CFG, q, k, v, params)
     ref = float_softmax((q * qs) @ (k * ks).T / math.sqrt(d)) @ (v * vs)
-    out = res.out * vs
+    out = res.out * vs / (1 << CFG.out_frac_bits)
     cos = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() > 0.9999
 
