@@ -37,6 +37,7 @@ setup: $(STAMP)
 
 verilog: $(STAMP)
 	$(SPATTEN) verilog --top topk --config $(CONFIG)
+	$(SPATTEN) verilog --top attention --config $(CONFIG)
 
 test: $(STAMP)
 	$(PY) -m spatten.sim.toolchain
@@ -47,10 +48,12 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(SPATTEN) bench topk
+	$(SPATTEN) bench attention
 
 synth: $(STAMP)
 	$(SPATTEN) synth --board ulx3s-85f --top topk --config default
 	$(SPATTEN) synth --board icebreaker --top topk --config small
+	$(SPATTEN) synth --board ulx3s-85f --top attention --config default
 
 demo: $(STAMP)
 	$(SPATTEN) demo

@@ -17,8 +17,15 @@ def _topk(cfg: Config):
     return TopK(config=cfg.topk)
 
 
+def _attention(cfg: Config):
+    from .attention import Attention
+
+    return Attention(config=cfg.attention)
+
+
 TOPS = {
     "topk": _topk,
+    "attention": _attention,
 }
 
 

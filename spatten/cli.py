@@ -101,6 +101,89 @@ def cmd_topk(args):
     return 0 if match else 1
 
 
+# ----------------------------------------------------------------------------------- attention
+def _load_qkv(path: str):
+    """q, k, v (integer arrays) and q_scale, k_scale, v_scale (floats) from an .npz file."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+    except FileNotFoundError:
+        raise UserError(f"no such file: {path}") from None
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input error
+        raise UserError(f"cannot read {path} as an .npz archive: {e}") from None
+    missing = [x for x in ("q", "k", "v", "q_scale", "k_scale", "v_scale") if x not in arrays]
+    if missing:
+        raise UserError(f"{path}: missing {', '.join(missing)} (it needs integer arrays q, k, v "
+                        "and float scalars q_scale, k_scale, v_scale)")
+    for name in ("q", "k", "v"):
+        a = arrays[name]
+        if not np.issubdtype(a.dtype, np.integer):
+            raise UserError(f"{path}: {name} must be an integer array, got dtype {a.dtype}")
+        if a.ndim != 2:
+            raise UserError(f"{path}: {name} must be 2-D, got shape {a.shape}")
+    scales = []
+    for name in ("q_scale", "k_scale", "v_scale"):
+        a = arrays[name]
+        if a.size != 1 or not np.issubdtype(a.dtype, np.number):
+            raise UserError(f"{path}: {name} must be one number, got {a!r}")
+        scales.append(float(a.reshape(-1)[0]))
+    return arrays["q"], arrays["k"], arrays["v"], scales
+
+
+def cmd_attention(args):
+    import numpy as np
+
+    from spatten.golden import attention as golden
+    from spatten.sim.attention_run import job_from_arrays, run_attention
+
+    cfg = _config(args).attention
+    q, k, v, (qs, ks, vs) = _load_qkv(args.input)
+    try:
+        q, k, v = golden.check_qkv(cfg, q, k, v)
+        params = golden.score_params(cfg, qs, ks, q.shape[1])
+    except golden.AttentionError as e:
+        raise UserError(f"{args.input}: {e} (config {args.config})") from None
+    m, d = q.shape
+    n = k.shape[0]
+    if args.kv_keep is not None and not 1 <= args.kv_keep:
+        raise UserError(f"--kv-keep must be at least 1, not {args.kv_keep}")
+    k_v = None if args.kv_keep is None or args.kv_keep >= n else args.kv_keep
+    (res,) = run_attention(cfg, [job_from_arrays(q, k, v, params, k_v, args.renorm)],
+                           sim=args.sim)
+    ref = golden.attention(cfg, q, k, v, params, k_v, args.renorm)
+    out = np.array([row[:d] for row in res["out"]], dtype=np.int64)
+    match = (res["error"] == "NONE" and out.shape == ref.out.shape
+             and np.array_equal(out, ref.out) and res["probs"] == ref.p.tolist()
+             and res["p_max"] == ref.p_max.tolist())
+    mults = cfg.qk_mults + cfg.pv_mults
+    util = res["macs"] / (mults * res["cycles"]) if res["cycles"] else 0.0
+    kept = n if k_v is None else k_v
+    print(f"attention  m={m} queries, n={n} keys, d={d}, kept {kept} per query"
+          f"{' (renormalised)' if args.renorm else ''}; config {args.config}, sim {args.sim}")
+    print(f"score registers  shift={params.shift} scale={params.scale} "
+          f"post_shift={params.post_shift}")
+    print(f"cycles  {res['cycles']}  ({res['cycles'] / m:.1f} per query); "
+          f"multiply-accumulates {res['macs']}; utilization {util:.1%} of {mults} multipliers")
+    print(f"row max probability  mean {np.mean(res['p_max']) / 65536:.3f}, "
+          f"min {min(res['p_max']) / 65536:.3f}" if res["p_max"] else "no rows")
+    print(f"golden  {'MATCH' if match else 'MISMATCH'}")
+    if args.json:
+        doc = {
+            "m": m, "n": n, "d": d, "k_v": kept, "renorm": bool(args.renorm),
+            "config": args.config, "sim": args.sim,
+            "score_params": {"shift": params.shift, "scale": params.scale,
+                             "post_shift": params.post_shift},
+            "output": out.tolist(), "output_scale": vs / (1 << cfg.out_frac_bits),
+            "p_max": res["p_max"], "golden_match": bool(match), "cycles": res["cycles"],
+            "macs": res["macs"], "multiplier_utilization": util,
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(doc))
+    return 0 if match else 1
+
+
 # --------------------------------------------------------------------------------------- bench
 def cmd_bench(args):
     if args.what == "topk":
@@ -108,6 +191,11 @@ def cmd_bench(args):
 
         return bench_main(trials=args.trials, json_path=args.json, plot_path=args.plot,
                           sim=args.sim, seed=args.seed)
+    if args.what == "attention":
+        from spatten.sim.bench_attention import main as bench_main
+
+        return bench_main(json_path=args.json, plot_path=args.plot, sim=args.sim,
+                          seed=args.seed, config=args.config, skip_rtl=args.no_rtl)
     raise UserError(f"unknown benchmark {args.what!r}")
 
 
@@ -157,7 +245,7 @@ def build_parser():
 
     p = sub.add_parser("verilog", help="emit a unit's Verilog",
                        description="Emit the Verilog of one unit (DIR/TOP.v).")
-    p.add_argument("--top", required=True, help="unit to emit: topk")
+    p.add_argument("--top", required=True, help="unit to emit: topk, attention")
     _add_config(p)
     p.add_argument("-o", "--output", default="build/verilog", metavar="DIR",
                    help="output folder (default: build/verilog)")
@@ -178,14 +266,35 @@ def build_parser():
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON")
     p.set_defaults(func=cmd_topk)
 
+    p = sub.add_parser("attention",
+                       help="run the query pipeline's RTL on Q, K, V and check it",
+                       description="Run integer Q, K, V (an .npz with arrays q (m x d), k and v "
+                       "(n x d), and scalars q_scale, k_scale, v_scale: real = integer x scale) "
+                       "through the attention pipeline's RTL, compare every output with the "
+                       "golden model and print a summary.")
+    p.add_argument("--input", required=True, metavar="QKV.npz")
+    p.add_argument("--kv-keep", type=int, default=None, metavar="K",
+                   help="local value pruning: keys kept per query (default: all, no pruning)")
+    p.add_argument("--renorm", action="store_true",
+                   help="renormalise the kept probabilities to sum to one")
+    _add_config(p)
+    p.add_argument("--sim", choices=["verilator", "icarus"], default="verilator")
+    p.add_argument("--json", metavar="OUT", help="also write the result as JSON")
+    p.set_defaults(func=cmd_attention)
+
     p = sub.add_parser("bench", help="benchmarks (tables, JSON, plots)",
                        description="Run a benchmark: a table on the terminal, JSON and a plot.")
-    p.add_argument("what", choices=["topk"], help="what to measure")
+    p.add_argument("what", choices=["topk", "attention"],
+                   help="what to measure: topk (selection cycles), attention (MiniLM accuracy of "
+                   "the fixed-point path, multiplier utilization of the query pipeline)")
     p.add_argument("--json", metavar="OUT", help="JSON output (default: build/bench/WHAT.json)")
     p.add_argument("--plot", metavar="OUT.png", help="plot (default: build/bench/WHAT.png)")
     p.add_argument("--trials", type=int, default=50, help="random inputs per point (default 50)")
     p.add_argument("--seed", type=int, default=2021, help="random seed (default 2021)")
     p.add_argument("--sim", choices=["verilator", "icarus"], default="verilator")
+    p.add_argument("--no-rtl", action="store_true",
+                   help="attention: only the golden-model accuracy, no RTL simulation")
+    _add_config(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("synth", help="build a bitstream and report Fmax and utilization",
@@ -193,7 +302,7 @@ def build_parser():
                                    "amaranth-boards platform and the YoWASP tools; write "
                                    "report.json beside the bitstream.")
     p.add_argument("--board", required=True, choices=["ulx3s-85f", "icebreaker"])
-    p.add_argument("--top", required=True, help="unit to build: topk")
+    p.add_argument("--top", required=True, help="unit to build: topk, attention")
     _add_config(p)
     p.add_argument("--seed", type=int, default=None,
                    help="nextpnr placer seed (default: the board's, 3 for ulx3s-85f, 2 for "
