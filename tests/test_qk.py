@@ -1,0 +1,359 @@
+# amaranth: UnusedElaboratable=no
+"""The Q.K array (`hw/qk.py`) against `golden.attention.qk` and `golden.qk_cycles`.
+
+Amaranth-simulator tests drive `sim.tb_qk.QKTop` (the array with its K buffer) cycle by cycle:
+every d of a small and of the default config, n = 1 / not a multiple of g or S / the most keys
+the buffer holds, extreme values, back-to-back queries (cycle counts equal to the model),
+d and n changing from query to query, random gaps on ``q`` and backpressure on ``o``. One cocotb
+run on Verilator repeats the checks through the ``load`` port (`sim/tb_qk.py`).
+Set SPATTEN_SEED to fix the seed of the random tests.
+"""
+
+import os
+import random
+import time
+
+import numpy as np
+import pytest
+from amaranth.hdl import Shape
+from amaranth.sim import Simulator
+
+from spatten.config import AttentionConfig, TopKConfig, preset
+from spatten.golden.attention import qk as golden_qk
+from spatten.golden.qk_cycles import qk_cycle_model, qk_latency, qk_query_cycles, qk_schedule
+from spatten.hw.qk import QKArray, k_depth
+from spatten.hw.qk import qk_latency as hw_qk_latency
+from spatten.sim.tb_qk import QKTop, expected_beats
+
+SMALL = AttentionConfig(qk_mults=16, capacity=64, softmax_lanes=4)
+DEFAULT = AttentionConfig()
+VARIANTS = {
+    "preset-small": preset("small").attention,                          # M=8, S=1
+    "m32-s16": AttentionConfig(qk_mults=32, capacity=64, softmax_lanes=16),   # g <= S always
+    "m64-s1": AttentionConfig(qk_mults=64, capacity=32, softmax_lanes=1, topk_lanes=1),
+    "m16-depth24": AttentionConfig(qk_mults=16, capacity=48, softmax_lanes=2),  # depth not 2**k
+}
+
+
+@pytest.fixture
+def seed():
+    s = int(os.environ.get("SPATTEN_SEED", random.randrange(1 << 32)))
+    print(f"seed={s}")
+    return s
+
+
+def max_keys(cfg, d):
+    """Keys of dimension d the K buffer holds: capacity, at any d."""
+    return cfg.capacity
+
+
+def dims(cfg):
+    return [1 << i for i in range(3, cfg.qk_mults.bit_length())]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cycle-by-cycle harness
+
+
+def run_queries(cfg, flat, queries, *, rng=None, gap=0.0, stall=0.0, max_cycles=None):
+    """Simulate `QKTop` with the K buffer holding the flat elements `flat` and offer `queries`
+    ((q beat of M elements, d, n) each) on ``q`` (idle with probability `gap` before each
+    beat); ``o.ready`` is low with probability `stall`. Checks the stream rules of ``o`` every
+    cycle and the dots of every query against the golden model. Returns a dict of the cycles
+    of the ``q`` and ``o`` transfers, the K reads, busy per cycle and the macs counter."""
+    rng = rng or random.Random(0)
+    M = cfg.qk_mults
+    depth = k_depth(cfg)
+    flat = np.asarray(flat, dtype=np.int64)
+    assert flat.size == depth * M
+    words = [[int(x) for x in flat[w * M:(w + 1) * M]] for w in range(depth)]
+    want = []
+    for qv, d, n, *_ in queries:
+        dots = golden_qk(cfg, np.asarray(qv[:d]), flat[:n * d].reshape(n, d))
+        want += expected_beats(cfg, dots)
+    total_out = len(want)
+    max_cycles = max_cycles or 200 + int(4 * (len(want) + sum(q[2] for q in queries))
+                                         * (1 + 10 * max(gap, stall)))
+    top = QKTop(cfg, init=words)
+    res = {"q": [], "o": [], "reads": 0, "busy": [], "beats": [], "macs": None}
+
+    async def tb(ctx):
+        qi, presenting, held = 0, False, None
+        for cycle in range(max_cycles):
+            if len(res["beats"]) == total_out and qi == len(queries):
+                break
+            if not presenting and qi < len(queries) and rng.random() >= gap:
+                qv, d, n, *raw = queries[qi]        # raw: (d_log2, n) as driven
+                ctx.set(top.q.payload, qv)
+                ctx.set(top.d_log2, raw[0] if raw else d.bit_length() - 1)
+                ctx.set(top.n, raw[1] if raw else n)
+                presenting = True
+            ctx.set(top.q.valid, presenting)
+            ready = rng.random() >= stall
+            ctx.set(top.o.ready, ready)
+            valid = ctx.get(top.o.valid)
+            if held is not None:
+                assert valid, f"o.valid dropped while stalled in cycle {cycle}"
+            if valid:
+                p = ctx.get(top.o.payload)
+                beat = {"data": [int(x) for x in p.data], "count": int(p.count),
+                        "last": int(p.last)}
+                if held is not None:
+                    assert beat == held, f"o.payload changed while stalled in cycle {cycle}"
+                held = None if ready else beat
+                if ready:
+                    k = len(res["beats"])
+                    assert k < total_out, f"extra output beat {beat} in cycle {cycle}"
+                    assert beat == want[k], f"beat {k} in cycle {cycle}: {beat} != {want[k]}"
+                    res["beats"].append(beat)
+                    res["o"].append(cycle)
+            if presenting and ctx.get(top.q.ready):
+                res["q"].append(cycle)
+                presenting = False
+                qi += 1
+            res["reads"] += ctx.get(top.qk.k_rd.en)
+            res["busy"].append(ctx.get(top.busy))
+            await ctx.tick()
+        else:
+            raise AssertionError(f"timeout: {qi}/{len(queries)} queries in, "
+                                 f"{len(res['beats'])}/{total_out} beats out")
+        for _ in range(2):
+            res["busy"].append(ctx.get(top.busy))
+            await ctx.tick()
+        assert not ctx.get(top.o.valid), "an output beat after the last expected one"
+        res["macs"] = ctx.get(top.macs)
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    return res
+
+
+def random_flat(cfg, rng, kind="uniform"):
+    size = k_depth(cfg) * cfg.qk_mults
+    lo, hi = cfg.data_min, cfg.data_max
+    if kind == "min":
+        return np.full(size, lo)
+    if kind == "max":
+        return np.full(size, hi)
+    if kind == "mixed":
+        return rng.choice([lo, hi, 0, -1, 1], size)
+    return rng.integers(lo, hi + 1, size)
+
+
+def q_beat(cfg, rng, d, kind="uniform"):
+    """q (d elements of `kind`) then M-d random elements that the array must ignore."""
+    lo, hi = cfg.data_min, cfg.data_max
+    head = {"min": [lo] * d, "max": [hi] * d,
+            "mixed": list(rng.choice([lo, hi], d))}.get(kind) or \
+        list(rng.integers(lo, hi + 1, d))
+    return [int(x) for x in head] + [int(x) for x in rng.integers(lo, hi + 1,
+                                                                  cfg.qk_mults - d)]
+
+
+def check_unstalled(cfg, queries, res):
+    """Back-to-back queries, o always ready: cycles and K reads equal to the model."""
+    ns = [n for _, _, n in queries]
+    ds = [d for _, d, _ in queries]
+    model = qk_cycle_model(cfg, ns, ds, len(queries))
+    assert res["o"][-1] - res["q"][0] == model, \
+        f"cycles {res['o'][-1] - res['q'][0]} != model {model}"
+    # first and last beat of every query where the model puts them (no bubble between queries)
+    ends = [i for i, b in enumerate(res["beats"]) if b["last"]]
+    starts = [0] + [i + 1 for i in ends[:-1]]
+    got = [(res["o"][a] - res["q"][0], res["o"][b] - res["q"][0]) for a, b in zip(starts, ends)]
+    assert got == qk_schedule(cfg, ns, ds, len(queries))
+    assert res["reads"] == sum(-(-n // (cfg.qk_mults // d)) for n, d in zip(ns, ds))
+    if ns[0] == 1 or cfg.qk_mults // ds[0] >= cfg.softmax_lanes:
+        assert res["o"][0] - res["q"][0] == qk_latency(cfg)
+
+
+def check_common(cfg, queries, res):
+    assert res["macs"] == sum(q[1] * q[2] for q in queries) % (1 << 32)
+    # busy exactly from the cycle after a query's q transfer to its last o transfer
+    last_o = [c for c, b in zip(res["o"], res["beats"]) if b["last"]]
+    want = [int(any(qc < c <= oc for qc, oc in zip(res["q"], last_o)))
+            for c in range(len(res["busy"]))]
+    bad = [c for c, (a, b) in enumerate(zip(res["busy"], want)) if a != b]
+    assert not bad, f"busy wrong in cycles {bad[:10]} (q at {res['q']}, last o at {last_o})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+
+
+def edge_queries(cfg, rng, d, kind="uniform"):
+    """n = 1, n not a multiple of g or S, the most keys the buffer holds, back to back."""
+    g, S = cfg.qk_mults // d, cfg.softmax_lanes
+    units = [u for u in (g, S) if u > 1]
+    odd = next(n for n in range(max(g, S) + 1, 4 * max(g, S) + 4) if all(n % u for u in units))
+    ns = [1, min(odd, max_keys(cfg, d)), max_keys(cfg, d), 1, min(3, max_keys(cfg, d))]
+    return [(q_beat(cfg, rng, d, kind), d, n) for n in ns]
+
+
+@pytest.mark.parametrize("cfg", [SMALL, DEFAULT], ids=["small", "default"])
+def test_every_d_back_to_back(cfg, seed):
+    """Every d; n = 1, odd, full buffer; dots exact, cycles and reads equal to the model."""
+    rng = np.random.default_rng(seed)
+    flat = random_flat(cfg, rng)
+    for d in dims(cfg):
+        queries = edge_queries(cfg, rng, d)
+        res = run_queries(cfg, flat, queries, rng=random.Random(seed))
+        check_unstalled(cfg, queries, res)
+        check_common(cfg, queries, res)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_config_variants(name, seed):
+    """S = 1, S > g, a K buffer depth that is not a power of two: every d, back to back."""
+    cfg = VARIANTS[name]
+    rng = np.random.default_rng(seed)
+    flat = random_flat(cfg, rng)
+    for d in dims(cfg):
+        queries = edge_queries(cfg, rng, d)
+        res = run_queries(cfg, flat, queries, rng=random.Random(seed))
+        check_unstalled(cfg, queries, res)
+        check_common(cfg, queries, res)
+
+
+@pytest.mark.parametrize("cfg", [SMALL, DEFAULT], ids=["small", "default"])
+@pytest.mark.parametrize("kind", ["min", "max", "minmax", "mixed"])
+def test_extreme_values(cfg, kind):
+    """All -2**(W-1) (the largest dot, M x 2**(2W-2) at d = M), all max, min x max (the most
+    negative dot), mixed: the dot width holds every case exactly."""
+    rng = np.random.default_rng(7)
+    flat = random_flat(cfg, rng, {"minmax": "max"}.get(kind, kind))
+    qkind = {"minmax": "min"}.get(kind, kind)
+    queries = []
+    for d in dims(cfg):
+        queries += [(q_beat(cfg, rng, d, qkind), d, min(max_keys(cfg, d), 2 * cfg.qk_mults // d
+                                                        + 1))]
+    res = run_queries(cfg, flat, queries)
+    check_unstalled(cfg, queries, res)
+    check_common(cfg, queries, res)
+    if kind == "min":
+        top = res["beats"][-1]["data"][0]
+        assert top == cfg.qk_mults * (1 << (2 * cfg.data_width - 2)) == \
+            (1 << (cfg.dot_width - 2))
+
+
+@pytest.mark.parametrize("cfg", [SMALL, VARIANTS["m64-s1"]], ids=["small", "m64-s1"])
+def test_d_and_n_change_per_query(cfg, seed):
+    """d and n are sampled with each q beat: a random sequence of (d, n) back to back over one
+    buffer (read as keys of the query's d) is exact, with cycles equal to the model."""
+    rng = np.random.default_rng(seed)
+    flat = random_flat(cfg, rng)
+    queries = []
+    for _ in range(14):
+        d = int(rng.choice(dims(cfg)))
+        queries.append((q_beat(cfg, rng, d), d, int(rng.integers(1, max_keys(cfg, d) + 1))))
+    res = run_queries(cfg, flat, queries, rng=random.Random(seed))
+    check_unstalled(cfg, queries, res)
+    check_common(cfg, queries, res)
+
+
+@pytest.mark.parametrize("gap,stall", [(0.3, 0.4), (0.0, 0.7), (0.6, 0.1)])
+@pytest.mark.parametrize("cfg", [SMALL, VARIANTS["m64-s1"], VARIANTS["m32-s16"]],
+                         ids=["small", "m64-s1", "m32-s16"])
+def test_gaps_and_backpressure(cfg, gap, stall, seed):
+    """Random idle cycles before q beats and random o backpressure: nothing lost or duplicated,
+    the stream rules hold, never faster than the model."""
+    rng = np.random.default_rng(seed)
+    prng = random.Random(seed)
+    flat = random_flat(cfg, rng)
+    queries = []
+    for _ in range(10):
+        d = int(rng.choice(dims(cfg)))
+        queries.append((q_beat(cfg, rng, d), d, int(rng.integers(1, max_keys(cfg, d) + 1))))
+    res = run_queries(cfg, flat, queries, rng=prng, gap=gap, stall=stall)
+    check_common(cfg, queries, res)
+    model = qk_cycle_model(cfg, [n for *_, n in queries], [d for _, d, _ in queries],
+                           len(queries))
+    assert res["o"][-1] - res["q"][0] >= model
+
+
+def test_out_of_range_inputs_are_clamped():
+    """d_log2 below 3 reads as 3 and above log2 M as log2 M; n = 0 as 1, n > N as N."""
+    cfg = SMALL
+    rng = np.random.default_rng(3)
+    flat = random_flat(cfg, rng)
+    queries = [(q_beat(cfg, rng, 8), 8, 1, 0, 0), (q_beat(cfg, rng, 8), 8, 64, 1, 127),
+               (q_beat(cfg, rng, 16), 16, 5, 7, 5)]
+    res = run_queries(cfg, flat, queries)
+    check_unstalled(cfg, [q[:3] for q in queries], res)
+    check_common(cfg, queries, res)
+
+
+def test_default_full_buffer_stalled(seed):
+    """Default config, n = capacity at d = 8 (g = 8 > S: output-bound) under backpressure."""
+    cfg = DEFAULT
+    rng = np.random.default_rng(seed)
+    flat = random_flat(cfg, rng, "mixed")
+    queries = [(q_beat(cfg, rng, 8), 8, cfg.capacity), (q_beat(cfg, rng, 64), 64, 7)]
+    res = run_queries(cfg, flat, queries, rng=random.Random(seed), gap=0.2, stall=0.3)
+    check_common(cfg, queries, res)
+
+
+def test_cycle_model():
+    for cfg in [SMALL, DEFAULT, *VARIANTS.values()]:
+        assert qk_latency(cfg) == hw_qk_latency(cfg) == QKArray(config=cfg).latency
+        L = cfg.qk_mults.bit_length() - 1
+        for d in dims(cfg):
+            g = cfg.qk_mults // d
+            for n in (1, 2, 7, cfg.capacity):
+                want = -(-n // min(g, cfg.softmax_lanes))
+                assert qk_query_cycles(cfg, n, d) == want
+                assert qk_cycle_model(cfg, n, d, 3) == 3 * want + L + 8
+    assert qk_cycle_model(DEFAULT, [1, 9], [8, 64], 2) == 1 + 9 + 6 + 8
+    with pytest.raises(ValueError, match="head dimension"):
+        qk_query_cycles(DEFAULT, 4, 128)
+    with pytest.raises(ValueError, match="2 entries for 3 queries"):
+        qk_cycle_model(DEFAULT, [1, 2], 8, 3)
+
+
+def test_ports_and_sizes():
+    qk = QKArray(config=DEFAULT)
+    sig = qk.signature.members
+    assert sig["q"].signature.members["payload"].shape.size == 64 * 12
+    assert sig["o"].signature.members["payload"].shape.size == 4 * 30 + 3 + 1
+    assert Shape.cast(sig["k_rd"].signature.members["addr"].shape).width == 10  # 1024 words
+    assert sig["k_rd"].flow.name == "In"
+    assert qk.depth == k_depth(DEFAULT) == 1024
+    assert [Shape.cast(sig[p].shape).width for p in ("macs", "busy", "d_log2", "n")] == \
+        [32, 1, 3, 11]
+
+
+@pytest.mark.parametrize("args,kwargs,exc,msg", [
+    ((), {"config": None}, TypeError, "config must be a spatten.config.AttentionConfig, not None"),
+    ((), {"config": TopKConfig()}, TypeError, "AttentionConfig, not TopKConfig"),
+    ((), {"config": {"qk_mults": 64}}, TypeError, "AttentionConfig"),
+    ((AttentionConfig(),), {}, TypeError, "positional"),
+    ((), {}, TypeError, "config"),
+])
+def test_bad_config(args, kwargs, exc, msg):
+    with pytest.raises(exc, match=msg):
+        QKArray(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# cocotb on Verilator
+
+
+@pytest.mark.parametrize("cfg,runs", [(SMALL, 16), (DEFAULT, 6)], ids=["small", "default"])
+def test_cocotb_verilator(cfg, runs, seed):
+    import dataclasses
+
+    from spatten.sim.runner import available_simulators
+    from spatten.sim.unit_run import cfg_tag, unit_selftest
+
+    if "verilator" not in available_simulators():
+        pytest.skip("verilator is not installed")
+    t0 = time.monotonic()
+    res = unit_selftest(lambda: QKTop(cfg), name="qk", tag=cfg_tag(cfg),
+                        tb_module="spatten.sim.tb_qk",
+                        settings={"config": dataclasses.asdict(cfg), "seed": seed % (1 << 31),
+                                  "runs": runs})
+    print(f"verilator: built={res.built} ({res.build_seconds:.1f} s), run {res.run_seconds:.1f} s,"
+          f" total {time.monotonic() - t0:.1f} s; {res.summary()}")
+    assert res.failed == 0 and res.passed == 3, res.summary()
