@@ -10,7 +10,7 @@ import pytest
 
 from spatten.cli import build_parser, main
 
-SUBCOMMANDS = ["verilog", "topk", "bench", "synth", "demo", "results"]
+SUBCOMMANDS = ["verilog", "topk", "attention", "bench", "synth", "demo", "results"]
 
 
 def run_cli(*args):
@@ -76,3 +76,49 @@ def test_verilog(tmp_path):
 
 def test_parser_lists_all_commands():
     assert set(SUBCOMMANDS) <= set(build_parser()._subparsers._group_actions[0].choices)
+
+
+def _qkv(tmp_path, m=3, n=20, d=8, seed=9, **over):
+    rng = np.random.default_rng(seed)
+    arrays = {"q": rng.integers(-2048, 2048, (m, d)), "k": rng.integers(-2048, 2048, (n, d)),
+              "v": rng.integers(-2048, 2048, (n, d)), "q_scale": 0.002, "k_scale": 0.003,
+              "v_scale": 0.01}
+    arrays.update(over)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    path = tmp_path / "qkv.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("over,extra,msg", [
+    ({"q": np.zeros((2, 8))}, [], "q must be an integer array"),
+    ({"k_scale": None}, [], "missing k_scale"),
+    ({"q": np.zeros((2, 12), int), "k": np.zeros((5, 12), int), "v": np.zeros((5, 12), int)},
+     [], "head dimension d = 12 is not one of (8,)"),
+    ({"k": np.zeros((200, 8), int), "v": np.zeros((200, 8), int)}, [], "over the capacity 128"),
+    ({"v": np.zeros((19, 8), int)}, [], "k has 20 rows but v has 19"),
+    ({"q": np.full((2, 8), 5000)}, [], "q holds values outside"),
+    ({"q_scale": -1.0}, [], "q_scale must be a positive"),
+    ({}, ["--kv-keep", "0"], "--kv-keep must be at least 1"),
+])
+def test_attention_bad_input_is_one_line(tmp_path, capsys, over, extra, msg):
+    path = _qkv(tmp_path, **over)
+    rc = main(["attention", "--input", str(path), "--config", "small", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert msg in err and err.count("\n") == 1, err
+
+
+@pytest.mark.xdist_group("attention-small")
+def test_attention_runs_rtl_and_writes_json(tmp_path, capsys):
+    path = _qkv(tmp_path)
+    out = tmp_path / "a.json"
+    rc = main(["attention", "--input", str(path), "--config", "small", "--kv-keep", "5",
+               "--renorm", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    r = json.loads(out.read_text())
+    assert r["golden_match"] is True and "MATCH" in text
+    assert np.asarray(r["output"]).shape == (3, 8)
+    assert r["cycles"] > 0 and 0 < r["multiplier_utilization"] <= 1
+    assert r["macs"] == 3 * 20 * 8 + 3 * 5 * 8

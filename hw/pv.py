@@ -1,0 +1,630 @@
+"""The prob x V array: Mv multipliers that weight the kept V rows of one query by their
+probabilities and sum them into one output row.
+
+Shared layouts (also used by the query pipeline and the testbenches):
+
+- `input_layout(cfg)`: one beat of kept pairs ``{index: ArrayLayout(unsigned(index_width), S),
+  prob: ArrayLayout(unsigned(16), S), count: range(S+1), last: 1}``.
+- `output_layout(cfg)`: one beat per query ``{data: ArrayLayout(signed(out_width), Mv),
+  psum: unsigned(psum_width)}`` (out_width = W + out_frac_bits).
+- `v_word_layout(cfg)`: one word of the V buffer, ``ArrayLayout(signed(W), Mv)``; word w holds
+  flat elements [w*Mv, (w+1)*Mv), V row r is flat elements r*d .. r*d+d-1, so word w holds rows
+  w*gv .. w*gv+gv-1 (gv = Mv/d).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import ReadPort
+from amaranth.lib.wiring import In, Out
+
+from spatten.config import AttentionConfig
+
+__all__ = ["ProbV", "input_layout", "output_layout", "v_word_layout", "v_depth", "pv_latency",
+           "RECIP_READY", "lane_depth", "GRANT_LOOKAHEAD"]
+
+MIN_D_LOG2 = 3
+#: restoring-division steps done per cycle by the reciprocal unit (18 quotient bits)
+DIV_STEPS = 1
+QUOT_BITS = 18
+#: cycles from the issue of a query's last V word to its reciprocal being ready: to R1 (1),
+#: count leading zeros (1), normalise (1), divide (18 / DIV_STEPS), round (1)
+RECIP_READY = 4 + QUOT_BITS // DIV_STEPS
+
+#: a query's last word may be issued when the fold register is sure to be free this many cycles
+#: later (the depth of the multiplier pipeline)
+GRANT_LOOKAHEAD = 3
+
+
+def _log2(x: int) -> int:
+    return x.bit_length() - 1
+
+
+def input_layout(cfg: AttentionConfig) -> data.StructLayout:
+    S = cfg.softmax_lanes
+    return data.StructLayout({
+        "index": data.ArrayLayout(unsigned(cfg.index_width), S),
+        "prob": data.ArrayLayout(unsigned(cfg.prob_bits), S),
+        "count": range(S + 1),
+        "last": 1,
+    })
+
+
+def output_layout(cfg: AttentionConfig) -> data.StructLayout:
+    return data.StructLayout({
+        "data": data.ArrayLayout(signed(cfg.out_width), cfg.pv_mults),
+        "psum": unsigned(cfg.psum_width),
+    })
+
+
+def v_word_layout(cfg: AttentionConfig) -> data.ArrayLayout:
+    return data.ArrayLayout(signed(cfg.data_width), cfg.pv_mults)
+
+
+def v_depth(cfg: AttentionConfig) -> int:
+    """Words of the V buffer: capacity (capacity rows of the largest d = Mv)."""
+    return cfg.capacity
+
+
+def lane_depth(cfg: AttentionConfig) -> int:
+    """Registers of the renormalisation lane from reading a column of F to writing it into the
+    output register: ceil(log2(Mv) / 2) levels of 4:1 read multiplexers, shift, partial products,
+    two adds."""
+    return (_log2(cfg.pv_mults) + 1) // 2 + 4
+
+
+def pv_latency(cfg: AttentionConfig, d: int, renorm: bool = False) -> int:
+    """Cycles from the transfer of a one-beat query whose pairs fall in one V word to its ``o``
+    beat, nothing else in flight: 8 + log2(Mv/d), or 4 + RECIP_READY + lane_depth + d with
+    renorm."""
+    if renorm:
+        return 4 + RECIP_READY + lane_depth(cfg) + d
+    return 8 + _log2(cfg.pv_mults // d)
+
+
+def _tree(vals: list, levels: int) -> list:
+    """`levels` levels of pairwise sums (each widening by one bit)."""
+    for _ in range(levels):
+        vals = [vals[2 * k] + vals[2 * k + 1] for k in range(len(vals) // 2)]
+    return vals
+
+
+def _sat(v, width: int):
+    """v (a signed value) saturated to signed(width) (pure selection: its top bits decide)."""
+    top = v[width - 1:]
+    fits = top.all() | ~top.any()
+    lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    return Mux(fits, v[:width].as_signed(), Mux(v[-1], Const(lo, signed(width)),
+                                                 Const(hi, signed(width))))
+
+
+class ProbV(wiring.Component):
+    """out = golden.attention.pv(cfg, p_kept, V[kept, :d], renorm).out for each query, bit-exact.
+
+    Parameters
+    ----------
+    config : AttentionConfig (keyword-only)
+        W = data_width, Mv = pv_mults, S = softmax_lanes, N = capacity, F = out_frac_bits,
+        acc_width, psum_width, out_width = W + F.
+
+    Ports
+    -----
+    i : In(stream.Signature(input_layout(cfg)))
+        The kept (index, probability) pairs of one query in ascending index order, one packet per
+        query: every beat full (count = S) except the last (last = 1, count 1..S); a query that
+        keeps nothing is one beat with count = 0, last = 1. Lanes >= count are ignored.
+    d_log2 : In(range(log2(Mv) + 1))
+        log2 of the head dimension d, sampled at a packet's first beat (clamped to 3..log2 Mv).
+    renorm : In(1)
+        Divide by the sum of the kept probabilities instead of 2**16; sampled at a first beat.
+    v_rd : In(ReadPort.Signature(addr_width=ceil(log2(N*8/Mv)), shape=ArrayLayout(signed(W), Mv)))
+        Synchronous read port of the V buffer (data the cycle after ``en``/``addr``; depth
+        `v_depth`). ``en`` is high exactly in the cycles that read a word; rows must lie in the
+        buffer (index * d < N * 8).
+    o : Out(stream.Signature(output_layout(cfg)))
+        One beat per query, in order: ``data[j]`` = out[j] (S(out_width), v's scale / 2**F) for
+        j < d, 0 above; ``psum`` = the sum of the query's kept probabilities. ``o.valid`` and
+        the payload come from registers.
+    busy : Out(1)
+        A query is in the unit (accepted and its ``o`` beat not yet transferred).
+    macs : Out(32)
+        Useful multiply-accumulates since reset (d per kept pair), wrapping.
+
+    Throughput. Each cycle the array takes, from the current input beat, the run of its remaining
+    pairs that fall into one V word (at most gv = Mv/d of them), reads that word, multiplies each
+    of its gv rows by the row's probability (0 for rows not in the run) and adds the Mv products
+    into Mv per-lane accumulators (lane e holds column e mod d of row-slot e div d). A beat thus
+    takes as many cycles as it touches V words (one cycle for an empty beat); a dense query
+    (every index kept) takes ceil(n / min(gv, S)) cycles, n*d/Mv when gv <= S with the
+    multipliers all busy. Consecutive queries cost one cycle more each: the issue stage empties
+    after a query's last beat (so that no handshake waits on the fold register). A query's last
+    word is issued only when nothing else is on its way to the fold register F and F is sure to
+    be free when the word reaches it (`GRANT_LOOKAHEAD` cycles later), so queries of few words
+    run at one per max(4, log2(gv) + 1) cycles (4.4 on average at gv = 8: every fifth query
+    waits a cycle for the output register to drain), renormalised ones at one per
+    d + RECIP_READY - GRANT_LOOKAHEAD cycles (d + 19); longer queries run at one word a cycle.
+
+    Latency (unstalled, nothing in flight). Stages A (word address and row-slot of each pair), B
+    (runs: a segment number per pair), C (issue, one word a cycle, from the cycle after B); a
+    word issued in cycle t is read (data at t+1), registered with its probabilities as
+    multiplier inputs (t+2), multiplied (products registered, t+3) and added into the
+    accumulators in t+3; the query's last word moves the sums into F (the accumulators are
+    cleared). F folds the row-slots column-wise in log2(gv) cycles (F[e] += F[e+h], h = Mv/2,
+    Mv/4, .., d); the next cycle rounds and saturates F[e] / 2**(16 - out_frac_bits) into the
+    output register. From the first beat's transfer to the ``o`` beat: `pv_latency` =
+    8 + log2(gv), plus the query's issue cycles - 1. With renorm the reciprocal of the
+    probability sum is computed from the issue of the last word on (count leading zeros,
+    normalise to [2**15, 2**16), 18-bit quotient by restoring division, DIV_STEPS bits a cycle:
+    ready `RECIP_READY` cycles after that issue); then one column a cycle is read from F and
+    goes through the `lane_depth` registers of the lane (4:1 read multiplexers, shift by the
+    leading zeros, partial products of 17-bit chunks by the reciprocal, two adds; then round and
+    saturate into the output register): `pv_latency` = 4 + RECIP_READY + lane_depth + d, plus
+    the issue cycles - 1. The exact schedule is `spatten.golden.pv_cycles.pv_schedule`.
+
+    Arithmetic: the accumulators hold the exact sums (acc_width bits) per lane. Without renorm,
+    out = sat((F + 2**(15 - fb)) >> (16 - fb)) (fb = out_frac_bits) is computed as the upper
+    bits plus the rounding bit. With renorm the column sum is first shifted left by
+    s = psum_width - bit_length(psum) (exact and in range since |acc| <= 2**(W-1) psum), so the
+    product by the reciprocal needs a constant final shift: out = sat(((acc << s) * recip +
+    2**(SH - 1)) >> SH), SH = 15 - fb + psum_width: the golden formula scaled by 2**s.
+
+    Backpressure: ``o`` may stall at will; the pipeline behind a word read never stalls (the last
+    word of a query waits for its fold slot instead); ``i.ready`` depends on no output and on no
+    wait for the fold register.
+    """
+
+    def __init__(self, *, config):
+        if not isinstance(config, AttentionConfig):
+            raise TypeError(f"config must be a spatten.config.AttentionConfig, not {config!r}")
+        cfg = config
+        self.config = cfg
+        self.depth = v_depth(cfg)
+        self.addr_width = max(1, (self.depth - 1).bit_length())
+        self._LMV = _log2(cfg.pv_mults)
+        super().__init__({
+            "i": In(stream.Signature(input_layout(cfg))),
+            "d_log2": In(range(self._LMV + 1)),
+            "renorm": In(1),
+            "v_rd": In(ReadPort.Signature(addr_width=self.addr_width, shape=v_word_layout(cfg))),
+            "o": Out(stream.Signature(output_layout(cfg))),
+            "busy": Out(1),
+            "macs": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        S, Mv, W = cfg.softmax_lanes, cfg.pv_mults, cfg.data_width
+        IW, PW, AW, PB = cfg.index_width, cfg.psum_width, cfg.acc_width, cfg.prob_bits
+        OW, FB = cfg.out_width, cfg.out_frac_bits
+        SH0 = PB - FB                        # output shift without renorm
+        SH1 = PB - 1 - FB + PW               # output shift with renorm (psum_width-normalised)
+        LMV = self._LMV
+        GB = LMV - MIN_D_LOG2                 # slot bits: gv <= Mv/8 = 2**GB row-slots a word
+        GMAX = 1 << GB
+        SW = max(1, GB)
+        dls = range(MIN_D_LOG2, LMV + 1)
+        seg_shape = range(max(2, S))
+        tree_levels = _log2(S)
+        levels_a = (tree_levels + 1) // 2
+
+        # ------------------------------------------------------------ input: per-query registers
+        in_first = Signal(init=1)            # the next input beat starts a packet
+        q_dl = Signal(range(LMV + 1), init=MIN_D_LOG2)
+        q_rn = Signal()
+        dl_clamped = Mux(self.d_log2 < MIN_D_LOG2, MIN_D_LOG2,
+                         Mux(self.d_log2 > LMV, LMV, self.d_log2))
+        dl_now = Signal(range(LMV + 1))
+        rn_now = Signal()
+        m.d.comb += [dl_now.eq(Mux(in_first, dl_clamped, q_dl)),
+                     rn_now.eq(Mux(in_first, self.renorm, q_rn))]
+
+        pay = self.i.payload
+        w_in = [Signal(IW, name=f"w_in{j}") for j in range(S)]
+        s_in = [Signal(SW, name=f"s_in{j}") for j in range(S)]
+        with m.Switch(dl_now):
+            for dl in dls:
+                sh = LMV - dl
+                with (m.Default() if dl == LMV else m.Case(dl)):
+                    for j in range(S):
+                        m.d.comb += w_in[j].eq(pay.index[j] >> sh)
+                        if sh:
+                            m.d.comb += s_in[j].eq(pay.index[j][:sh])
+        pv_in = [Signal(name=f"pv_in{j}") for j in range(S)]
+        p_in = [Signal(PB, name=f"p_in{j}") for j in range(S)]
+        for j in range(S):
+            m.d.comb += [pv_in[j].eq(pay.count > j), p_in[j].eq(Mux(pv_in[j], pay.prob[j], 0))]
+
+        # ------------------------------------------------------------ stage A
+        a_v = Signal()
+        a_word = [Signal(IW, name=f"a_word{j}") for j in range(S)]
+        a_slot = [Signal(SW, name=f"a_slot{j}") for j in range(S)]
+        a_prob = [Signal(PB, name=f"a_prob{j}") for j in range(S)]
+        a_pv = [Signal(name=f"a_pv{j}") for j in range(S)]
+        a_part_in = _tree(p_in, levels_a)
+        a_part = [Signal(PB + levels_a, name=f"a_part{k}") for k in range(len(a_part_in))]
+        a_count = Signal(range(S + 1))
+        a_first, a_last, a_rn = Signal(), Signal(), Signal()
+        a_dl = Signal(range(LMV + 1))
+
+        # ------------------------------------------------------------ stage B
+        b_v = Signal()
+        b_seg = [Signal(seg_shape, name=f"b_seg{j}") for j in range(S)]
+        b_lastseg = Signal(seg_shape)
+        b_word = [Signal(IW, name=f"b_word{j}") for j in range(S)]
+        b_slot = [Signal(SW, name=f"b_slot{j}") for j in range(S)]
+        b_prob = [Signal(PB, name=f"b_prob{j}") for j in range(S)]
+        b_pv = [Signal(name=f"b_pv{j}") for j in range(S)]
+        b_psum = Signal(PB + tree_levels)
+        b_count = Signal(range(S + 1))
+        b_first, b_last, b_rn = Signal(), Signal(), Signal()
+        b_dl = Signal(range(LMV + 1))
+
+        # ------------------------------------------------------------ stage C (issue)
+        c_v = Signal()
+        c_cnt = Signal(seg_shape)
+        c_fin = Signal()                      # the current run is the beat's last
+        c_seg = [Signal(seg_shape, name=f"c_seg{j}") for j in range(S)]
+        c_lastseg = Signal(seg_shape)
+        c_word = [Signal(IW, name=f"c_word{j}") for j in range(S)]
+        c_slot = [Signal(SW, name=f"c_slot{j}") for j in range(S)]
+        c_prob = [Signal(PB, name=f"c_prob{j}") for j in range(S)]
+        c_pv = [Signal(name=f"c_pv{j}") for j in range(S)]
+        c_last, c_rn = Signal(), Signal()
+        c_dl = Signal(range(LMV + 1))
+        psum_q = Signal(PW)                   # kept probabilities of the query so far
+        macs = Signal(32)
+
+        # ------------------------------------------------------------ MAC pipeline registers
+        # r*_last: the query's last word (set only for an issued word); r1_sp is zero in cycles
+        # without a word, so the products (and what the accumulators add) are zero then
+        r1_v, r1_last, r1_rn = Signal(), Signal(), Signal()
+        r1_dl = Signal(range(LMV + 1))
+        r1_psum = Signal(PW)
+        r1_sp = [Signal(PB, name=f"r1_sp{s}") for s in range(GMAX)]
+        r2_v, r2_last, r2_rn = Signal(), Signal(), Signal()
+        r2_dl = Signal(range(LMV + 1))
+        r2_psum = Signal(PW)
+        r2_a = [Signal(signed(W), name=f"r2_a{e}", reset_less=True) for e in range(Mv)]
+        r2_b = [Signal(PB, name=f"r2_b{e}") for e in range(Mv)]
+        r3_v, r3_last, r3_rn = Signal(), Signal(), Signal()
+        r3_dl = Signal(range(LMV + 1))
+        r3_psum = Signal(PW)
+        r3_p = [Signal(signed(W + PB), name=f"r3_p{e}") for e in range(Mv)]
+        # cleared (synchronous reset, by a register of their own) when a query's last word has
+        # left them for F, and after a reset
+        acc = [Signal(signed(AW), name=f"acc{e}", reset_less=True) for e in range(Mv)]
+        acc_clr = Signal(init=1)
+
+        # ------------------------------------------------------------ fold register F
+        F = [Signal(signed(AW), name=f"F{e}", reset_less=True) for e in range(Mv)]
+        f_v, f_rn = Signal(), Signal()
+        f_dl = Signal(range(LMV + 1))
+        f_psum = Signal(PW)
+        f_rem = Signal(range(GB + 1))         # fold steps left
+        f_lvl = Signal(range(GB + 1))         # fold steps done
+        folding = Signal()                    # f_rem != 0
+
+        # reciprocal unit: started by each query's last word (in R1), used by that query in F
+        PH_IDLE, PH_NORM, PH_DIV, PH_RECIP, PH_DONE = range(5)
+        dv_ph = Signal(range(5))
+        dv_psum = Signal(PW)
+        dv_s = Signal(range(PW + 1))          # psum_width - bit_length(psum)
+        dv_m = Signal(PB)                     # psum normalised to [2**15, 2**16)
+        dv_r = Signal(PB + 1)
+        dv_q = Signal(QUOT_BITS)
+        dv_k = Signal(range(QUOT_BITS // DIV_STEPS))
+        dv_recip = Signal(PB + 1)
+
+        # renormalisation lane: read F[j] (L1), shift (L2), partial products (L3), two adds
+        # (L4, L5), round and saturate into O[j]
+        lane_busy = Signal()
+        ap_v = Signal()
+        ap_j = Signal(range(Mv))
+        ap_rem = Signal(range(Mv))
+        lane_s = Signal(range(PW + 1))
+        lane_recip = Signal(PB + 1)
+        lane_psum = Signal(PW)
+        PRW = AW + PB + 1
+        CH = PB + 1                           # chunk of the shifted sum per multiplier
+        chunks = [(lo, min(CH, AW - lo)) for lo in range(0, AW, CH)]
+        assert 2 <= len(chunks) <= 3, chunks
+        LD = lane_depth(cfg)
+        lv = [Signal(name=f"l{k}_v") for k in range(1, LD + 1)]
+        llast = [Signal(name=f"l{k}_last") for k in range(1, LD + 1)]
+        lj = [Signal(range(Mv), name=f"l{k}_j") for k in range(1, LD + 1)]
+        l2_x = Signal(signed(AW), reset_less=True)
+        l3_pp = [Signal(signed(w + CH + 1) if k == len(chunks) - 1 else unsigned(w + CH),
+                        name=f"l3_pp{k}", reset_less=True)
+                 for k, (lo, w) in enumerate(chunks)]
+        l4_s = Signal(signed(PRW), reset_less=True)
+        l4_hi = Signal.like(l3_pp[-1], name="l4_hi", reset_less=True)
+        l5_p = Signal(signed(PRW), reset_less=True)
+
+        # output register
+        o_v = Signal()
+        o_data = [Signal(signed(OW), name=f"o_data{e}") for e in range(Mv)]
+        o_psum = Signal(PW)
+        o_free = Signal()
+        m.d.comb += [
+            self.o.valid.eq(o_v),
+            self.o.payload.psum.eq(o_psum),
+            o_free.eq(~o_v | self.o.ready),
+        ]
+        m.d.comb += [self.o.payload.data[e].eq(o_data[e]) for e in range(Mv)]
+
+        # ------------------------------------------------------------ issue decision
+        match = [Signal(name=f"match{j}") for j in range(S)]
+        m.d.comb += [match[j].eq(c_pv[j] & (c_seg[j] == c_cnt)) for j in range(S)]
+        sp_now = []
+        for s in range(GMAX):
+            terms = [Mux(match[j] & (c_slot[j] == s), c_prob[j], 0) for j in range(S)]
+            v = terms[0]
+            for t in terms[1:]:
+                v = v | t
+            sp = Signal(PB, name=f"sp_now{s}")
+            m.d.comb += sp.eq(v)
+            sp_now.append(sp)
+        addr = Signal(IW)
+        av = Mux(match[0], c_word[0], 0)
+        for j in range(1, S):
+            av = av | Mux(match[j], c_word[j], 0)
+        m.d.comb += addr.eq(av)
+        any_match = Signal()
+        m.d.comb += any_match.eq(Cat(*match).any())
+
+        reserved = Signal()
+        grant = Signal()
+        la = GRANT_LOOKAHEAD
+        m.d.comb += [
+            reserved.eq(r1_last | r2_last | r3_last),
+            grant.eq(~reserved & (
+                ~f_v
+                | (~f_rn & (f_rem <= la) & ~o_v & ~lane_busy)
+                | (f_rn & ap_v & (ap_rem <= la)))),
+        ]
+        last_op = Signal()
+        issue = Signal()
+        c_done = Signal()
+        m.d.comb += [
+            last_op.eq(c_last & c_fin),
+            issue.eq(c_v & (~last_op | grant)),
+            c_done.eq(issue & c_fin),
+            self.v_rd.en.eq(issue & any_match),
+            self.v_rd.addr.eq(addr),
+        ]
+
+        # ------------------------------------------------------------ handshakes A -> B -> C
+        # C takes the next beat as it issues the last run of a beat, except after a query's
+        # last beat (whose last word may wait for the fold register): then C empties first, so
+        # that no handshake depends on that wait
+        c_take = Signal()   # B -> C
+        b_take = Signal()   # A -> B
+        i_take = Signal()
+        m.d.comb += [
+            c_take.eq(b_v & (~c_v | (c_fin & ~c_last))),
+            b_take.eq(a_v & (~b_v | c_take)),
+            self.i.ready.eq(~a_v | b_take),
+            i_take.eq(self.i.valid & self.i.ready),
+        ]
+
+        # stage A load
+        with m.If(i_take):
+            m.d.sync += [
+                a_v.eq(1), in_first.eq(pay.last), q_dl.eq(dl_now), q_rn.eq(rn_now),
+                a_count.eq(pay.count), a_first.eq(in_first), a_last.eq(pay.last),
+                a_dl.eq(dl_now), a_rn.eq(rn_now),
+            ]
+            for j in range(S):
+                m.d.sync += [a_word[j].eq(w_in[j]), a_slot[j].eq(s_in[j]),
+                             a_prob[j].eq(p_in[j]), a_pv[j].eq(pv_in[j])]
+            m.d.sync += [a.eq(v) for a, v in zip(a_part, a_part_in)]
+        with m.Elif(b_take):
+            m.d.sync += a_v.eq(0)
+
+        # stage B load: runs of pairs in one word get consecutive segment numbers
+        newseg = [Const(0, 1)] + [a_pv[j] & (a_word[j] != a_word[j - 1]) for j in range(1, S)]
+        pre = list(newseg)
+        k = 1
+        while k < S:     # Hillis-Steele prefix sum
+            pre = [pre[j] + pre[j - k] if j >= k else pre[j] for j in range(S)]
+            k *= 2
+        b_psum_in = _tree(a_part, tree_levels - levels_a)[0]
+        with m.If(b_take):
+            m.d.sync += [
+                b_v.eq(1), b_lastseg.eq(pre[S - 1]), b_psum.eq(b_psum_in),
+                b_count.eq(a_count), b_first.eq(a_first), b_last.eq(a_last),
+                b_dl.eq(a_dl), b_rn.eq(a_rn),
+            ]
+            for j in range(S):
+                m.d.sync += [b_seg[j].eq(pre[j]), b_word[j].eq(a_word[j]),
+                             b_slot[j].eq(a_slot[j]), b_prob[j].eq(a_prob[j]),
+                             b_pv[j].eq(a_pv[j])]
+        with m.Elif(c_take):
+            m.d.sync += b_v.eq(0)
+
+        # stage C load / advance
+        with m.If(c_take):
+            m.d.sync += [
+                c_v.eq(1), c_cnt.eq(0), c_lastseg.eq(b_lastseg), c_fin.eq(b_lastseg == 0),
+                c_last.eq(b_last), c_dl.eq(b_dl), c_rn.eq(b_rn),
+                psum_q.eq(Mux(b_first, 0, psum_q) + b_psum),
+                macs.eq(macs + (b_count << b_dl)),
+            ]
+            for j in range(S):
+                m.d.sync += [c_seg[j].eq(b_seg[j]), c_word[j].eq(b_word[j]),
+                             c_slot[j].eq(b_slot[j]), c_prob[j].eq(b_prob[j]),
+                             c_pv[j].eq(b_pv[j])]
+        with m.Elif(c_done):
+            m.d.sync += c_v.eq(0)
+        with m.Elif(issue):
+            m.d.sync += [c_cnt.eq(c_cnt + 1), c_fin.eq(c_cnt + 1 == c_lastseg)]
+        m.d.comb += self.macs.eq(macs)
+
+        # ------------------------------------------------------------ R1: the issued word
+        m.d.sync += [r1_v.eq(issue), r1_last.eq(issue & last_op)]
+        m.d.sync += [r1_sp[s].eq(Mux(issue, sp_now[s], 0)) for s in range(GMAX)]
+        with m.If(issue):
+            m.d.sync += [r1_dl.eq(c_dl), r1_rn.eq(c_rn), r1_psum.eq(psum_q)]
+
+        # ------------------------------------------------------------ R2: multiplier inputs
+        m.d.sync += [r2_v.eq(r1_v), r2_last.eq(r1_last), r2_dl.eq(r1_dl), r2_rn.eq(r1_rn),
+                     r2_psum.eq(r1_psum)]
+        for e in range(Mv):
+            m.d.sync += r2_a[e].eq(self.v_rd.data[e])
+            with m.Switch(r1_dl):
+                for dl in dls:
+                    with (m.Default() if dl == LMV else m.Case(dl)):
+                        m.d.sync += r2_b[e].eq(r1_sp[e >> dl])
+
+        # ------------------------------------------------------------ R3: products
+        m.d.sync += [r3_v.eq(r2_v), r3_last.eq(r2_last), r3_dl.eq(r2_dl), r3_rn.eq(r2_rn),
+                     r3_psum.eq(r2_psum)]
+        m.d.sync += [r3_p[e].eq(r2_a[e] * r2_b[e]) for e in range(Mv)]
+
+        # ------------------------------------------------------------ accumulators
+        sums = []
+        for e in range(Mv):
+            sm = Signal(signed(AW), name=f"accsum{e}")
+            m.d.comb += sm.eq(acc[e] + r3_p[e])
+            sums.append(sm)
+            with m.If(acc_clr):
+                m.d.sync += acc[e].eq(0)
+            with m.Else():
+                m.d.sync += acc[e].eq(sm)
+        m.d.sync += acc_clr.eq(r2_last)
+
+        # ------------------------------------------------------------ fold register
+        # the partner of lane e at fold step k is e + Mv/2**(k+1); lanes at or above that step's
+        # half keep adding (garbage nobody reads), so lane e only chooses among the steps with
+        # e < Mv/2**(k+1), and the last of them needs no choice
+        fold_add = []
+        for e in range(Mv // 2):
+            steps = [k for k in range(GB) if e < Mv >> (k + 1)]
+            fa = Signal(signed(AW), name=f"fold_add{e}")
+            fold_add.append(fa)
+            if not steps:                     # Mv = 8: d = Mv always, nothing to fold
+                continue
+            m.d.comb += fa.eq(F[e + (Mv >> (steps[-1] + 1))])
+            for k in reversed(steps[:-1]):
+                with m.If(f_lvl == k):
+                    m.d.comb += fa.eq(F[e + (Mv >> (k + 1))])
+        with m.If(r3_last):
+            m.d.sync += [F[e].eq(sums[e]) for e in range(Mv)]
+            m.d.sync += [
+                f_v.eq(1), f_rn.eq(r3_rn), f_dl.eq(r3_dl), f_psum.eq(r3_psum),
+                f_rem.eq(LMV - r3_dl), f_lvl.eq(0), folding.eq(r3_dl != LMV),
+            ]
+        with m.Elif(folding):
+            m.d.sync += [F[e].eq(F[e] + fold_add[e]) for e in range(Mv // 2)]
+            m.d.sync += [f_rem.eq(f_rem - 1), f_lvl.eq(f_lvl + 1), folding.eq(f_rem != 1)]
+
+        # non-renormalised output: saturate(round(F / 2**(16 - F))), lanes >= d zero
+        o_ld = Signal()
+        m.d.comb += o_ld.eq(f_v & ~f_rn & (f_rem == 0) & ~lane_busy & o_free)
+
+        # ------------------------------------------------------------ reciprocal unit
+        clz = Signal(range(PW + 1))
+        m.d.comb += clz.eq(PW)
+        for bit in range(PW):       # the highest set bit wins (assigned last)
+            with m.If(r1_psum[bit]):
+                m.d.comb += clz.eq(PW - 1 - bit)
+        norm = Signal(PW)
+        m.d.comb += norm.eq(dv_psum << dv_s)
+        r, q = dv_r, dv_q
+        for _ in range(DIV_STEPS):
+            diff = Signal(signed(PB + 2))
+            m.d.comb += diff.eq(r - dv_m)          # one carry chain: its sign says r < m
+            ge = ~diff[-1]
+            rs = Mux(ge, diff[:PB], r[:PB])
+            q = Cat(ge, q)[:QUOT_BITS]
+            r = Cat(Const(0, 1), rs)
+        with m.Switch(dv_ph):
+            with m.Case(PH_NORM):
+                m.d.sync += [dv_m.eq(norm[PW - PB:]), dv_r.eq(1 << (PB - 1)), dv_q.eq(0),
+                             dv_k.eq(0), dv_ph.eq(PH_DIV)]
+            with m.Case(PH_DIV):
+                m.d.sync += [dv_r.eq(r), dv_q.eq(q), dv_k.eq(dv_k + 1)]
+                with m.If(dv_k == QUOT_BITS // DIV_STEPS - 1):
+                    m.d.sync += dv_ph.eq(PH_RECIP)
+            with m.Case(PH_RECIP):
+                m.d.sync += [dv_recip.eq(Mux(dv_psum == 0, 0, (dv_q + 1) >> 1)),
+                             dv_ph.eq(PH_DONE)]
+        with m.If(r1_last):                     # every query's last word restarts the unit
+            m.d.sync += [dv_psum.eq(r1_psum), dv_s.eq(clz), dv_ph.eq(PH_NORM)]
+
+        # ------------------------------------------------------------ renormalisation lane
+        ap_start = Signal()
+        m.d.comb += ap_start.eq(f_v & f_rn & (f_rem == 0) & (dv_ph == PH_DONE) & ~lane_busy
+                                & o_free)
+        with m.If(ap_start):
+            m.d.sync += [
+                lane_busy.eq(1), ap_v.eq(1), ap_j.eq(0), ap_rem.eq((1 << f_dl) - 1),
+                lane_s.eq(dv_s), lane_recip.eq(dv_recip), lane_psum.eq(f_psum),
+            ]
+        with m.If(ap_v):
+            m.d.sync += [ap_j.eq(ap_j + 1), ap_rem.eq(ap_rem - 1)]
+            with m.If(ap_rem == 0):
+                m.d.sync += ap_v.eq(0)
+        m.d.sync += [lv[0].eq(ap_v), llast[0].eq(ap_v & (ap_rem == 0)), lj[0].eq(ap_j)]
+        for k in range(1, LD):
+            m.d.sync += [lv[k].eq(lv[k - 1]), llast[k].eq(llast[k - 1]), lj[k].eq(lj[k - 1])]
+        # read F[j]: registered 4:1 multiplexer levels (each level's inputs are close together)
+        vals = F
+        for k in range((LMV + 1) // 2):
+            bits = min(2, LMV - 2 * k)
+            sel = (ap_j if k == 0 else lj[k - 1])[2 * k:2 * k + bits]
+            regs = [Signal(signed(AW), name=f"lm{k}_{g}", reset_less=True)
+                    for g in range(len(vals) >> bits)]
+            m.d.sync += [r.eq(Array(vals[g << bits:(g + 1) << bits])[sel])
+                         for g, r in enumerate(regs)]
+            vals = regs
+        l1_x = vals[0]
+        # the column sum normalised by the sum's leading zeros (exact, see the docstring)
+        m.d.sync += l2_x.eq((l1_x << lane_s)[:AW].as_signed())
+        # L3: products of 17-bit chunks (the top one signed) by the reciprocal
+        for k, (lo, w) in enumerate(chunks):
+            part = l2_x[lo:lo + w]
+            if k == len(chunks) - 1:
+                part = part.as_signed()
+            m.d.sync += l3_pp[k].eq(part * lane_recip)
+        # L4, L5: their sum
+        m.d.sync += [l4_s.eq(l3_pp[0] + (l3_pp[1] << CH)), l4_hi.eq(l3_pp[-1])]
+        if len(chunks) == 3:
+            m.d.sync += l5_p.eq(l4_s + (l4_hi << (2 * CH)))
+        else:
+            m.d.sync += l5_p.eq(l4_s)
+        rnd = Signal(signed(PRW - SH1 + 1))
+        m.d.comb += rnd.eq(l5_p[SH1:].as_signed() + l5_p[SH1 - 1])
+        lane_out = Signal(signed(OW))
+        m.d.comb += lane_out.eq(_sat(rnd, OW))
+        with m.If(lv[-1] & llast[-1]):
+            m.d.sync += lane_busy.eq(0)
+
+        # F is released when its contents have gone to O (or into the lane)
+        with m.If(~r3_last & (o_ld | (ap_v & (ap_rem == 0)))):
+            m.d.sync += f_v.eq(0)
+
+        # ------------------------------------------------------------ output register
+        # (lanes >= d, and every lane when the lane starts, are cleared: synchronous resets)
+        for e in range(Mv):
+            keep = (f_dl >= e.bit_length()) if e.bit_length() > MIN_D_LOG2 else Const(1)
+            rounded = F[e][SH0:].as_signed() + F[e][SH0 - 1]
+            with m.If(ap_start | (o_ld & ~keep)):
+                m.d.sync += o_data[e].eq(0)
+            with m.Elif(o_ld):
+                m.d.sync += o_data[e].eq(_sat(rounded, OW))
+            with m.Elif(lv[-1] & (lj[-1] == e)):
+                m.d.sync += o_data[e].eq(lane_out)
+        with m.If(o_ld):
+            m.d.sync += [o_psum.eq(f_psum), o_v.eq(1)]
+        with m.Elif(ap_start):
+            m.d.sync += o_v.eq(0)
+        with m.Elif(lv[-1] & llast[-1]):
+            m.d.sync += [o_v.eq(1), o_psum.eq(lane_psum)]
+        with m.Elif(o_v & self.o.ready):
+            m.d.sync += o_v.eq(0)
+
+        m.d.comb += self.busy.eq(a_v | b_v | c_v | r1_v | r2_v | r3_v | f_v | lane_busy | o_v)
+        return m

@@ -1,0 +1,423 @@
+"""The prob x V array (`hw/pv.py`) with its V buffer, and its cocotb testbench.
+
+`PvTop(config, init=None)` is the design under test of both the Amaranth-simulator tests and the
+cocotb tests (`tests/test_pv.py`): the `ProbV` array plus the V buffer (a `lib.memory.Memory` of
+`v_depth(cfg)` words, optionally initialised from `init`) and a write stream into it:
+
+    load : In(stream.Signature({data: ArrayLayout(signed(W), Mv), last: 1}))   always ready; one
+           V word per beat at consecutive addresses from 0; the address returns to 0 after a
+           beat with last = 1 (and after the last word of the buffer)
+    i    : In(stream.Signature(top_input_layout(cfg)))   the array's ``i`` beat plus its
+           ``d_log2`` and ``renorm`` (wired to the array's ports, which sample them at a
+           packet's first beat)
+    o    : Out(stream.Signature(top_output_layout(cfg)))   the array's ``o`` beat {data, psum}
+           plus ``t_in``, the cycle of the query's first ``i`` transfer, and ``t_out``, the
+           cycle in which the beat first appeared on ``o`` (cycles counted from reset)
+    busy, macs : those of `ProbV`
+
+Testbench (run by `spatten.sim.unit_run.unit_selftest`; settings: ``config`` (the
+`AttentionConfig` fields), ``seed``, ``runs``): driver `StreamSource` on ``load`` and ``i`` (random
+idle cycles when asked), monitor `StreamSink` on ``o`` (random backpressure when asked; it checks
+the stream rules), transaction-level model `spatten.golden.attention.pv` and
+`spatten.golden.pv_cycles.pv_schedule`, in-order checker per query. Without gaps and
+backpressure every query's ``t_out - t_in`` and the spacing of the ``o`` beats must equal the
+cycle model exactly.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from spatten.config import AttentionConfig
+from spatten.hw.pv import ProbV, input_layout, output_layout, v_depth, v_word_layout
+
+__all__ = ["PvTop", "top_input_layout", "top_output_layout", "load_layout", "v_words",
+           "query_beats", "make_query", "expected_beat", "STAMP_FIFO_DEPTH"]
+
+STAMP_FIFO_DEPTH = 16
+
+
+def _log2(x: int) -> int:
+    return x.bit_length() - 1
+
+
+def top_input_layout(cfg: AttentionConfig) -> data.StructLayout:
+    fields = dict(input_layout(cfg).members)
+    fields["d_log2"] = range(_log2(cfg.pv_mults) + 1)
+    fields["renorm"] = 1
+    return data.StructLayout(fields)
+
+
+def top_output_layout(cfg: AttentionConfig) -> data.StructLayout:
+    fields = dict(output_layout(cfg).members)
+    fields["t_in"] = 32
+    fields["t_out"] = 32
+    return data.StructLayout(fields)
+
+
+def load_layout(cfg: AttentionConfig) -> data.StructLayout:
+    return data.StructLayout({"data": v_word_layout(cfg), "last": 1})
+
+
+class PvTop(wiring.Component):
+    """`ProbV` with its V buffer, a ``load`` stream into the buffer and cycle stamps on ``o``
+    (see the module docstring)."""
+
+    def __init__(self, config: AttentionConfig, init=None):
+        self.pv = ProbV(config=config)
+        self.config = config
+        self.init = [] if init is None else list(init)
+        super().__init__({
+            "load": In(stream.Signature(load_layout(config))),
+            "i": In(stream.Signature(top_input_layout(config))),
+            "o": Out(stream.Signature(top_output_layout(config))),
+            "busy": Out(1),
+            "macs": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        m.submodules.pv = pv = self.pv
+        depth = v_depth(cfg)
+        m.submodules.vmem = mem = Memory(shape=v_word_layout(cfg), depth=depth, init=self.init)
+        wr = mem.write_port()
+        wiring.connect(m, pv.v_rd, mem.read_port())
+        waddr = Signal(range(depth))
+        m.d.comb += [
+            self.load.ready.eq(1),
+            wr.en.eq(self.load.valid),
+            wr.addr.eq(waddr),
+            wr.data.eq(self.load.payload.data),
+        ]
+        with m.If(self.load.valid):
+            m.d.sync += waddr.eq(Mux(self.load.payload.last | (waddr == depth - 1), 0,
+                                     waddr + 1))
+
+        ip = self.i.payload
+        m.d.comb += [
+            pv.i.valid.eq(self.i.valid),
+            self.i.ready.eq(pv.i.ready),
+            pv.i.payload.index.eq(ip.index),
+            pv.i.payload.prob.eq(ip.prob),
+            pv.i.payload.count.eq(ip.count),
+            pv.i.payload.last.eq(ip.last),
+            pv.d_log2.eq(ip.d_log2),
+            pv.renorm.eq(ip.renorm),
+            self.busy.eq(pv.busy),
+            self.macs.eq(pv.macs),
+        ]
+
+        # cycle stamps
+        cycle = Signal(32)
+        m.d.sync += cycle.eq(cycle + 1)
+        in_first = Signal(init=1)
+        i_take = self.i.valid & self.i.ready
+        with m.If(i_take):
+            m.d.sync += in_first.eq(ip.last)
+        m.submodules.stamps = fifo = SyncFIFOBuffered(width=32, depth=STAMP_FIFO_DEPTH)
+        o_take = self.o.valid & self.o.ready
+        m.d.comb += [
+            fifo.w_en.eq(i_take & in_first),
+            fifo.w_data.eq(cycle),
+            fifo.r_en.eq(o_take),
+        ]
+        held = Signal()          # the beat on o was there in the previous cycle too
+        stamp = Signal(32)
+        t_out = Signal(32)
+        m.d.comb += t_out.eq(Mux(held, stamp, cycle))
+        m.d.sync += [held.eq(self.o.valid & ~self.o.ready), stamp.eq(t_out)]
+        op = self.o.payload
+        m.d.comb += [
+            self.o.valid.eq(pv.o.valid),
+            pv.o.ready.eq(self.o.ready),
+            op.data.eq(pv.o.payload.data),
+            op.psum.eq(pv.o.payload.psum),
+            op.t_in.eq(fifo.r_data),
+            op.t_out.eq(t_out),
+        ]
+        return m
+
+
+# ---------------------------------------------------------------------------------- models
+def v_words(cfg: AttentionConfig, flat) -> list[list[int]]:
+    """The V buffer's words from its flat elements (zero-padded to whole words)."""
+    Mv = cfg.pv_mults
+    flat = np.asarray(flat, dtype=np.int64).reshape(-1)
+    words = -(-flat.size // Mv)
+    flat = np.concatenate([flat, np.zeros(words * Mv - flat.size, dtype=np.int64)])
+    return [[int(x) for x in flat[w * Mv:(w + 1) * Mv]] for w in range(words)]
+
+
+def query_beats(cfg: AttentionConfig, kept, probs, d: int, renorm: bool,
+                rng: random.Random | None = None) -> list[dict]:
+    """The ``i`` beats of one query (lanes >= count hold random junk when `rng` is given)."""
+    S = cfg.softmax_lanes
+    kept = [int(x) for x in kept]
+    probs = [int(x) for x in probs]
+    dl = _log2(d)
+
+    def junk(n, hi):
+        return [rng.randrange(hi) if rng else 0 for _ in range(n)]
+
+    if not kept:
+        return [{"index": junk(S, cfg.capacity), "prob": junk(S, 1 << 16), "count": 0,
+                 "last": 1, "d_log2": dl, "renorm": int(renorm)}]
+    out = []
+    for lo in range(0, len(kept), S):
+        idx, p = kept[lo:lo + S], probs[lo:lo + S]
+        pad = S - len(idx)
+        out.append({"index": idx + junk(pad, cfg.capacity), "prob": p + junk(pad, 1 << 16),
+                    "count": len(idx), "last": int(lo + S >= len(kept)), "d_log2": dl,
+                    "renorm": int(renorm)})
+    return out
+
+
+def make_query(cfg: AttentionConfig, rng: np.random.Generator, d: int, n: int, kind: str,
+               renorm: bool = False) -> tuple:
+    """(kept, probs, d, renorm) for a query over the first `n` rows of dimension d: kind is
+    dense (every row), sparse (a random subset), contiguous (a random run), single, empty,
+    zero (kept rows with probability 0), max (every row at 65535), or softmaxish (dense,
+    probabilities summing to about 2**16)."""
+    if kind in ("dense", "max", "softmaxish"):
+        kept = np.arange(n)
+    elif kind == "sparse":
+        k = int(rng.integers(1, n + 1))
+        kept = np.sort(rng.choice(n, k, replace=False))
+    elif kind == "contiguous":
+        k = int(rng.integers(1, n + 1))
+        lo = int(rng.integers(0, n - k + 1))
+        kept = np.arange(lo, lo + k)
+    elif kind == "single":
+        kept = np.array([int(rng.integers(0, n))])
+    elif kind == "empty":
+        kept = np.array([], dtype=np.int64)
+    elif kind == "zero":
+        kept = np.sort(rng.choice(n, min(n, 5), replace=False))
+    else:
+        raise ValueError(kind)
+    if kind == "max":
+        probs = np.full(kept.size, 65535)
+    elif kind == "zero":
+        probs = np.zeros(kept.size, dtype=np.int64)
+    elif kind == "softmaxish":
+        w = rng.exponential(1.0, kept.size) ** 3
+        probs = np.minimum(np.round(w / w.sum() * 65536), 65535).astype(np.int64)
+    else:
+        probs = rng.integers(0, 1 << 16, kept.size)
+    return [int(x) for x in kept], [int(x) for x in probs], d, bool(renorm)
+
+
+def expected_beat(cfg: AttentionConfig, flat, query) -> dict:
+    """The ``o`` beat {data, psum} of one query from the golden model."""
+    from spatten.golden.attention import pv as golden_pv
+
+    kept, probs, d, renorm = query
+    flat = np.asarray(flat, dtype=np.int64).reshape(-1)
+    rows = flat[:flat.size // d * d].reshape(-1, d)
+    v = rows[np.asarray(kept, dtype=np.int64)] if kept else np.zeros((0, d), dtype=np.int64)
+    res = golden_pv(cfg, np.asarray(probs, dtype=np.int64), v, renorm)
+    out = [int(x) for x in res.out] + [0] * (cfg.pv_mults - d)
+    return {"data": out, "psum": int(res.psum)}
+
+
+# ---------------------------------------------------------------------------------- cocotb
+try:
+    import cocotb
+    from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+except ImportError:  # pragma: no cover - cocotb is a dependency
+    cocotb = None
+
+if cocotb is not None:
+    from spatten.golden.pv_cycles import pv_schedule
+
+    from .streams import StreamSink, StreamSource, clock_and_reset
+    from .unit_run import tb_settings
+
+    _SETTINGS = tb_settings()
+    CFG = AttentionConfig(**_SETTINGS.get("config", {}))
+    SEED = int(_SETTINGS.get("seed", 1))
+    RUNS = int(_SETTINGS.get("runs", 6))
+    PERIOD = 10.0
+    DIMS = [d for d in CFG.head_dims if d <= CFG.pv_mults]
+
+    def rows_of(d):
+        """V rows of dimension d the buffer holds."""
+        return min(CFG.capacity, CFG.capacity * 8 // d)
+
+    class Bench:
+        def __init__(self, dut, idle=0.0, stall=0.0, seed=SEED):
+            self.dut = dut
+            self.load = StreamSource(dut, "load", dut.clk, load_layout(CFG))
+            self.src = StreamSource(dut, "i", dut.clk, top_input_layout(CFG), idle_prob=idle,
+                                    rng=random.Random(seed + 1))
+            self.sink = StreamSink(dut, "o", dut.clk, top_output_layout(CFG), stall_prob=stall,
+                                   rng=random.Random(seed + 2))
+            self.rng = random.Random(seed + 3)
+
+        async def load_v(self, flat):
+            words = v_words(CFG, flat)
+            beats = [{"data": w, "last": int(k == len(words) - 1)} for k, w in enumerate(words)]
+            await self.load.send(beats)
+            await RisingEdge(self.dut.clk)
+
+        async def batch(self, flat, queries, timed=False) -> list[str]:
+            """Run `queries` back to back on the loaded V; check every beat against the golden
+            model (and the cycle stamps against the model when `timed`)."""
+            dut = self.dut
+            macs0 = int(dut.macs.value)
+            beats = []
+            for kept, probs, d, renorm in queries:
+                beats += query_beats(CFG, kept, probs, d, renorm, rng=self.rng)
+            self.src.send_nowait(beats)
+            errs = []
+            got = []
+            limit = 200 + sum(4 * len(q[0]) + 2 * q[2] + 64 for q in queries) * 8
+            for i in range(len(queries)):
+                task = cocotb.start_soon(self.sink.recv())
+                waited = 0
+                while not task.done():
+                    await ClockCycles(dut.clk, 16)
+                    waited += 16
+                    if waited > limit:
+                        task.cancel()
+                        return errs + [f"query {i}: no output beat (hang)"]
+                got.append(task.result())
+            for i, (q, beat) in enumerate(zip(queries, got)):
+                want = expected_beat(CFG, flat, q)
+                if beat["data"] != want["data"] or beat["psum"] != want["psum"]:
+                    bad = [j for j in range(CFG.pv_mults) if beat["data"][j] != want["data"][j]]
+                    errs.append(f"query {i} (d={q[2]} renorm={q[3]} kept={len(q[0])}): psum "
+                                f"{beat['psum']} vs {want['psum']}, lanes {bad[:6]} differ: "
+                                f"{[beat['data'][j] for j in bad[:6]]} vs "
+                                f"{[want['data'][j] for j in bad[:6]]}")
+            await self.src.wait_idle()
+            await ClockCycles(dut.clk, 2)
+            await ReadOnly()
+            if int(dut.busy.value):
+                errs.append("busy after the last beat")
+            if int(dut.o__valid.value):
+                errs.append("extra output beat")
+            macs = (int(dut.macs.value) - macs0) % (1 << 32)
+            want_macs = sum(len(q[0]) * q[2] for q in queries)
+            if macs != want_macs:
+                errs.append(f"macs {macs} != {want_macs}")
+            if timed:
+                model = pv_schedule(CFG, [(q[0], q[2], q[3]) for q in queries])
+                t0 = got[0]["t_in"]
+                have = [(b["t_in"] - t0, b["t_out"] - t0) for b in got]
+                want = [(r["in"], r["out"]) for r in model]
+                if have != want:
+                    k = next(j for j in range(len(want)) if have[j] != want[j])
+                    errs.append(f"cycles of query {k}: (in, out) {have[k]} != model {want[k]}")
+            await RisingEdge(dut.clk)
+            return errs
+
+    async def start(dut, idle=0.0, stall=0.0, seed=SEED) -> Bench:
+        dut.load__valid.value = 0
+        dut.i__valid.value = 0
+        dut.o__ready.value = 0
+        await clock_and_reset(dut, PERIOD)
+        return Bench(dut, idle, stall, seed)
+
+    def random_flat(rng, kind="uniform"):
+        size = v_depth(CFG) * CFG.pv_mults
+        lo, hi = CFG.data_min, CFG.data_max
+        if kind == "min":
+            return np.full(size, lo)
+        if kind == "max":
+            return np.full(size, hi)
+        if kind == "mixed":
+            return rng.choice([lo, hi, 0, -1, 1], size)
+        return rng.integers(lo, hi + 1, size)
+
+    def edge_queries(rng):
+        """Every d: dense, sparse, contiguous, single, empty, zero probabilities; each with and
+        without renorm."""
+        out = []
+        for d in DIMS:
+            n = rows_of(d)
+            for kind in ("dense", "sparse", "contiguous", "single", "empty", "zero",
+                         "softmaxish"):
+                for renorm in (False, True):
+                    out.append(make_query(CFG, rng, d, n, kind, renorm))
+        return out
+
+    def random_queries(rng, count):
+        out = []
+        for _ in range(count):
+            d = int(rng.choice(DIMS))
+            kind = str(rng.choice(["dense", "sparse", "sparse", "contiguous", "single",
+                                   "softmaxish"]))
+            n = int(rng.integers(1, rows_of(d) + 1))
+            out.append(make_query(CFG, rng, d, n, kind, bool(rng.integers(0, 2))))
+        return out
+
+    def _report(dut, errs, what):
+        dut._log.info("seed %d: %s", SEED, what)
+        assert not errs, f"seed {SEED}: {len(errs)} problems, first: " + "; ".join(errs[:5])
+
+    @cocotb.test()
+    async def test_edge_cases(dut):
+        """Every d and kind of kept list, with and without renorm, back to back, cycles exact."""
+        bench = await start(dut)
+        rng = np.random.default_rng(SEED)
+        flat = random_flat(rng)
+        await bench.load_v(flat)
+        queries = edge_queries(rng)
+        errs = await bench.batch(flat, queries, timed=True)
+        _report(dut, errs, f"{len(queries)} edge-case queries")
+
+    @cocotb.test()
+    async def test_extremes(dut):
+        """p = 65535 on every row of v = min / max (the accumulator's full width, saturation),
+        with and without renorm, at d = 8 (capacity rows) and the largest d."""
+        bench = await start(dut)
+        rng = np.random.default_rng(SEED + 1)
+        errs = []
+        for kind in ("min", "max", "mixed"):
+            flat = random_flat(rng, kind)
+            await bench.load_v(flat)
+            queries = []
+            for d in (DIMS[0], DIMS[-1]):
+                for renorm in (False, True):
+                    queries.append(make_query(CFG, rng, d, rows_of(d), "max", renorm))
+            errs += [f"{kind}: {e}" for e in await bench.batch(flat, queries, timed=True)]
+        _report(dut, errs, "extreme values")
+
+    @cocotb.test()
+    async def test_random(dut):
+        """Seeded random batches (d, kind, renorm change per query), cycles exact."""
+        bench = await start(dut)
+        rng = np.random.default_rng(SEED + 2)
+        errs = []
+        for r in range(RUNS):
+            flat = random_flat(rng, "mixed" if r % 3 == 2 else "uniform")
+            await bench.load_v(flat)
+            queries = random_queries(rng, int(rng.integers(1, 6)))
+            errs += [f"batch {r}: {e}" for e in await bench.batch(flat, queries, timed=True)]
+        _report(dut, errs, f"{RUNS} random batches")
+
+    @cocotb.test()
+    async def test_gaps_and_backpressure(dut):
+        """Edge cases and random batches under random input gaps and output backpressure."""
+        bench = await start(dut, idle=0.3, stall=0.4, seed=SEED + 3)
+        rng = np.random.default_rng(SEED + 3)
+        flat = random_flat(rng)
+        await bench.load_v(flat)
+        errs = await bench.batch(flat, edge_queries(rng)[::3])
+        errs += await bench.batch(flat, random_queries(rng, max(3, RUNS)))
+        bench.src.idle_prob, bench.sink.stall_prob = 0.0, 0.8
+        errs += await bench.batch(flat, random_queries(rng, 4))
+        bench.src.idle_prob, bench.sink.stall_prob = 0.7, 0.0
+        errs += await bench.batch(flat, random_queries(rng, 4))
+        if not (bench.src.idle_cycles and bench.sink.stall_cycles):
+            errs.append("no gap or stall happened")
+        _report(dut, errs, "batches under gaps and backpressure")

@@ -1,0 +1,403 @@
+# amaranth: UnusedElaboratable=no
+"""The prob x V array (`hw/pv.py`) against `golden.attention.pv` and `golden.pv_cycles`.
+
+Amaranth-simulator tests drive `sim.tb_pv.PvTop` (the array with its V buffer) cycle by cycle:
+every d of a small and of the default config with dense, sparse, contiguous, single, empty and
+all-zero kept lists, with and without renorm; extreme values (p = 65535 on every row the buffer
+holds, v at its minimum or maximum: the accumulator's full width and the output saturation);
+back-to-back queries with every query's cycles equal to the model; random input gaps and output
+backpressure; configuration variants; bad configurations. One cocotb run on Verilator per config
+repeats the checks through the ``load`` port (`sim/tb_pv.py`).
+Set SPATTEN_SEED to fix the seed of the random tests.
+"""
+
+import dataclasses
+import os
+import random
+import time
+
+import numpy as np
+import pytest
+from amaranth.hdl import Shape, signed, unsigned
+from amaranth.sim import Simulator
+
+from spatten.config import AttentionConfig, preset
+from spatten.golden import pv_cycles
+from spatten.golden.pv_cycles import pv_beat_ops, pv_cycle_model, pv_schedule
+from spatten.hw import pv as hw_pv
+from spatten.hw.pv import ProbV, input_layout, output_layout, pv_latency, v_depth
+from spatten.sim.tb_pv import PvTop, expected_beat, make_query, query_beats, v_words
+
+SMALL = AttentionConfig(pv_mults=16, qk_mults=16, capacity=64)
+DEFAULT = AttentionConfig()
+VARIANTS = {
+    "preset-small": preset("small").attention,                              # Mv=8, S=1
+    "mv32-s16": AttentionConfig(pv_mults=32, qk_mults=32, capacity=64, softmax_lanes=16),
+    "mv16-s2-cap48": AttentionConfig(pv_mults=16, qk_mults=16, capacity=48, softmax_lanes=2,
+                                     topk_lanes=2),                         # depth 24, not 2**k
+    "mv8-s8-f0": AttentionConfig(pv_mults=8, qk_mults=8, capacity=32, softmax_lanes=8,
+                                 out_frac_bits=0),
+    "w8-f8": AttentionConfig(pv_mults=16, qk_mults=16, capacity=32, data_width=8,
+                             out_frac_bits=8),
+}
+KINDS = ("dense", "sparse", "contiguous", "single", "empty", "zero", "softmaxish")
+
+
+@pytest.fixture
+def seed():
+    s = int(os.environ.get("SPATTEN_SEED", random.randrange(1 << 32)))
+    print(f"seed={s}")
+    return s
+
+
+def rows_of(cfg, d):
+    """V rows of dimension d the buffer holds."""
+    return min(cfg.capacity, cfg.capacity * 8 // d)
+
+
+def random_flat(cfg, rng, kind="uniform"):
+    size = v_depth(cfg) * cfg.pv_mults
+    lo, hi = cfg.data_min, cfg.data_max
+    if kind == "min":
+        return np.full(size, lo)
+    if kind == "max":
+        return np.full(size, hi)
+    if kind == "mixed":
+        return rng.choice([lo, hi, 0, -1, 1], size)
+    return rng.integers(lo, hi + 1, size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cycle-by-cycle harness
+
+
+def run_pv(cfg, flat, queries, *, seed=0, gap=0.0, stall=0.0, junk=True, max_cycles=None):
+    """Simulate `PvTop` with the V buffer holding `flat` and offer the beats of `queries`
+    ((kept, probs, d, renorm) each) on ``i`` (idle with probability `gap` before each beat);
+    ``o.ready`` is low with probability `stall`. Checks the stream rules of ``o`` every cycle,
+    every output beat against the golden model, that nothing more comes out, that ``busy``
+    falls, and the ``macs`` counter. Returns the output beats (with their cycle stamps)."""
+    rng = random.Random(seed)
+    top = PvTop(cfg, init=v_words(cfg, flat))
+    beats = []
+    for q in queries:
+        beats += query_beats(cfg, *q, rng=rng if junk else None)
+    want = [expected_beat(cfg, flat, q) for q in queries]
+    work = sum(len(b["index"]) for b in beats) + 40 * len(queries) + sum(q[2] for q in queries)
+    max_cycles = max_cycles or int(200 + 2 * work * (1 + 10 * max(gap, stall)))
+    outs = []
+    info = {}
+
+    async def tb(ctx):
+        bi, presenting, held = 0, False, None
+        for cycle in range(max_cycles):
+            if len(outs) == len(queries) and bi == len(beats):
+                break
+            if not presenting and bi < len(beats) and rng.random() >= gap:
+                ctx.set(top.i.payload, beats[bi])
+                presenting = True
+            ctx.set(top.i.valid, presenting)
+            ready = rng.random() >= stall
+            ctx.set(top.o.ready, ready)
+            valid = ctx.get(top.o.valid)
+            if held is not None:
+                assert valid, f"o.valid dropped while stalled in cycle {cycle}"
+            if valid:
+                p = ctx.get(top.o.payload)
+                beat = {"data": [int(x) for x in p.data], "psum": int(p.psum),
+                        "t_in": int(p.t_in), "t_out": int(p.t_out)}
+                if held is not None:
+                    assert beat == held, f"o.payload changed while stalled in cycle {cycle}"
+                held = None if ready else beat
+                if ready:
+                    k = len(outs)
+                    assert k < len(queries), f"extra output beat in cycle {cycle}"
+                    got = {"data": beat["data"], "psum": beat["psum"]}
+                    kept, _, d, renorm = queries[k]
+                    assert got == want[k], (
+                        f"query {k} (d={d}, renorm={renorm}, {len(kept)} kept) in cycle {cycle}:"
+                        f"\n got  {got}\n want {want[k]}")
+                    outs.append(beat)
+            if presenting and ctx.get(top.i.ready):
+                presenting = False
+                bi += 1
+            await ctx.tick()
+        else:
+            raise AssertionError(f"timeout: {bi}/{len(beats)} beats in, "
+                                 f"{len(outs)}/{len(queries)} out")
+        for _ in range(3):
+            assert not ctx.get(top.o.valid), "an output beat after the last expected one"
+            await ctx.tick()
+        assert not ctx.get(top.busy), "busy after the last output"
+        info["macs"] = ctx.get(top.macs)
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    macs = sum(len(q[0]) * q[2] for q in queries) % (1 << 32)
+    assert info["macs"] == macs, f"macs {info['macs']} != {macs}"
+    return outs
+
+
+def check_cycles(cfg, queries, outs):
+    """Every query's (first-beat, output) cycles, relative to the first transfer, equal the
+    model's."""
+    model = pv_schedule(cfg, [(q[0], q[2], q[3]) for q in queries])
+    t0 = outs[0]["t_in"]
+    have = [(o["t_in"] - t0, o["t_out"] - t0) for o in outs]
+    want = [(r["in"], r["out"]) for r in model]
+    for k, (h, w) in enumerate(zip(have, want)):
+        assert h == w, (f"query {k} (d={queries[k][2]} renorm={queries[k][3]} "
+                        f"{len(queries[k][0])} kept): (in, out) cycles {h} != model {w}")
+
+
+def kind_queries(cfg, rng, d, n, kinds=KINDS):
+    return [make_query(cfg, rng, d, n, kind, renorm) for kind in kinds for renorm in (False, True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Function and cycles
+
+
+@pytest.mark.parametrize("d", SMALL.head_dims)
+def test_every_kind_small(d, seed):
+    """Dense, sparse, contiguous, single, empty, all-zero and softmax-like kept lists with and
+    without renorm, back to back; cycles exact."""
+    rng = np.random.default_rng(seed)
+    flat = random_flat(SMALL, rng)
+    queries = kind_queries(SMALL, rng, d, rows_of(SMALL, d))
+    outs = run_pv(SMALL, flat, queries, seed=seed)
+    check_cycles(SMALL, queries, outs)
+
+
+def test_every_d_default(seed):
+    """The default config (Mv = 64, S = 4): every d, the kinds of kept lists on 48 rows, d
+    changing from query to query; cycles exact."""
+    rng = np.random.default_rng(seed)
+    flat = random_flat(DEFAULT, rng, "mixed")
+    queries = []
+    for d in DEFAULT.head_dims:
+        queries += kind_queries(DEFAULT, rng, d, 48, ("dense", "sparse", "single", "empty"))
+    outs = run_pv(DEFAULT, flat, queries, seed=seed)
+    check_cycles(DEFAULT, queries, outs)
+
+
+@pytest.mark.parametrize("vkind", ["min", "max", "mixed"])
+def test_extremes_small(vkind, seed):
+    """p = 65535 on every row the buffer holds at d = 8 (capacity rows: the accumulator's full
+    range) and at d = Mv; v at its minimum / maximum (the output saturates without renorm, is
+    exactly v with it)."""
+    rng = np.random.default_rng(seed)
+    flat = random_flat(SMALL, rng, vkind)
+    queries = []
+    for d in (SMALL.head_dims[0], SMALL.head_dims[-1]):
+        for renorm in (False, True):
+            queries.append(make_query(SMALL, rng, d, rows_of(SMALL, d), "max", renorm))
+    outs = run_pv(SMALL, flat, queries, seed=seed)
+    check_cycles(SMALL, queries, outs)
+    if vkind in ("min", "max"):
+        sat = SMALL.out_min if vkind == "min" else SMALL.out_max
+        exact = int(flat[0]) << SMALL.out_frac_bits
+        assert outs[0]["data"][:8] == [sat] * 8                      # saturated
+        assert all(abs(x - exact) <= 1 for x in outs[1]["data"][:8])  # renormalised: v
+
+
+def test_extremes_default_capacity():
+    """Default config, d = 8: all 1024 rows kept at p = 65535 with v = min (acc = -2**37 + ...,
+    the accumulator's full width), with and without renorm."""
+    cfg = DEFAULT
+    flat = random_flat(cfg, None, "min")
+    rng = np.random.default_rng(0)
+    queries = [make_query(cfg, rng, 8, cfg.capacity, "max", renorm) for renorm in (False, True)]
+    want = expected_beat(cfg, flat, queries[0])
+    assert want["psum"] == cfg.capacity * 65535
+    outs = run_pv(cfg, flat, queries, junk=False)
+    check_cycles(cfg, queries, outs)
+
+
+def test_psum_zero_and_empty():
+    """renorm with a zero probability sum (kept rows at p = 0, and nothing kept) gives 0."""
+    rng = np.random.default_rng(1)
+    flat = random_flat(SMALL, rng)
+    queries = [make_query(SMALL, rng, d, rows_of(SMALL, d), kind, True)
+               for d in SMALL.head_dims for kind in ("zero", "empty")]
+    queries += [make_query(SMALL, rng, 8, 8, "empty", False)]
+    outs = run_pv(SMALL, flat, queries)
+    for o in outs:
+        assert o["psum"] == 0 and not any(o["data"])
+    check_cycles(SMALL, queries, outs)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_config_variants(name, seed):
+    """Mv = 8 with S = 1 (the small preset), S = 16 (gv <= S), S = 2 with a buffer depth that
+    is not a power of two, out_frac_bits 0 and 8, W = 8; random kinds, cycles exact."""
+    cfg = VARIANTS[name]
+    rng = np.random.default_rng(seed)
+    flat = random_flat(cfg, rng, "mixed" if seed % 2 else "uniform")
+    queries = []
+    for d in cfg.head_dims:
+        kinds = [str(k) for k in rng.choice(KINDS, 3, replace=False)] + ["dense"]
+        queries += kind_queries(cfg, rng, d, rows_of(cfg, d), kinds)
+    queries.append(make_query(cfg, rng, 8, rows_of(cfg, 8), "max", False))
+    outs = run_pv(cfg, flat, queries, seed=seed)
+    check_cycles(cfg, queries, outs)
+
+
+def test_random_back_to_back(seed):
+    """Seeded random queries (d, kind, size, renorm random per query), back to back."""
+    rng = np.random.default_rng(seed)
+    flat = random_flat(SMALL, rng)
+    queries = []
+    for _ in range(30):
+        d = int(rng.choice(SMALL.head_dims))
+        n = int(rng.integers(1, rows_of(SMALL, d) + 1))
+        kind = str(rng.choice(["dense", "sparse", "sparse", "contiguous", "single", "empty"]))
+        queries.append(make_query(SMALL, rng, d, n, kind, bool(rng.integers(0, 2))))
+    outs = run_pv(SMALL, flat, queries, seed=seed)
+    check_cycles(SMALL, queries, outs)
+
+
+@pytest.mark.parametrize("gap,stall", [(0.3, 0.0), (0.0, 0.6), (0.4, 0.4), (0.0, 0.9)])
+def test_gaps_and_backpressure(gap, stall, seed):
+    """Random idle cycles on ``i`` and backpressure on ``o``: nothing lost, duplicated or
+    changed; the stream rules hold; outputs never earlier than the unstalled model."""
+    rng = np.random.default_rng(seed)
+    flat = random_flat(SMALL, rng)
+    queries = []
+    for _ in range(16):
+        d = int(rng.choice(SMALL.head_dims))
+        n = int(rng.integers(1, rows_of(SMALL, d) + 1))
+        kind = str(rng.choice(["dense", "sparse", "contiguous", "single", "empty"]))
+        queries.append(make_query(SMALL, rng, d, n, kind, bool(rng.integers(0, 2))))
+    outs = run_pv(SMALL, flat, queries, seed=seed, gap=gap, stall=stall)
+    model = pv_schedule(SMALL, [(q[0], q[2], q[3]) for q in queries])
+    t0 = outs[0]["t_in"]
+    assert all(o["t_out"] - t0 >= r["out"] for o, r in zip(outs, model))
+
+
+def test_d_log2_clamped():
+    """d_log2 below 3 is taken as 3 (d = 8)."""
+    rng = np.random.default_rng(5)
+    flat = random_flat(SMALL, rng)
+    q = make_query(SMALL, rng, 8, 20, "sparse", False)
+    beats = query_beats(SMALL, *q)
+    top = PvTop(SMALL, init=v_words(SMALL, flat))
+    got = []
+
+    async def tb(ctx):
+        ctx.set(top.o.ready, 1)
+        for b in beats:
+            ctx.set(top.i.payload, dict(b, d_log2=1))
+            ctx.set(top.i.valid, 1)
+            while True:
+                taken = ctx.get(top.i.ready)
+                await ctx.tick()
+                if taken:
+                    break
+        ctx.set(top.i.valid, 0)
+        for _ in range(40):
+            if ctx.get(top.o.valid):
+                got.append([int(x) for x in ctx.get(top.o.payload.data)])
+            await ctx.tick()
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert got == [expected_beat(SMALL, flat, q)["data"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The cycle model itself
+
+
+def test_cycle_model():
+    cfg = DEFAULT
+    for name in ("RECIP_READY", "GRANT_LOOKAHEAD"):
+        assert getattr(pv_cycles, name) == getattr(hw_pv, name), name
+    for c in [SMALL, DEFAULT, *VARIANTS.values(), AttentionConfig(pv_mults=256, qk_mults=256)]:
+        assert pv_cycles.lane_depth(c) == hw_pv.lane_depth(c)
+    for d in cfg.head_dims:
+        gv = cfg.pv_mults // d
+        n = rows_of(cfg, d)
+        dense = pv_cycle_model(cfg, list(range(n)), d)
+        # dense: ceil(n / min(gv, S)) words, one a cycle, no bubble between queries
+        assert dense["ops"] == -(-n // min(gv, cfg.softmax_lanes))
+        assert dense["period"] == dense["ops"] + 1          # the issue stage empties
+        assert dense["latency"] == pv_latency(cfg, d) + dense["ops"] - 1
+        rn = pv_cycle_model(cfg, list(range(n)), d, True)
+        assert rn["latency"] == pv_latency(cfg, d, True) + rn["ops"] - 1
+        assert rn["period"] == max(rn["ops"] + 1, d + hw_pv.RECIP_READY - hw_pv.GRANT_LOOKAHEAD)
+        one = pv_cycle_model(cfg, [3], d)
+        assert one["latency"] == pv_latency(cfg, d) and one["ops"] == 1
+        assert one["period"] <= 5                    # a couple of cycles over the one word
+    # no pruning at gv <= S: n*d/Mv cycles
+    assert pv_cycle_model(cfg, list(range(128)), 64)["ops"] == 128
+    assert pv_cycle_model(cfg, list(range(512)), 16)["ops"] == 512 * 16 // 64
+    # runs: a beat of 4 indices in 2 words of gv = 8 rows takes 2 cycles
+    assert pv_beat_ops(cfg, [0, 7, 8, 100], 8) == [3]
+    assert pv_beat_ops(cfg, [], 8) == [1]
+    with pytest.raises(ValueError):
+        pv_beat_ops(cfg, [3, 3], 8)
+    with pytest.raises(ValueError):
+        pv_beat_ops(cfg, [0], 12)
+    with pytest.raises(ValueError):
+        pv_beat_ops(cfg, [cfg.capacity], 16)
+    # renorm costs d + RECIP_READY + lane_depth - 4 - log2(gv) cycles of latency (d + 25 -
+    # log2(gv) at Mv = 64) over the plain query
+    for d in cfg.head_dims:
+        extra = pv_latency(cfg, d, True) - pv_latency(cfg, d)
+        log_gv = (cfg.pv_mults // d).bit_length() - 1
+        assert extra == d + hw_pv.RECIP_READY + hw_pv.lane_depth(cfg) - 4 - log_gv
+
+
+def test_ports_and_sizes():
+    cfg = DEFAULT
+    pv = ProbV(config=cfg)
+    sig = pv.signature.members
+    assert sig["i"].signature.members["payload"].shape == input_layout(cfg)
+    assert sig["o"].signature.members["payload"].shape == output_layout(cfg)
+    lay = input_layout(cfg)
+    assert Shape.cast(lay["index"].shape.elem_shape) == unsigned(cfg.index_width)
+    assert lay["index"].shape.length == cfg.softmax_lanes
+    assert Shape.cast(output_layout(cfg)["data"].shape.elem_shape) == signed(cfg.out_width)
+    assert Shape.cast(output_layout(cfg)["psum"].shape) == unsigned(cfg.psum_width)
+    rd = sig["v_rd"].signature.members
+    assert Shape.cast(rd["addr"].shape) == unsigned(7)         # 1024 * 8 / 64 = 128 words
+    assert v_depth(cfg) == 128 and pv.depth == 128
+    assert Shape.cast(sig["d_log2"].shape) == unsigned(3)
+    assert Shape.cast(sig["macs"].shape) == unsigned(32)
+
+
+@pytest.mark.parametrize("args,kwargs,exc,msg", [
+    ((), {"config": preset("default")}, TypeError, "AttentionConfig"),
+    ((), {"config": None}, TypeError, "AttentionConfig"),
+    ((SMALL,), {}, TypeError, "positional"),
+    ((), {}, TypeError, "config"),
+])
+def test_bad_config(args, kwargs, exc, msg):
+    with pytest.raises(exc, match=msg):
+        ProbV(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# cocotb on Verilator
+
+
+@pytest.mark.parametrize("name,cfg,runs", [("small", SMALL, 6), ("default", DEFAULT, 3)])
+def test_cocotb_verilator(name, cfg, runs, seed):
+    from spatten.sim.runner import available_simulators
+    from spatten.sim.unit_run import cfg_tag, unit_selftest
+
+    if "verilator" not in available_simulators():
+        pytest.skip("verilator is not installed")
+    t = time.time()
+    res = unit_selftest(lambda: PvTop(cfg), name="pv", tag=f"{name}-{cfg_tag(cfg)}",
+                        tb_module="spatten.sim.tb_pv",
+                        settings={"config": dataclasses.asdict(cfg), "seed": seed % (1 << 31),
+                                  "runs": runs}, sim="verilator")
+    print(f"{name}: {res.summary()} in {time.time() - t:.1f} s (built: {res.built}, "
+          f"{res.build_seconds:.1f} s)")
+    assert res.failed == 0 and res.passed == 4, res.summary()
