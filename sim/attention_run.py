@@ -40,7 +40,7 @@ def job_from_arrays(q, k, v, params, k_v=None, renorm=False) -> dict:
 
 
 def run_attention(cfg: AttentionConfig, jobs: list[dict], *, sim: str = "verilator",
-                  idle: float = 0.0, stall: float = 0.0, purpose: str = "jobs") -> list[dict]:
+                  idle: float = 0.0, stall: float = 0.0, purpose: str = "rtl") -> list[dict]:
     """Run `jobs` (see `job_from_arrays`) through the RTL; one result dict per job."""
     bdir = sim_build_dir(TOPLEVEL, cfg_tag(cfg), purpose)
     results = bdir / f"results-{sim}.json"
@@ -58,4 +58,4 @@ def attention_selftest(cfg: AttentionConfig, *, sim: str, seed: int, random_runs
     """Run the self-checking tests of tb_attention.py; raises `CocotbFailure` when one fails."""
     settings = {"config": dataclasses.asdict(cfg), "seed": seed, "random_runs": random_runs}
     return unit_selftest(lambda: make_top(cfg), name=TOPLEVEL, tag=cfg_tag(cfg), tb_module=TB,
-                         settings=settings, sim=sim, testcase=testcase)
+                         settings=settings, sim=sim, testcase=testcase, purpose="rtl")

@@ -145,7 +145,7 @@ def utilization(cfg_name: str = "default", sim: str = "verilator", seed: int = 2
                 meta.append((n, d, k_v, qi, ki, vi, params))
     t0 = time.time()
     print(f"running {len(jobs)} whole heads through the RTL ({sim}) ...", flush=True)
-    results = run_attention(cfg, jobs, sim=sim, purpose="bench")
+    results = run_attention(cfg, jobs, sim=sim)
     wall = time.time() - t0
     out = []
     mults = cfg.qk_mults + cfg.pv_mults

@@ -48,3 +48,38 @@ def test_attention_rtl(name, sim):
                              random_runs=6 if name != "default" else 3)
     print(res.summary())
     assert res.ok and res.passed >= 4
+
+
+@pytest.mark.xdist_group("attention")
+def test_minilm_rows_rtl():
+    """Real attention: every query of several MiniLM layers and heads on two texts, quantized
+    per tensor, through the default pipeline's RTL, bit for bit against the golden model, with
+    and without value pruning."""
+    from spatten.golden import attention as golden
+    from spatten.golden.minilm import SAMPLE_TEXTS, MiniLM
+    from spatten.golden.quant import quantize
+    from spatten.sim.attention_run import job_from_arrays, run_attention
+
+    if "verilator" not in available_simulators():
+        pytest.skip("verilator is not installed")
+    cfg = CONFIGS["default"]
+    model = MiniLM()
+    jobs, refs = [], []
+    for t, text in enumerate(SAMPLE_TEXTS[:2]):
+        _, records = model.forward(model.tokenize(text), record=True)
+        for layer, head, keep in ((0, 0, None), (3, 7, 0.25), (5, 11, 0.5)):
+            rec = records[layer][head]
+            (q, qs), (k, ks), (v, _) = (quantize(rec[x], cfg.data_width) for x in "qkv")
+            n = k.shape[0]
+            params = golden.score_params(cfg, qs, ks, q.shape[1])
+            k_v = None if keep is None else max(1, round(keep * n))
+            renorm = keep == 0.25
+            jobs.append(job_from_arrays(q, k, v, params, k_v, renorm))
+            refs.append(golden.attention(cfg, q, k, v, params, k_v, renorm))
+    results = run_attention(cfg, jobs)
+    for job, ref, res in zip(jobs, refs, results):
+        d = job["d"]
+        got = np.array([row[:d] for row in res["out"]])
+        assert res["error"] == "NONE"
+        assert np.array_equal(got, ref.out), f"n={job['n']} k_v={job['k_v']}"
+        assert res["probs"] == ref.p.tolist() and res["p_max"] == ref.p_max.tolist()
