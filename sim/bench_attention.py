@@ -219,6 +219,60 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(result: dict) -> str:
+    """The README's tables of this benchmark."""
+    lines = []
+    acc = result.get("accuracy")
+    if acc:
+        lines += [
+            f"Fixed-point attention against float attention on all-MiniLM-L6-v2 ({acc['texts']} "
+            f"texts of {min(acc['tokens'])}-{max(acc['tokens'])} tokens, every query of all 6 "
+            "layers x 12 heads; q, k, v quantized to 12 bits with a per-tensor scale; golden "
+            "model, bit-exact with the RTL):", "",
+            "| keys kept per query | renormalised | probability error max / mean | output cosine "
+            "min / mean | sentence-embedding cosine min / mean (every layer fixed point) |",
+            "|---|---|---|---|---|"]
+        for st in acc["settings"]:
+            keep = "all" if st["kv_keep"] is None else f"{st['kv_keep']:.0%}"
+            pm = [x["perr_max"] for x in st["layers"] if x["perr_max"] is not None]
+            pa = [x["perr_mean"] for x in st["layers"] if x["perr_mean"] is not None]
+            perr = f"{max(pm):.1e} / {np.mean(pa):.1e}" if pm else "(same as all)"
+            cmin = min(x["cos_min"] for x in st["layers"])
+            cmean = float(np.mean([x["cos_mean"] for x in st["layers"]]))
+            lines.append(f"| {keep} | {'yes' if st['renorm'] else 'no'} | {perr} | "
+                         f"{cmin:.5f} / {cmean:.6f} | {st['embedding_cos_min']:.5f} / "
+                         f"{st['embedding_cos_mean']:.5f} |")
+        base = acc["settings"][0]["layers"]
+        lines += ["", "Where the error comes from (no pruning, per layer 0-5):", "",
+                  "| | " + " | ".join(str(x["layer"]) for x in base) + " |",
+                  "|---|" + "---:|" * len(base),
+                  "| probability error max, total | "
+                  + " | ".join(f"{x['perr_max']:.1e}" for x in base) + " |",
+                  "| ... of which 12-bit inputs (float softmax of the quantized q, k) | "
+                  + " | ".join(f"{x['perr_quant_max']:.1e}" for x in base) + " |",
+                  "| ... datapath alone (fixed point vs float on the same quantized inputs) | "
+                  + " | ".join(f"{x['perr_format_max']:.1e}" for x in base) + " |",
+                  "| output cosine min, total | "
+                  + " | ".join(f"{x['cos_min']:.5f}" for x in base) + " |",
+                  "| output cosine min, datapath alone | "
+                  + " | ".join(f"{x['cos_format_min']:.5f}" for x in base) + " |"]
+    util = result.get("utilization")
+    if util:
+        lines += ["", f"Multiplier utilization of the query pipeline's RTL (config "
+                  f"{result['config']}: 64 Q.K + 64 prob x V multipliers), a whole head "
+                  "(m = n queries), from the pipeline's own counters; every output checked "
+                  "against the golden model:", "",
+                  "| d | n | keys kept | cycles | cycles per query | Q.K bound per query | "
+                  "utilization (both arrays) | Q.K array | golden |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+        for u in util:
+            lines.append(f"| {u['d']} | {u['n']} | {u['k_v']} | {u['cycles']} | "
+                         f"{u['cycles_per_query']:.1f} | {u['qk_bound_cycles'] // u['n']} | "
+                         f"{u['utilization']:.1%} | {u['qk_utilization']:.1%} | "
+                         f"{'match' if u['golden_match'] else 'MISMATCH'} |")
+    return "\n".join(lines)
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 

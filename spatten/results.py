@@ -65,6 +65,13 @@ def synth_table(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def attention_tables(bench: dict) -> str:
+    """The accuracy and utilization tables of `spatten bench attention`, as markdown."""
+    from spatten.sim.bench_attention import markdown
+
+    return markdown(bench)
+
+
 def render(build: Path = Path("build")) -> str:
     parts = []
     bench = _load(build / "bench" / "topk.json")
@@ -74,6 +81,12 @@ def render(build: Path = Path("build")) -> str:
         parts.append("![top-k cycles](docs/topk-bench.png)")
     else:
         parts.append("(run `make bench` to measure)")
+    attn = _load(build / "bench" / "attention.json")
+    if attn:
+        parts.append("")
+        parts.append(attention_tables(attn))
+        parts.append("")
+        parts.append("![attention accuracy and utilization](docs/attention-bench.png)")
     reports = [r for r in (_load(p) for p in sorted(build.glob("synth/*/report.json"))) if r]
     parts.append("")
     if reports:
@@ -94,7 +107,8 @@ def update_readme(readme: Path = Path("README.md"), build: Path = Path("build"))
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     readme.write_text(f"{head}{BEGIN}\n{render(build)}\n{END}{tail}")
-    png = build / "bench" / "topk.png"
-    if png.is_file():
-        Path("docs").mkdir(exist_ok=True)
-        Path("docs/topk-bench.png").write_bytes(png.read_bytes())
+    for name in ("topk", "attention"):
+        png = build / "bench" / f"{name}.png"
+        if png.is_file():
+            Path("docs").mkdir(exist_ok=True)
+            Path(f"docs/{name}-bench.png").write_bytes(png.read_bytes())
