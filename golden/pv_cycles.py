@@ -61,8 +61,8 @@ def pv_beat_ops(cfg: AttentionConfig, kept: Sequence[int], d: int) -> list[int]:
     kept = [int(x) for x in kept]
     if any(b <= a for a, b in zip(kept, kept[1:])):
         raise ValueError("kept indices must be strictly ascending")
-    if kept and (kept[0] < 0 or kept[-1] * d >= cfg.capacity * 8):
-        raise ValueError(f"kept indices must lie in 0..{cfg.capacity * 8 // d - 1} at d = {d}")
+    if kept and (kept[0] < 0 or kept[-1] >= cfg.capacity):
+        raise ValueError(f"kept indices must lie in 0..{cfg.capacity - 1}")
     S, gv = cfg.softmax_lanes, cfg.pv_mults // d
     if not kept:
         return [1]

@@ -90,13 +90,17 @@ def _tree(vals: list, levels: int) -> list:
     return vals
 
 
-def _sat(v, width: int):
-    """v (a signed value) saturated to signed(width) (pure selection: its top bits decide)."""
+def _sat_inc(v, inc, width: int):
+    """sat(v + inc) to signed(width), for a signed value v and a 1-bit inc: the fit of v is
+    decided from its top bits, so the only carry chain is width bits long."""
     top = v[width - 1:]
     fits = top.all() | ~top.any()
     lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
-    return Mux(fits, v[:width].as_signed(), Mux(v[-1], Const(lo, signed(width)),
-                                                 Const(hi, signed(width))))
+    low = v[:width]
+    at_max = ~low[-1] & low[:width - 1].all()
+    return Mux(fits,
+               Mux(at_max & inc, Const(hi, signed(width)), (low + inc)[:width].as_signed()),
+               Mux(v[-1], Const(lo, signed(width)), Const(hi, signed(width))))
 
 
 class ProbV(wiring.Component):
@@ -105,8 +109,8 @@ class ProbV(wiring.Component):
     Parameters
     ----------
     config : AttentionConfig (keyword-only)
-        W = data_width, Mv = pv_mults, S = softmax_lanes, N = capacity, F = out_frac_bits,
-        acc_width, psum_width, out_width = W + F.
+        W = data_width, Mv = pv_mults, S = softmax_lanes, N = capacity, fb = out_frac_bits,
+        acc_width, psum_width, out_width = W + fb.
 
     Ports
     -----
@@ -118,14 +122,14 @@ class ProbV(wiring.Component):
         log2 of the head dimension d, sampled at a packet's first beat (clamped to 3..log2 Mv).
     renorm : In(1)
         Divide by the sum of the kept probabilities instead of 2**16; sampled at a first beat.
-    v_rd : In(ReadPort.Signature(addr_width=ceil(log2(N*8/Mv)), shape=ArrayLayout(signed(W), Mv)))
+    v_rd : In(ReadPort.Signature(addr_width=ceil(log2(N)), shape=ArrayLayout(signed(W), Mv)))
         Synchronous read port of the V buffer (data the cycle after ``en``/``addr``; depth
-        `v_depth`). ``en`` is high exactly in the cycles that read a word; rows must lie in the
-        buffer (index * d < N * 8).
+        `v_depth` = N words: every index < N at every d). ``en`` is high exactly in the cycles
+        that read a word.
     o : Out(stream.Signature(output_layout(cfg)))
-        One beat per query, in order: ``data[j]`` = out[j] (S(out_width), v's scale / 2**F) for
-        j < d, 0 above; ``psum`` = the sum of the query's kept probabilities. ``o.valid`` and
-        the payload come from registers.
+        One beat per query, in order: ``data[j]`` = out[j] (S(out_width), v's scale /
+        2**out_frac_bits) for j < d, 0 above; ``psum`` = the sum of the query's kept
+        probabilities. ``o.valid`` and the payload come from registers.
     busy : Out(1)
         A query is in the unit (accepted and its ``o`` beat not yet transferred).
     macs : Out(32)
@@ -280,13 +284,16 @@ class ProbV(wiring.Component):
         # r*_last: the query's last word (set only for an issued word); r1_sp is zero in cycles
         # without a word, so the products (and what the accumulators add) are zero then
         r1_v, r1_last, r1_rn = Signal(), Signal(), Signal()
+        r1_rd = Signal()                      # a V word is being read (data next cycle)
         r1_dl = Signal(range(LMV + 1))
         r1_psum = Signal(PW)
         r1_sp = [Signal(PB, name=f"r1_sp{s}") for s in range(GMAX)]
         r2_v, r2_last, r2_rn = Signal(), Signal(), Signal()
         r2_dl = Signal(range(LMV + 1))
         r2_psum = Signal(PW)
-        r2_a = [Signal(signed(W), name=f"r2_a{e}", reset_less=True) for e in range(Mv)]
+        # (reset, so that no unknown value of the read port before the first read reaches the
+        # accumulators in a 4-state simulator)
+        r2_a = [Signal(signed(W), name=f"r2_a{e}") for e in range(Mv)]
         r2_b = [Signal(PB, name=f"r2_b{e}") for e in range(Mv)]
         r3_v, r3_last, r3_rn = Signal(), Signal(), Signal()
         r3_dl = Signal(range(LMV + 1))
@@ -463,7 +470,7 @@ class ProbV(wiring.Component):
         m.d.comb += self.macs.eq(macs)
 
         # ------------------------------------------------------------ R1: the issued word
-        m.d.sync += [r1_v.eq(issue), r1_last.eq(issue & last_op)]
+        m.d.sync += [r1_v.eq(issue), r1_last.eq(issue & last_op), r1_rd.eq(issue & any_match)]
         m.d.sync += [r1_sp[s].eq(Mux(issue, sp_now[s], 0)) for s in range(GMAX)]
         with m.If(issue):
             m.d.sync += [r1_dl.eq(c_dl), r1_rn.eq(c_rn), r1_psum.eq(psum_q)]
@@ -471,8 +478,10 @@ class ProbV(wiring.Component):
         # ------------------------------------------------------------ R2: multiplier inputs
         m.d.sync += [r2_v.eq(r1_v), r2_last.eq(r1_last), r2_dl.eq(r1_dl), r2_rn.eq(r1_rn),
                      r2_psum.eq(r1_psum)]
+        # V data is taken only from cycles that read (never the port's unread, undefined value)
+        with m.If(r1_rd):
+            m.d.sync += [r2_a[e].eq(self.v_rd.data[e]) for e in range(Mv)]
         for e in range(Mv):
-            m.d.sync += r2_a[e].eq(self.v_rd.data[e])
             with m.Switch(r1_dl):
                 for dl in dls:
                     with (m.Default() if dl == LMV else m.Case(dl)):
@@ -595,10 +604,8 @@ class ProbV(wiring.Component):
             m.d.sync += l5_p.eq(l4_s + (l4_hi << (2 * CH)))
         else:
             m.d.sync += l5_p.eq(l4_s)
-        rnd = Signal(signed(PRW - SH1 + 1))
-        m.d.comb += rnd.eq(l5_p[SH1:].as_signed() + l5_p[SH1 - 1])
         lane_out = Signal(signed(OW))
-        m.d.comb += lane_out.eq(_sat(rnd, OW))
+        m.d.comb += lane_out.eq(_sat_inc(l5_p[SH1:].as_signed(), l5_p[SH1 - 1], OW))
         with m.If(lv[-1] & llast[-1]):
             m.d.sync += lane_busy.eq(0)
 
@@ -610,11 +617,11 @@ class ProbV(wiring.Component):
         # (lanes >= d, and every lane when the lane starts, are cleared: synchronous resets)
         for e in range(Mv):
             keep = (f_dl >= e.bit_length()) if e.bit_length() > MIN_D_LOG2 else Const(1)
-            rounded = F[e][SH0:].as_signed() + F[e][SH0 - 1]
+            rounded = _sat_inc(F[e][SH0:].as_signed(), F[e][SH0 - 1], OW)
             with m.If(ap_start | (o_ld & ~keep)):
                 m.d.sync += o_data[e].eq(0)
             with m.Elif(o_ld):
-                m.d.sync += o_data[e].eq(_sat(rounded, OW))
+                m.d.sync += o_data[e].eq(rounded)
             with m.Elif(lv[-1] & (lj[-1] == e)):
                 m.d.sync += o_data[e].eq(lane_out)
         with m.If(o_ld):

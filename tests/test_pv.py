@@ -6,8 +6,8 @@ every d of a small and of the default config with dense, sparse, contiguous, sin
 all-zero kept lists, with and without renorm; extreme values (p = 65535 on every row the buffer
 holds, v at its minimum or maximum: the accumulator's full width and the output saturation);
 back-to-back queries with every query's cycles equal to the model; random input gaps and output
-backpressure; configuration variants; bad configurations. One cocotb run on Verilator per config
-repeats the checks through the ``load`` port (`sim/tb_pv.py`).
+backpressure; configuration variants; bad configurations. cocotb runs (Verilator: small and
+default config; Icarus: small) repeat the checks through the ``load`` port (`sim/tb_pv.py`).
 Set SPATTEN_SEED to fix the seed of the random tests.
 """
 
@@ -51,8 +51,8 @@ def seed():
 
 
 def rows_of(cfg, d):
-    """V rows of dimension d the buffer holds."""
-    return min(cfg.capacity, cfg.capacity * 8 // d)
+    """V rows of dimension d the buffer holds (capacity words of Mv elements: every d)."""
+    return cfg.capacity
 
 
 def random_flat(cfg, rng, kind="uniform"):
@@ -185,9 +185,8 @@ def test_every_d_default(seed):
 
 @pytest.mark.parametrize("vkind", ["min", "max", "mixed"])
 def test_extremes_small(vkind, seed):
-    """p = 65535 on every row the buffer holds at d = 8 (capacity rows: the accumulator's full
-    range) and at d = Mv; v at its minimum / maximum (the output saturates without renorm, is
-    exactly v with it)."""
+    """p = 65535 on all capacity rows at d = 8 (the accumulator's full range) and at d = Mv;
+    v at its minimum / maximum (the output saturates without renorm, is v with it)."""
     rng = np.random.default_rng(seed)
     flat = random_flat(SMALL, rng, vkind)
     queries = []
@@ -365,8 +364,8 @@ def test_ports_and_sizes():
     assert Shape.cast(output_layout(cfg)["data"].shape.elem_shape) == signed(cfg.out_width)
     assert Shape.cast(output_layout(cfg)["psum"].shape) == unsigned(cfg.psum_width)
     rd = sig["v_rd"].signature.members
-    assert Shape.cast(rd["addr"].shape) == unsigned(7)         # 1024 * 8 / 64 = 128 words
-    assert v_depth(cfg) == 128 and pv.depth == 128
+    assert Shape.cast(rd["addr"].shape) == unsigned(10)        # capacity words
+    assert v_depth(cfg) == 1024 and pv.depth == 1024
     assert Shape.cast(sig["d_log2"].shape) == unsigned(3)
     assert Shape.cast(sig["macs"].shape) == unsigned(32)
 
@@ -386,18 +385,23 @@ def test_bad_config(args, kwargs, exc, msg):
 # cocotb on Verilator
 
 
-@pytest.mark.parametrize("name,cfg,runs", [("small", SMALL, 6), ("default", DEFAULT, 3)])
-def test_cocotb_verilator(name, cfg, runs, seed):
+@pytest.mark.parametrize("name,cfg,runs,sim", [("small", SMALL, 6, "verilator"),
+                                              ("default", DEFAULT, 3, "verilator"),
+                                              ("small", SMALL, 3, "icarus")],
+                         ids=["small-verilator", "default-verilator", "small-icarus"])
+def test_cocotb(name, cfg, runs, sim, seed):
+    """The cocotb testbench (`sim/tb_pv.py`) through the ``load`` port; Icarus (4-state) also
+    checks that no unknown value reaches an output after reset."""
     from spatten.sim.runner import available_simulators
     from spatten.sim.unit_run import cfg_tag, unit_selftest
 
-    if "verilator" not in available_simulators():
-        pytest.skip("verilator is not installed")
+    if sim not in available_simulators():
+        pytest.skip(f"{sim} is not installed")
     t = time.time()
     res = unit_selftest(lambda: PvTop(cfg), name="pv", tag=f"{name}-{cfg_tag(cfg)}",
                         tb_module="spatten.sim.tb_pv",
                         settings={"config": dataclasses.asdict(cfg), "seed": seed % (1 << 31),
-                                  "runs": runs}, sim="verilator")
-    print(f"{name}: {res.summary()} in {time.time() - t:.1f} s (built: {res.built}, "
+                                  "runs": runs}, sim=sim)
+    print(f"{name} on {sim}: {res.summary()} in {time.time() - t:.1f} s (built: {res.built}, "
           f"{res.build_seconds:.1f} s)")
     assert res.failed == 0 and res.passed == 4, res.summary()
