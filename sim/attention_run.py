@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 
@@ -43,14 +44,17 @@ def run_attention(cfg: AttentionConfig, jobs: list[dict], *, sim: str = "verilat
                   idle: float = 0.0, stall: float = 0.0, purpose: str = "rtl") -> list[dict]:
     """Run `jobs` (see `job_from_arrays`) through the RTL; one result dict per job."""
     bdir = sim_build_dir(TOPLEVEL, cfg_tag(cfg), purpose)
-    results = bdir / f"results-{sim}.json"
+    results = bdir / f"results-{sim}-{os.getpid()}.json"
     if results.exists():
         results.unlink()
     settings = {"config": dataclasses.asdict(cfg), "jobs": jobs, "results": str(results),
                 "idle": idle, "stall": stall}
     unit_selftest(lambda: make_top(cfg), name=TOPLEVEL, tag=cfg_tag(cfg), tb_module=TB,
                   settings=settings, sim=sim, testcase="run_jobs", purpose=purpose)
-    return json.loads(results.read_text())
+    try:
+        return json.loads(results.read_text())
+    finally:
+        results.unlink(missing_ok=True)
 
 
 def attention_selftest(cfg: AttentionConfig, *, sim: str, seed: int, random_runs: int = 6,

@@ -43,8 +43,13 @@ def unit_selftest(make_top: Callable, *, name: str, tag: str, tb_module: str, se
     ``sim``; raises `CocotbFailure` when a test fails (unless ``check=False``)."""
     bdir = sim_build_dir(name, tag, purpose)
     verilog = emit_verilog(make_top(), name, bdir / "rtl")
-    settings_path = bdir / f"tb_settings-{sim}.json"
+    # one settings file per process: two runs sharing a build (a self-test and a job run, or two
+    # sessions) must not read each other's settings
+    settings_path = bdir / f"tb_settings-{sim}-{os.getpid()}.json"
     settings_path.write_text(json.dumps(settings))
-    return run_cocotb(verilog=verilog, toplevel=name, test_module=tb_module, sim=sim,
-                      build_dir=bdir / sim, testcase=testcase, check=check,
-                      extra_env={ENV: str(settings_path)})
+    try:
+        return run_cocotb(verilog=verilog, toplevel=name, test_module=tb_module, sim=sim,
+                          build_dir=bdir / sim, testcase=testcase, check=check,
+                          extra_env={ENV: str(settings_path)})
+    finally:
+        settings_path.unlink(missing_ok=True)

@@ -150,6 +150,8 @@ def cmd_attention(args):
     if args.kv_keep is not None and not 1 <= args.kv_keep:
         raise UserError(f"--kv-keep must be at least 1, not {args.kv_keep}")
     k_v = None if args.kv_keep is None or args.kv_keep >= n else args.kv_keep
+    print(f"simulating {m} queries on {args.sim} (the first run of a configuration builds the "
+          f"simulator: about a minute)...", file=sys.stderr, flush=True)
     (res,) = run_attention(cfg, [job_from_arrays(q, k, v, params, k_v, args.renorm)],
                            sim=args.sim)
     ref = golden.attention(cfg, q, k, v, params, k_v, args.renorm)
