@@ -24,7 +24,10 @@ All three must be consumed (tie ``ready`` high to ignore one). The outputs equal
 
 Overlap: the Q.K array reads K for query i+1 while query i is in the softmax (three banks:
 ingest, exponent, normalise), the top-k engine and prob x V, so with d >= M/S both multiplier
-arrays stay busy. ``macs`` counts useful multiply-accumulates (Q.K and prob x V),
+arrays stay busy. A FIFO of capacity/S beats holds the kept pairs between the top-k engine and
+prob x V, so the engine can take the next row while prob x V works through the last one. With
+pruning the engine is then the limit (it reads a row at S values a cycle and selects before it
+takes the next): about n/S + 1.5-3 n/P + k_v/S + 40 cycles a row. ``macs`` counts useful multiply-accumulates (Q.K and prob x V),
 ``cycles`` the cycles from a run's first query to its last output: utilization is
 macs / ((M + Mv) * cycles).
 
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -166,6 +170,10 @@ class Attention(wiring.Component):
         m.submodules.widen = widen = Widen(signed(cfg.topk.value_width), in_lanes=S,
                                            out_lanes=P)
         m.submodules.narrow = narrow = Narrow(pair_layout(cfg), in_lanes=P, out_lanes=S)
+        kept_layout = row_layout(pair_layout(cfg), S)
+        m.submodules.kept_fifo = kept_fifo = SyncFIFOBuffered(
+            width=kept_layout.size, depth=max(4, cfg.capacity // S))
+        kept = Signal(kept_layout)
         wiring.connect(m, qk.k_rd, kmem.read_port())
         wiring.connect(m, pv.v_rd, vmem.read_port())
 
@@ -325,14 +333,19 @@ class Attention(wiring.Component):
             for j in range(P):
                 m.d.comb += [narrow.i.payload.data[j].index.eq(topk.o.payload.index[j]),
                              narrow.i.payload.data[j].prob.eq(topk.o.payload.value[j])]
+            # the kept pairs wait here, so that the top-k engine empties into the FIFO at S pairs
+            # a cycle and takes the next row while prob x V still works through this one
             m.d.comb += [
-                pv.i.valid.eq(narrow.o.valid), narrow.o.ready.eq(pv.i.ready),
-                pv.i.payload.count.eq(narrow.o.payload.count),
-                pv.i.payload.last.eq(narrow.o.payload.last),
+                kept_fifo.w_en.eq(narrow.o.valid), narrow.o.ready.eq(kept_fifo.w_rdy),
+                kept_fifo.w_data.eq(narrow.o.payload),
+                pv.i.valid.eq(kept_fifo.r_rdy), kept_fifo.r_en.eq(pv.i.ready),
+                kept.eq(kept_fifo.r_data),
+                pv.i.payload.count.eq(kept.count),
+                pv.i.payload.last.eq(kept.last),
             ]
             for j in range(S):
-                m.d.comb += [pv.i.payload.index[j].eq(narrow.o.payload.data[j].index),
-                             pv.i.payload.prob[j].eq(narrow.o.payload.data[j].prob)]
+                m.d.comb += [pv.i.payload.index[j].eq(kept.data[j].index),
+                             pv.i.payload.prob[j].eq(kept.data[j].prob)]
         with m.Else():
             m.d.comb += [
                 pv.i.valid.eq(f1.valid), f1.ready.eq(pv.i.ready),

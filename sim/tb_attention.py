@@ -175,6 +175,10 @@ def check(job, res, label) -> list[str]:
         errs.append(f"{label}: status queries={res['queries']} done={res['done']} "
                     f"busy={res['busy']}")
     n = k.shape[0]
+    g = M // d
+    floor = q.shape[0] * -(-n // min(g, S))       # the Q.K array's own time, nothing overlapped
+    if not floor < res["cycles"] < 50 * floor + 2000:
+        errs.append(f"{label}: cycles {res['cycles']} outside ({floor}, {50 * floor + 2000})")
     kept = sum(len(x) for x in ref.kept)
     if res["macs"] != q.shape[0] * n * d + kept * d:
         errs.append(f"{label}: macs {res['macs']} != {q.shape[0] * n * d + kept * d}")
