@@ -14,19 +14,13 @@ latency beyond its one output register, and both move one input beat a cycle whe
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Shape, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+# The row-stream payload is the zero eliminator's compacted beat: one layout, one definition.
+from .zero_elim import compact_layout as row_layout
+
 __all__ = ["row_layout", "Widen", "Narrow", "Fork"]
-
-
-def row_layout(elem, lanes: int) -> data.StructLayout:
-    """The row-stream payload: ``lanes`` elements of shape ``elem``, a count and a last flag."""
-    return data.StructLayout({
-        "data": data.ArrayLayout(elem, lanes),
-        "count": range(lanes + 1),
-        "last": 1,
-    })
 
 
 def _check(elem, in_lanes, out_lanes, wider: bool):
@@ -43,20 +37,28 @@ def _check(elem, in_lanes, out_lanes, wider: bool):
         raise ValueError(f"Narrow needs out_lanes <= in_lanes, got {in_lanes} -> {out_lanes}")
 
 
-class Widen(wiring.Component):
+class _Regroup(wiring.Component):
+    """Ports and parameter checks shared by `Widen` and `Narrow`."""
+
+    WIDER: bool
+
+    def __init__(self, elem, *, in_lanes: int, out_lanes: int):
+        _check(elem, in_lanes, out_lanes, wider=self.WIDER)
+        self.elem, self.in_lanes, self.out_lanes = elem, in_lanes, out_lanes
+        super().__init__({
+            "i": In(stream.Signature(row_layout(elem, in_lanes))),
+            "o": Out(stream.Signature(row_layout(elem, out_lanes))),
+        })
+
+
+class Widen(_Regroup):
     """Collect ``out_lanes // in_lanes`` input beats into one output beat; a row's last input
     beat closes its output beat early (partial).
 
     Ports: ``i`` (row stream, in_lanes), ``o`` (row stream, out_lanes). ``o`` is a register;
     an input beat that completes an output beat waits for the output register to be free."""
 
-    def __init__(self, elem, *, in_lanes: int, out_lanes: int):
-        _check(elem, in_lanes, out_lanes, wider=True)
-        self.elem, self.in_lanes, self.out_lanes = elem, in_lanes, out_lanes
-        super().__init__({
-            "i": In(stream.Signature(row_layout(elem, in_lanes))),
-            "o": Out(stream.Signature(row_layout(elem, out_lanes))),
-        })
+    WIDER = True
 
     def elaborate(self, platform):
         m = Module()
@@ -89,18 +91,12 @@ class Widen(wiring.Component):
         return m
 
 
-class Narrow(wiring.Component):
+class Narrow(_Regroup):
     """Split each input beat into ``ceil(count / out_lanes)`` output beats (one for an empty
     row's count-0 beat). Ports: ``i`` (row stream, in_lanes), ``o`` (row stream, out_lanes).
     The input beat is held in a register; the next one is taken as its final piece leaves."""
 
-    def __init__(self, elem, *, in_lanes: int, out_lanes: int):
-        _check(elem, in_lanes, out_lanes, wider=False)
-        self.elem, self.in_lanes, self.out_lanes = elem, in_lanes, out_lanes
-        super().__init__({
-            "i": In(stream.Signature(row_layout(elem, in_lanes))),
-            "o": Out(stream.Signature(row_layout(elem, out_lanes))),
-        })
+    WIDER = False
 
     def elaborate(self, platform):
         m = Module()

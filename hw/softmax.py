@@ -54,23 +54,17 @@ from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig
 
+from .rowstream import row_layout
+
 __all__ = ["Softmax", "dots_layout", "probs_layout", "row_info_layout"]
 
 
 def dots_layout(cfg: AttentionConfig) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(cfg.dot_width), cfg.softmax_lanes),
-        "count": range(cfg.softmax_lanes + 1),
-        "last": 1,
-    })
+    return row_layout(signed(cfg.dot_width), cfg.softmax_lanes)
 
 
 def probs_layout(cfg: AttentionConfig) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(unsigned(cfg.prob_bits), cfg.softmax_lanes),
-        "count": range(cfg.softmax_lanes + 1),
-        "last": 1,
-    })
+    return row_layout(unsigned(cfg.prob_bits), cfg.softmax_lanes)
 
 
 def row_info_layout(cfg: AttentionConfig) -> data.StructLayout:

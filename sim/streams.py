@@ -43,10 +43,10 @@ import cocotb
 from amaranth.hdl import Shape
 from cocotb.clock import Clock
 from amaranth.lib import data
-from cocotb.triggers import Event, First, ReadOnly, RisingEdge, Timer
+from cocotb.triggers import ClockCycles, Event, First, ReadOnly, RisingEdge, Timer
 from cocotb.utils import get_sim_time
 
-__all__ = ["pack", "unpack", "payload_width", "Codec", "StreamSource", "StreamSink",
+__all__ = ["with_timeout", "pack", "unpack", "payload_width", "Codec", "StreamSource", "StreamSink",
            "StreamRuleError", "clock_and_reset"]
 
 
@@ -479,3 +479,16 @@ class StreamSink:
         """Forget the collected beats (`beats` and the `recv` queue)."""
         self.beats.clear()
         self._pending.clear()
+
+
+async def with_timeout(coro, dut, cycles: int):
+    """Await ``coro``, failing (AssertionError) if it has not finished within ``cycles`` clock
+    cycles of ``dut.clk``: a hung design fails its test instead of hanging it."""
+    task = cocotb.start_soon(coro)
+    for _ in range(cycles // 64 + 1):
+        await ClockCycles(dut.clk, 64)
+        if task.done():
+            return task.result()
+    task.cancel()
+    raise AssertionError(f"nothing within {cycles} cycles (hang)")
+

@@ -25,7 +25,7 @@ from spatten.hw.attention import (ErrorCode, load_layout, output_layout, query_l
                                   row_info_layout)
 from spatten.hw.rowstream import row_layout
 
-from .streams import StreamSink, StreamSource, clock_and_reset
+from .streams import StreamSink, StreamSource, clock_and_reset, with_timeout
 from .unit_run import tb_settings
 
 _SETTINGS = tb_settings()
@@ -89,19 +89,19 @@ class Bench:
         self.set_registers(job["n"], job["d"], job.get("k_v"), job.get("renorm", False),
                            job["params"])
         self.q.send_nowait(query_beats(q))
-        outs = await _with_timeout(self.o.recv_packet(), dut, timeout)
+        outs = await with_timeout(self.o.recv_packet(), dut, timeout)
         error = any(b["error"] for b in outs)
         probs, rows = [], []
         if not error:
             for _ in range(q.shape[0]):
-                packet = await _with_timeout(self.probs.recv_packet(), dut, timeout)
+                packet = await with_timeout(self.probs.recv_packet(), dut, timeout)
                 row = []
                 for b in packet:
                     row += [int(x) for x in b["data"][:b["count"]]]
                     if not b["last"] and b["count"] != S:
                         raise AssertionError("a probability beat before the row's last is partial")
                 probs.append(row)
-                rows.append(await _with_timeout(self.row.recv(), dut, timeout))
+                rows.append(await with_timeout(self.row.recv(), dut, timeout))
         await self.q.wait_idle()
         await RisingEdge(dut.clk)
         await ReadOnly()
@@ -122,16 +122,6 @@ class Bench:
         }
         await RisingEdge(dut.clk)
         return res
-
-
-async def _with_timeout(coro, dut, cycles):
-    task = cocotb.start_soon(coro)
-    for _ in range(cycles // 64 + 1):
-        await ClockCycles(dut.clk, 64)
-        if task.done():
-            return task.result()
-    task.cancel()
-    raise AssertionError(f"nothing within {cycles} cycles (hang)")
 
 
 async def start(dut, idle=0.0, stall=0.0, seed=SEED) -> Bench:

@@ -25,7 +25,7 @@ from spatten.config import TopKConfig
 from spatten.golden import topk as golden
 from spatten.hw.topk import ErrorCode, Mode, input_layout, output_layout
 
-from .streams import StreamSink, StreamSource, clock_and_reset
+from .streams import StreamSink, StreamSource, clock_and_reset, with_timeout
 
 _SETTINGS = json.loads(open(os.environ["TOPK_TB"]).read()) if os.environ.get("TOPK_TB") else {}
 CFG = TopKConfig(**_SETTINGS.get("config", {}))
@@ -69,7 +69,7 @@ class Bench:
         dut.k.value = int(k)
         dut.mode.value = mode.value if isinstance(mode, Mode) else int(mode)
         self.src.send_nowait(beats)
-        packet = await _with_timeout(self.sink.recv_packet(), dut, TIMEOUT_CYCLES)
+        packet = await with_timeout(self.sink.recv_packet(), dut, TIMEOUT_CYCLES)
         await self.src.wait_idle()
         await RisingEdge(dut.clk)
         await ReadOnly()
@@ -93,16 +93,6 @@ class Bench:
         }
         await RisingEdge(dut.clk)
         return res
-
-
-async def _with_timeout(coro, dut, cycles):
-    task = cocotb.start_soon(coro)
-    for _ in range(cycles // 64 + 1):
-        await ClockCycles(dut.clk, 64)
-        if task.done():
-            return task.result()
-    task.cancel()
-    raise AssertionError(f"no complete output packet within {cycles} cycles (hang)")
 
 
 async def start(dut, idle=0.0, stall=0.0, seed=SEED) -> Bench:
