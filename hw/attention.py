@@ -50,6 +50,7 @@ from spatten.config import AttentionConfig, Config
 from .pv import ProbV
 from .qk import QKArray
 from .rowstream import Fork, Narrow, Widen, row_layout
+from .skid import SkidBuffer
 from .softmax import Softmax
 from .topk import Mode, TopK
 
@@ -164,9 +165,14 @@ class Attention(wiring.Component):
         # ---------------------------------------------------------------- units
         m.submodules.qk = qk = QKArray(config=cfg)
         m.submodules.softmax = sm = Softmax(config=cfg)
-        m.submodules.topk = topk = TopK(config=cfg.topk)
+        m.submodules.topk = topk = TopK(config=cfg.topk, statistical=False)
         m.submodules.pv = pv = ProbV(config=cfg)
-        m.submodules.fork = fork = Fork(row_layout(unsigned(cfg.prob_bits), S), ways=2)
+        prob_row = row_layout(unsigned(cfg.prob_bits), S)
+        m.submodules.fork = fork = Fork(prob_row, ways=2)
+        # registered readies on both sides of the fork, so that no ready path runs from prob x V
+        # or the top-k engine through the fork into the softmax (timing on the FPGA)
+        m.submodules.sm_skid = sm_skid = SkidBuffer(prob_row)
+        m.submodules.f1_skid = f1_skid = SkidBuffer(prob_row)
         m.submodules.widen = widen = Widen(signed(cfg.topk.value_width), in_lanes=S,
                                            out_lanes=P)
         m.submodules.narrow = narrow = Narrow(pair_layout(cfg), in_lanes=P, out_lanes=S)
@@ -293,7 +299,9 @@ class Attention(wiring.Component):
 
         # ---------------------------------------------------------------- datapath
         wiring.connect(m, qk.o, sm.i)
-        wiring.connect(m, sm.o, fork.i)
+        wiring.connect(m, sm.o, sm_skid.i)
+        wiring.connect(m, sm_skid.o, fork.i)
+        wiring.connect(m, fork.o1, f1_skid.i)
         wiring.connect(m, fork.o0, wiring.flipped(self.probs))
         # the row info stream: p_max, max, esum (error rows cannot occur: n <= capacity)
         m.d.comb += [
@@ -305,7 +313,7 @@ class Attention(wiring.Component):
         ]
 
         # probabilities -> (pruning) top-k -> pairs -> prob x V
-        f1 = fork.o1
+        f1 = f1_skid.o
         # index of the first lane of the current beat within its row
         base = Signal(cfg.index_width + 1)
         with m.If(f1.valid & f1.ready):

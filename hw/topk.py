@@ -94,11 +94,18 @@ class TopK(wiring.Component):
     -------------------------
     config : TopKConfig
         lanes P, value width W, capacity, digit width D.
+    statistical : bool (default True)
+        Build the statistical mode (moment sums, P squarers, the threshold unit). Without it,
+        ``mode = STATISTICAL`` is refused like an unknown mode (``BAD_MODE``); a user that only
+        selects exactly (the query pipeline's value pruning) saves P multipliers and their logic.
     """
 
-    def __init__(self, *, config: TopKConfig):
+    def __init__(self, *, config: TopKConfig, statistical: bool = True):
         if not isinstance(config, TopKConfig):
             raise TypeError(f"config must be a TopKConfig, not {config!r}")
+        if not isinstance(statistical, bool):
+            raise TypeError(f"statistical must be a bool, not {statistical!r}")
+        self.statistical = statistical
         self.cfg = cfg = config
         super().__init__({
             "i": In(stream.Signature(input_layout(cfg))),
@@ -151,7 +158,8 @@ class TopK(wiring.Component):
         wiring.connect(m, skid.o, ze.i)
         m.submodules.packer = packer = BeatPacker(elem, P, zero_above_count=True)
         m.submodules.eq_prefix = eq_prefix = PrefixCount(P)
-        m.submodules.stat = stat = StatThreshold(cfg)
+        if self.statistical:
+            m.submodules.stat = stat = StatThreshold(cfg)
         # ... and a second one between the zero eliminator and the packer: no ready path runs
         # through more than one of these units.
         m.submodules.mid_skid = mid_skid = SkidBuffer(compact_layout(elem, P))
@@ -497,48 +505,51 @@ class TopK(wiring.Component):
                     m.d.sync += [avail[j].eq(0), wdone[j].eq(0)]
 
         # ================================================================ moments (statistical)
-        # S1 = sum of values, S2 = sum of squares of the input beats (taken from R1).
-        s1_w = W + cfg.count_width + 1
-        s2_w = 2 * W + cfg.count_width
-        # Stage 1 registers the (masked) values, stage 2 their squares (a multiplier fed from a
-        # register, not from R1's fan-out), then an adder tree with a register per level.
-        mom_valid1 = Signal()
-        mom_valid = Signal()
-        mom_v1 = [Signal(signed(W), name=f"mom_v1_{lane}") for lane in range(P)]
-        mom_v = [Signal(signed(W), name=f"mom_v{lane}") for lane in range(P)]
-        mom_q = [Signal(unsigned(2 * W), name=f"mom_q{lane}") for lane in range(P)]
-        m.d.sync += [mom_valid1.eq(r1_valid & r1_from_input), mom_valid.eq(mom_valid1)]
-        for lane in range(P):
-            v = Mux(r1_lane_ok[lane], (r1_keys[lane][:W] ^ SIGN).as_signed(), 0)
-            m.d.sync += [mom_v1[lane].eq(v), mom_v[lane].eq(mom_v1[lane]),
-                         mom_q[lane].eq(mom_v1[lane] * mom_v1[lane])]
-        level_v, level_q, level_valid, depth = mom_v, mom_q, mom_valid, 0
-        while len(level_v) > 1:            # an adder tree with a register per level
-            nv, nq = [], []
-            for j in range(0, len(level_v), 2):
-                a = Signal(signed(s1_w), name=f"mom_s{depth}_{j}")
-                q = Signal(unsigned(s2_w), name=f"mom_q{depth}_{j}")
-                m.d.sync += [a.eq(level_v[j] + level_v[j + 1]), q.eq(level_q[j] + level_q[j + 1])]
-                nv.append(a)
-                nq.append(q)
-            vv = Signal(name=f"mom_valid{depth}")
-            m.d.sync += vv.eq(level_valid)
-            level_v, level_q, level_valid, depth = nv, nq, vv, depth + 1
-        acc_s1 = Signal(signed(s1_w))
-        acc_s2 = Signal(unsigned(s2_w))
         mom_clear = Signal()                    # a run starts: clear the sums next cycle
-        mom_clear_r = Signal()                  # (its first beat reaches them 4 cycles later)
-        m.d.sync += mom_clear_r.eq(mom_clear)
-        with m.If(mom_clear_r):
-            m.d.sync += [acc_s1.eq(0), acc_s2.eq(0)]
-        with m.Elif(level_valid):
-            m.d.sync += [acc_s1.eq(acc_s1 + level_v[0]), acc_s2.eq(acc_s2 + level_q[0])]
-        # The last beat is in R1 in CHECK; its sums are in acc_* `depth + 3` cycles later.
-        mom_wait = depth + 2
-        stat_start = Signal()
-        m.d.sync += stat_start.eq(0)
-        m.d.comb += [stat.n.eq(n_reg), stat.k.eq(k_reg), stat.s1.eq(acc_s1), stat.s2.eq(acc_s2),
-                     stat.start.eq(stat_start)]
+        mom_wait = 0
+        if self.statistical:
+            # S1 = sum of values, S2 = sum of squares of the input beats (taken from R1).
+            s1_w = W + cfg.count_width + 1
+            s2_w = 2 * W + cfg.count_width
+            # Stage 1 registers the (masked) values, stage 2 their squares (a multiplier fed from
+            # a register, not from R1's fan-out), then an adder tree with a register per level.
+            mom_valid1 = Signal()
+            mom_valid = Signal()
+            mom_v1 = [Signal(signed(W), name=f"mom_v1_{lane}") for lane in range(P)]
+            mom_v = [Signal(signed(W), name=f"mom_v{lane}") for lane in range(P)]
+            mom_q = [Signal(unsigned(2 * W), name=f"mom_q{lane}") for lane in range(P)]
+            m.d.sync += [mom_valid1.eq(r1_valid & r1_from_input), mom_valid.eq(mom_valid1)]
+            for lane in range(P):
+                v = Mux(r1_lane_ok[lane], (r1_keys[lane][:W] ^ SIGN).as_signed(), 0)
+                m.d.sync += [mom_v1[lane].eq(v), mom_v[lane].eq(mom_v1[lane]),
+                             mom_q[lane].eq(mom_v1[lane] * mom_v1[lane])]
+            level_v, level_q, level_valid, depth = mom_v, mom_q, mom_valid, 0
+            while len(level_v) > 1:            # an adder tree with a register per level
+                nv, nq = [], []
+                for j in range(0, len(level_v), 2):
+                    a = Signal(signed(s1_w), name=f"mom_s{depth}_{j}")
+                    q = Signal(unsigned(s2_w), name=f"mom_q{depth}_{j}")
+                    m.d.sync += [a.eq(level_v[j] + level_v[j + 1]),
+                                 q.eq(level_q[j] + level_q[j + 1])]
+                    nv.append(a)
+                    nq.append(q)
+                vv = Signal(name=f"mom_valid{depth}")
+                m.d.sync += vv.eq(level_valid)
+                level_v, level_q, level_valid, depth = nv, nq, vv, depth + 1
+            acc_s1 = Signal(signed(s1_w))
+            acc_s2 = Signal(unsigned(s2_w))
+            mom_clear_r = Signal()                  # (its first beat reaches them 4 cycles later)
+            m.d.sync += mom_clear_r.eq(mom_clear)
+            with m.If(mom_clear_r):
+                m.d.sync += [acc_s1.eq(0), acc_s2.eq(0)]
+            with m.Elif(level_valid):
+                m.d.sync += [acc_s1.eq(acc_s1 + level_v[0]), acc_s2.eq(acc_s2 + level_q[0])]
+            # The last beat is in R1 in CHECK; its sums are in acc_* `depth + 3` cycles later.
+            mom_wait = depth + 2
+            stat_start = Signal()
+            m.d.sync += stat_start.eq(0)
+            m.d.comb += [stat.n.eq(n_reg), stat.k.eq(k_reg), stat.s1.eq(acc_s1),
+                         stat.s2.eq(acc_s2), stat.start.eq(stat_start)]
 
         # ================================================================ counters, status
         with m.If(counting_total):
@@ -613,7 +624,8 @@ class TopK(wiring.Component):
                              wdst.eq(0), wait.eq(0)]
                 with m.If(err != ErrorCode.NONE):
                     m.next = "EMPTY"
-                with m.Elif((mode_reg != Mode.EXACT) & (mode_reg != Mode.STATISTICAL)):
+                with m.Elif((mode_reg != Mode.EXACT)
+                            & ((mode_reg != Mode.STATISTICAL) | (not self.statistical))):
                     m.d.sync += err.eq(ErrorCode.BAD_MODE)
                     m.next = "EMPTY"
                 with m.Elif(k_reg > n_reg):
@@ -622,9 +634,10 @@ class TopK(wiring.Component):
                 with m.Elif(k_reg == 0):
                     m.d.sync += thr_key.eq(SIGN * 2 - 1)
                     m.next = "EMPTY"
-                with m.Elif(mode_reg == Mode.STATISTICAL):
-                    m.d.sync += wait.eq(mom_wait)
-                    m.next = "MOMENTS"
+                if self.statistical:
+                    with m.Elif(mode_reg == Mode.STATISTICAL):
+                        m.d.sync += wait.eq(mom_wait)
+                        m.next = "MOMENTS"
                 with m.Else():
                     m.next = "HIST_DRAIN"
 
@@ -661,25 +674,26 @@ class TopK(wiring.Component):
                     # Every row has passed R1: the last one is in H1, its counts in dcnt next.
                     m.next = "BIN_SELECT"
 
-            with m.State("MOMENTS"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += wait.eq(wait - 1)
-                with m.If(wait == 0):
-                    # a registered start pulse (the statistical unit sees it next cycle)
-                    m.d.sync += stat_start.eq(1)
-                    m.next = "STAT"
+            if self.statistical:
+                with m.State("MOMENTS"):
+                    m.d.comb += self.busy.eq(1)
+                    m.d.sync += wait.eq(wait - 1)
+                    with m.If(wait == 0):
+                        # a registered start pulse (the statistical unit sees it next cycle)
+                        m.d.sync += stat_start.eq(1)
+                        m.next = "STAT"
 
-            with m.State("STAT"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(stat.done):
-                    m.d.sync += [counting_select.eq(0),
-                                 thr_key.eq(stat.threshold.as_unsigned() ^ SIGN)]
-                    with m.If(stat.select_none):
-                        m.next = "EMPTY"
-                    with m.Else():
-                        m.d.sync += [sel_all.eq(stat.select_all), *set_ties(CAP),
-                                     out_pass.eq(1), *start_reader(0, n_reg)]
-                        m.next = "OUTPUT"
+                with m.State("STAT"):
+                    m.d.comb += self.busy.eq(1)
+                    with m.If(stat.done):
+                        m.d.sync += [counting_select.eq(0),
+                                     thr_key.eq(stat.threshold.as_unsigned() ^ SIGN)]
+                        with m.If(stat.select_none):
+                            m.next = "EMPTY"
+                        with m.Else():
+                            m.d.sync += [sel_all.eq(stat.select_all), *set_ties(CAP),
+                                         out_pass.eq(1), *start_reader(0, n_reg)]
+                            m.next = "OUTPUT"
 
             with m.State("OUTPUT"):
                 m.d.comb += self.busy.eq(1)

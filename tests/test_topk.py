@@ -42,3 +42,47 @@ def test_topk_rtl(name, sim):
     print(f"seed {SEED}, config {name}: {cfg}")
     res = topk_selftest(cfg, sim=sim, seed=SEED, random_runs=12)
     assert res.failed == 0 and res.passed >= 6, res.summary()
+
+
+def _beats(cfg, values):
+    P = cfg.lanes
+    out = []
+    for s in range(0, len(values), P):
+        chunk = [int(x) for x in values[s:s + P]]
+        out.append({"data": chunk + [0] * (P - len(chunk)), "count": len(chunk),
+                    "last": int(s + P >= len(values))})
+    return out
+
+
+@pytest.mark.parametrize("seed", [SEED])
+def test_topk_without_statistical_mode(seed):
+    """`TopK(statistical=False)` (the query pipeline's engine) refuses STATISTICAL with BAD_MODE,
+    emits its empty packet, and then selects exactly, as the golden model says."""
+    import numpy as np
+
+    from spatten.golden.topk import select
+    from spatten.hw.topk import ErrorCode, Mode, TopK
+    from spatten.sim.amaranth_tb import run_streams
+
+    cfg = preset("small").topk
+    rng = np.random.default_rng(seed)
+    print(f"seed {seed}")
+    values = rng.integers(cfg.value_min, cfg.value_max + 1, size=37)
+    k = 9
+
+    for mode, want_error in ((Mode.STATISTICAL, True), (Mode.EXACT, False)):
+        async def setup(ctx, mode=mode):
+            ctx.set(dut.k, k)
+            ctx.set(dut.mode, mode)
+        dut = TopK(config=cfg, statistical=False)
+        want_beats = 1 if want_error else -(-k // cfg.lanes)
+        res = run_streams(dut, sources={"i": _beats(cfg, values)}, sinks={"o": want_beats},
+                          setup=setup, gap=0.3, stall=0.3, seed=seed)
+        got = res["beats"]["o"]
+        if want_error:
+            assert got == [{"index": got[0]["index"], "value": got[0]["value"], "count": 0,
+                            "last": 1}]
+        else:
+            idx = [b["index"][j] for b in got for j in range(b["count"])]
+            assert idx == list(select(cfg, values, k).indices)
+            assert got[-1]["last"] == 1
