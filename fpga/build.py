@@ -109,7 +109,7 @@ def _tail(path: Path, lines: int = 25) -> str:
 def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
           progress: bool = True,
           config: Config | None = None, config_name: str | None = None,
-          mhz: float | None = None) -> dict:
+          mhz: float | None = None, router: str = "router1") -> dict:
     """Build `make_dut()` inside `BoardHarness` for `board`; return (and write) the report.
 
     Parameters:
@@ -123,6 +123,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
                   "config" name; default `Config()`
         config_name  the report's "config" name when no `config` is given (or to override it)
         mhz       target clock overriding the config's
+        router    nextpnr's router: "router1" (its default) or "router2" (converges on congested
+                  designs where router1 keeps ripping up)
 
     The clock is made by the board's PLL at the frequency closest to the target, and nextpnr
     derives the `sync` constraint from it. Timing failure does not raise (nextpnr runs with
@@ -144,6 +146,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
     if config is not None and not isinstance(config, Config):
         raise TypeError(f"config must be a Config or None, not {config!r}")
+    if router not in ("router1", "router2"):
+        raise ValueError(f"router must be 'router1' or 'router2', not {router!r}")
     if config_name is not None and not isinstance(config_name, str):
         raise TypeError(f"config_name must be a string or None, not {config_name!r}")
     out_dir = Path(out_dir).resolve()
@@ -163,7 +167,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         (out_dir / stale).unlink(missing_ok=True)
 
     overrides = {"nextpnr_opts": f"--report nextpnr_report.json --seed {seed} "
-                                 f"--timing-allow-fail"}
+                                 f"--timing-allow-fail --router {router}"}
     if b.synth_opts:
         overrides["synth_opts"] = b.synth_opts
     if b.family == "ecp5":

@@ -212,7 +212,7 @@ def cmd_synth(args):
         raise UserError(f"unknown top {args.top!r}; choose one of: {', '.join(TOPS)}")
     out_dir = Path(args.output or f"build/synth/{args.board}-{args.top}-{cfg.name}")
     report = build(args.board, lambda: make_top(args.top, cfg), name=args.top, out_dir=out_dir,
-                   seed=args.seed, config=cfg)
+                   seed=args.seed, config=cfg, router=args.router)
     print(format_table(report))
     print(f"report: {out_dir / 'report.json'}")
     return 0
@@ -309,6 +309,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=None,
                    help="nextpnr placer seed (default: the board's, 3 for ulx3s-85f, 2 for "
                         "icebreaker)")
+    p.add_argument("--router", choices=["router1", "router2"], default="router1",
+                   help="nextpnr router (default router1; router2 copes better with congestion)")
     p.add_argument("-o", "--output", metavar="DIR", help="build folder "
                    "(default: build/synth/BOARD-TOP-CONFIG)")
     p.set_defaults(func=cmd_synth)

@@ -16,8 +16,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["TopKConfig", "AttentionConfig", "Config", "PRESETS", "preset", "preset_names", "zero_eliminator_latency",
-           "z_table"]
+__all__ = ["TopKConfig", "AttentionConfig", "MemoryConfig", "Config", "PRESETS", "preset",
+           "preset_names", "zero_eliminator_latency", "z_table"]
 
 
 def _is_pow2(x: int) -> bool:
@@ -277,22 +277,67 @@ class AttentionConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    """The memory side: DRAM beats, bursts and the K bit planes of progressive quantization.
+
+    beat_bytes      bytes per DRAM data beat (B); addresses of requests are B-aligned
+    max_burst       most beats one request asks for (runs of rows are split into such bursts)
+    max_outstanding DRAM requests in flight at once (issued, last beat not yet received)
+    msb_bits        bits of each K element in the MSB plane; the LSB plane holds the other
+                    data_width - msb_bits (8 + 4 by default, 6 + 6 is the other split measured)
+    align           byte alignment of every plane in the DRAM image
+    """
+
+    beat_bytes: int = 16
+    max_burst: int = 16
+    max_outstanding: int = 4
+    msb_bits: int = 8
+    align: int = 4096
+
+    def __post_init__(self):
+        if not (isinstance(self.beat_bytes, int) and _is_pow2(self.beat_bytes)
+                and 1 <= self.beat_bytes <= 64):
+            raise ValueError(f"beat_bytes must be a power of two from 1 to 64, "
+                             f"not {self.beat_bytes!r}")
+        for name, lo, hi in (("max_burst", 1, 256), ("max_outstanding", 1, 64),
+                             ("msb_bits", 1, 23)):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and lo <= v <= hi):
+                raise ValueError(f"{name} must be an integer from {lo} to {hi}, not {v!r}")
+        if not (isinstance(self.align, int) and self.align % self.beat_bytes == 0
+                and self.align > 0):
+            raise ValueError(f"align must be a positive multiple of beat_bytes "
+                             f"({self.beat_bytes}), not {self.align!r}")
+
+    def lsb_bits(self, data_width: int) -> int:
+        """Bits of each K element in the LSB plane."""
+        if not 1 <= self.msb_bits < data_width:
+            raise ValueError(f"msb_bits {self.msb_bits} must be below data_width {data_width}")
+        return data_width - self.msb_bits
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole accelerator's configuration: one field per unit."""
 
     name: str = "default"
     topk: TopKConfig = field(default_factory=TopKConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     #: clock the board builds are constrained at, in MHz, per board name
     target_mhz: dict = field(default_factory=lambda: {"ulx3s-85f": 100.0, "icebreaker": 40.0})
 
     def replace(self, **changes) -> "Config":
         """A copy with `changes`; `topk_<field>=` keywords change the top-k engine's fields,
-        `attn_<field>=` keywords the attention datapath's."""
+        `attn_<field>=` keywords the attention datapath's, `mem_<field>=` the memory side's."""
         topk = {k[5:]: v for k, v in changes.items() if k.startswith("topk_")}
         attn = {k[5:]: v for k, v in changes.items() if k.startswith("attn_")}
-        rest = {k: v for k, v in changes.items() if not k.startswith(("topk_", "attn_"))}
+        mem = {k[4:]: v for k, v in changes.items() if k.startswith("mem_")}
+        rest = {k: v for k, v in changes.items()
+                if not k.startswith(("topk_", "attn_", "mem_"))}
         cfg = dataclasses.replace(self, **rest)
+        if mem:
+            cfg = dataclasses.replace(cfg, memory=dataclasses.replace(cfg.memory, **mem))
         if topk:
             cfg = dataclasses.replace(cfg, topk=dataclasses.replace(cfg.topk, **topk))
         if attn:
