@@ -52,6 +52,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(SPATTEN) bench topk
 	$(SPATTEN) bench attention
+	$(SPATTEN) bench dram --error-trigger
 
 synth: $(STAMP)
 	$(SPATTEN) synth --board ulx3s-85f --top topk --config default

@@ -3,24 +3,42 @@
 Contract
 --------
 K and V live in on-chip buffers (depth ``capacity`` words of M resp. Mv elements; key r's element
-j at flat element r*d + j, see `hw/qk.py`), written through ``load`` while the pipeline is idle:
-one word a beat, ``{target: 0 = K / 1 = V, addr, data}``. A *run* is a packet of queries on ``q``
-(one beat per query, ``last`` on the run's final query). The run-time registers ``n`` (keys),
-``d_log2`` (head dimension d = 2**d_log2), ``k_v`` (keys kept per query by value pruning;
-``k_v >= n`` disables pruning), ``renorm`` and the score scaling ``shift``, ``scale``,
-``post_shift`` (see `golden.attention.score_params`) are sampled with the run's first query.
+j at flat element r*d + j, see `hw/qk.py`); K as two bit planes, the MSB plane (``msb_bits`` of
+`MemoryConfig`) and the LSB plane (the other data_width - msb_bits bits). They are written
+through ``load`` while the pipeline is idle (one whole word a beat, ``{target: 0 = K (both
+planes) / 1 = V, addr, data}``), or at any time through the fetch unit's write streams
+``k_msb_wr``, ``k_lsb_wr``, ``v_wr`` (`hw.fetch.write_layout`: a word address, data, enables
+of 8-element groups; ``load`` has priority). A *run* is a packet of queries on ``q`` (one beat
+per query, ``last`` on the run's final query). The run-time registers ``n`` (keys), ``d_log2``
+(head dimension d = 2**d_log2), ``k_v`` (keys kept per query by value pruning; ``k_v >= n``
+disables pruning), ``renorm``, the score scaling ``shift``, ``scale``, ``post_shift`` (see
+`golden.attention.score_params`) and the progressive quantization registers ``pq``, ``tau``,
+``fill_mid`` are sampled with the run's first query.
+
+Passes. Queries are numbered (``tag``) in the order they arrive and kept in a ring of 4 until
+their last pass is issued. Without progressive quantization (``pq = 0``) every query runs one
+full-precision pass (K = MSB and LSB planes). With ``pq = 1`` a query first runs an MSB pass (K
+= the MSB plane with the dropped bits filled by their midpoint, ``fill_mid = 1``, or zeros); if
+its largest probability is below ``tau`` (U1.16: 0 never, 65536 always), its probabilities are
+dropped and it runs again at full precision. The issuer runs one query ahead of the decisions:
+M0 M1 [F0] M2 [F1] ... (`golden.progressive.issue_order`). A full pass waits for ``lsb_ready``
+(the LSB plane is in the buffer); ``lsb_needed`` asks for it. Outputs leave in the order of the
+queries' final passes, each with its ``tag``.
 
 Per query, in order, the pipeline emits:
 
-* on ``o``: the output row ``{data: Mv elements (d used, the rest 0), last, error}`` in
-  S(data_width + out_frac_bits), v's scale / 2**out_frac_bits; ``last`` on the run's final query;
-* on ``probs``: the probabilities of all n keys (U0.16, S a beat, row-stream shape), the stream
-  the token-importance accumulators will take;
-* on ``row``: ``{p_max, max, esum}``, the row's largest probability (the progressive-quantization
-  trigger), its largest dot product and the softmax sum.
+* on ``o``: the output row ``{data: Mv elements (d used, the rest 0), tag, last, error}`` in
+  S(data_width + out_frac_bits), v's scale / 2**out_frac_bits; ``last`` on the run's final
+  output;
+* on ``probs``: the final pass's probabilities of all n keys (U0.16, S a beat, row-stream
+  shape), the stream the token-importance accumulators will take;
+* on ``row`` (every pass, dropped ones included): ``{p_max, max, esum, tag, full, refetch}``,
+  the row's largest probability (the progressive-quantization trigger), its largest dot product,
+  the softmax sum, the query, whether the pass was at full precision and whether it was
+  dropped for a full-precision pass.
 
 All three must be consumed (tie ``ready`` high to ignore one). The outputs equal
-`golden.attention.attention` bit for bit.
+`golden.attention.attention` bit for bit (`golden.progressive.run_group` with ``pq``).
 
 Overlap: the Q.K array reads K for query i+1 while query i is in the softmax (three banks:
 ingest, exponent, normalise), the top-k engine and prob x V, so with d >= M/S both multiplier
@@ -39,14 +57,15 @@ beyond the buffer is dropped and sets ``error`` with ``BAD_LOAD``. Reset returns
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from spatten.config import AttentionConfig, Config
+from spatten.config import AttentionConfig, Config, MemoryConfig
 
+from .fetch import write_layout
 from .pv import ProbV
 from .qk import QKArray
 from .rowstream import Fork, Narrow, Widen, row_layout
@@ -86,9 +105,16 @@ def query_layout(cfg: AttentionConfig) -> data.StructLayout:
     })
 
 
+#: bits of a query's tag (its number in the run, wrapping)
+TAG_BITS = 16
+#: queries held by the issuer's ring (accepted, last pass not yet issued)
+RING = 4
+
+
 def output_layout(cfg: AttentionConfig) -> data.StructLayout:
     return data.StructLayout({
         "data": data.ArrayLayout(signed(cfg.out_width), cfg.pv_mults),
+        "tag": unsigned(TAG_BITS),
         "last": 1,
         "error": 1,
     })
@@ -99,6 +125,9 @@ def row_info_layout(cfg: AttentionConfig) -> data.StructLayout:
         "p_max": unsigned(cfg.prob_bits),
         "max": signed(cfg.dot_width),
         "esum": unsigned(cfg.esum_width),
+        "tag": unsigned(TAG_BITS),
+        "full": 1,
+        "refetch": 1,
     })
 
 
@@ -112,19 +141,32 @@ class Attention(wiring.Component):
 
     Parameters (keyword-only)
     -------------------------
-    config : AttentionConfig or Config (its ``attention`` field is used)
+    config : AttentionConfig or Config (its ``attention`` and ``memory`` fields are used)
+    memory : MemoryConfig, optional
+        Gives ``msb_bits`` (default: the Config's, else ``MemoryConfig()``).
     """
 
-    def __init__(self, *, config):
+    def __init__(self, *, config, memory=None):
         if isinstance(config, Config):
+            memory = config.memory if memory is None else memory
             config = config.attention
         if not isinstance(config, AttentionConfig):
             raise TypeError(f"config must be an AttentionConfig or a Config, not {config!r}")
+        memory = MemoryConfig() if memory is None else memory
+        if not isinstance(memory, MemoryConfig):
+            raise TypeError(f"memory must be a MemoryConfig, not {memory!r}")
         self.cfg = cfg = config
+        self.memory = memory
+        self.msb_bits = memory.msb_bits
+        self.lsb_bits = memory.lsb_bits(cfg.data_width)
         d_log2_max = _log2(min(cfg.qk_mults, cfg.pv_mults))
         self.d_log2_max = d_log2_max
+        M, Mv, N = cfg.qk_mults, cfg.pv_mults, cfg.capacity
         super().__init__({
             "load": In(stream.Signature(load_layout(cfg))),
+            "k_msb_wr": In(stream.Signature(write_layout(M, self.msb_bits, True, N))),
+            "k_lsb_wr": In(stream.Signature(write_layout(M, self.lsb_bits, False, N))),
+            "v_wr": In(stream.Signature(write_layout(Mv, cfg.data_width, True, N))),
             "q": In(stream.Signature(query_layout(cfg))),
             "o": Out(stream.Signature(output_layout(cfg))),
             "probs": Out(stream.Signature(row_layout(unsigned(cfg.prob_bits), cfg.softmax_lanes))),
@@ -137,7 +179,13 @@ class Attention(wiring.Component):
             "shift": In(range(cfg.dot_width + 1)),
             "scale": In(unsigned(cfg.scale_bits)),
             "post_shift": In(range(cfg.post_shift_max + 1)),
+            "pq": In(1),
+            "tau": In(unsigned(cfg.prob_bits + 1)),
+            "fill_mid": In(1),
+            # the K LSB plane is in its buffer (full-precision passes wait for it)
+            "lsb_ready": In(1),
             # status
+            "lsb_needed": Out(1),
             "busy": Out(1),
             "done": Out(1),
             "error": Out(1),
@@ -145,22 +193,30 @@ class Attention(wiring.Component):
             "cycles": Out(32),
             "macs": Out(32),
             "queries": Out(32),
+            "refetched": Out(32),
         })
 
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        S, P = cfg.softmax_lanes, cfg.topk_lanes
+        S, P, M, Mv, W = (cfg.softmax_lanes, cfg.topk_lanes, cfg.qk_mults, cfg.pv_mults,
+                          cfg.data_width)
+        MB, LB = self.msb_bits, self.lsb_bits
 
         # ---------------------------------------------------------------- buffers
-        m.submodules.kmem = kmem = Memory(
-            shape=data.ArrayLayout(signed(cfg.data_width), cfg.qk_mults),
-            depth=cfg.capacity, init=[])
-        m.submodules.vmem = vmem = Memory(
-            shape=data.ArrayLayout(signed(cfg.data_width), cfg.pv_mults),
-            depth=cfg.capacity, init=[])
-        kw = kmem.write_port()
-        vw = vmem.write_port()
+        m.submodules.kmsb = kmsb = Memory(shape=data.ArrayLayout(signed(MB), M),
+                                          depth=cfg.capacity, init=[])
+        m.submodules.klsb = klsb = Memory(shape=data.ArrayLayout(unsigned(LB), M),
+                                          depth=cfg.capacity, init=[])
+        m.submodules.vmem = vmem = Memory(shape=data.ArrayLayout(signed(W), Mv),
+                                          depth=cfg.capacity, init=[])
+        m.submodules.qring = qring = Memory(shape=data.ArrayLayout(signed(W), M), depth=RING,
+                                            init=[])
+        kmw = kmsb.write_port(granularity=8)
+        klw = klsb.write_port(granularity=8)
+        vw = vmem.write_port(granularity=8)
+        qw = qring.write_port()
+        qr = qring.read_port()
 
         # ---------------------------------------------------------------- units
         m.submodules.qk = qk = QKArray(config=cfg)
@@ -180,8 +236,20 @@ class Attention(wiring.Component):
         m.submodules.kept_fifo = kept_fifo = SyncFIFOBuffered(
             width=kept_layout.size, depth=max(4, cfg.capacity // S))
         kept = Signal(kept_layout)
-        wiring.connect(m, qk.k_rd, kmem.read_port())
         wiring.connect(m, pv.v_rd, vmem.read_port())
+
+        # K read: the MSB plane with the LSB plane (full-precision pass) or the fill
+        krm = kmsb.read_port()
+        krl = klsb.read_port()
+        pass_full = Signal()        # the pass the Q.K array is reading K for
+        full_d = Signal()           # ... one cycle later, aligned with the read data
+        m.d.sync += full_d.eq(pass_full)
+        r_fill = Signal()
+        fill = Mux(r_fill, 1 << (LB - 1), 0)
+        m.d.comb += [krm.addr.eq(qk.k_rd.addr), krm.en.eq(qk.k_rd.en),
+                     krl.addr.eq(qk.k_rd.addr), krl.en.eq(qk.k_rd.en)]
+        for e in range(M):
+            m.d.comb += qk.k_rd.data[e].eq(Cat(Mux(full_d, krl.data[e], fill), krm.data[e]))
 
         # ---------------------------------------------------------------- run registers
         r_n = Signal.like(self.n)
@@ -191,6 +259,8 @@ class Attention(wiring.Component):
         r_shift = Signal.like(self.shift)
         r_scale = Signal.like(self.scale)
         r_post = Signal.like(self.post_shift)
+        r_pq = Signal()
+        r_tau = Signal.like(self.tau)
         prune = Signal()       # k_v < n: the probabilities go through the top-k engine
         m.d.comb += [
             qk.n.eq(r_n), qk.d_log2.eq(r_d_log2),
@@ -216,6 +286,7 @@ class Attention(wiring.Component):
         q_last_seen = Signal()     # the run's final query was accepted
         cycles = Signal(32)
         mac_base = Signal(32)
+        refetched = Signal(32)
         done = Signal()
         error = Signal()
         error_code = Signal(ErrorCode)
@@ -223,26 +294,48 @@ class Attention(wiring.Component):
         m.d.comb += mac_now.eq(qk.macs + pv.macs)
         m.d.comb += [self.done.eq(done), self.error.eq(error), self.error_code.eq(error_code),
                      self.cycles.eq(cycles), self.macs.eq(mac_now - mac_base),
-                     self.queries.eq(q_out)]
+                     self.queries.eq(q_out), self.refetched.eq(refetched)]
 
-        # load port: only while idle
+        # buffer writes: `load` (whole words, idle only) has priority over the write streams
         load = self.load.payload
         in_range = Signal()
         m.d.comb += in_range.eq(load.addr < cfg.capacity)
+        loading = Signal()
+        for wr_in, port in ((self.k_msb_wr, kmw), (self.k_lsb_wr, klw), (self.v_wr, vw)):
+            m.d.comb += [wr_in.ready.eq(~loading),
+                         port.addr.eq(wr_in.payload.addr), port.data.eq(wr_in.payload.data)]
+            with m.If(wr_in.valid & ~loading):
+                m.d.comb += port.en.eq(wr_in.payload.en)
+
+        # the issuer: queries into the ring, passes out of it (see the module docstring)
+        m_next = Signal(32)        # next query to issue its first pass
+        f_next = Signal(32)        # next query whose decision is to be acted on (pq)
+        m.submodules.dec = dec = SyncFIFOBuffered(width=1, depth=4)   # refetch decisions
+        rd_pend, rd_full = Signal(), Signal()
+        rd_tag = Signal(TAG_BITS)
+        iq_v, iq_full = Signal(), Signal()
+        iq_tag = Signal(TAG_BITS)
+        iq_data = Signal.like(qr.data)
+        m.submodules.pf = pf = SyncFIFOBuffered(width=TAG_BITS + 1, depth=8)  # passes in flight
+        m.submodules.ff = ff = SyncFIFOBuffered(width=TAG_BITS, depth=16)     # final passes
 
         o = self.o
         with m.FSM(name="run"):
             with m.State("IDLE"):
                 m.d.comb += self.load.ready.eq(1)
                 with m.If(self.load.valid):
+                    m.d.comb += loading.eq(1)
                     with m.If(in_range):
-                        m.d.comb += [
-                            kw.addr.eq(load.addr), vw.addr.eq(load.addr),
-                            kw.en.eq(load.target == 0), vw.en.eq(load.target == 1),
-                        ]
-                        for i in range(cfg.qk_mults):
-                            m.d.comb += kw.data[i].eq(load.data[i])
-                        for i in range(cfg.pv_mults):
+                        m.d.comb += [kmw.addr.eq(load.addr), klw.addr.eq(load.addr),
+                                     vw.addr.eq(load.addr)]
+                        with m.If(load.target == 0):
+                            m.d.comb += [kmw.en.eq(-1), klw.en.eq(-1)]
+                        with m.Else():
+                            m.d.comb += vw.en.eq(-1)
+                        for i in range(M):
+                            m.d.comb += [kmw.data[i].eq(load.data[i][LB:]),
+                                         klw.data[i].eq(load.data[i][:LB])]
+                        for i in range(Mv):
                             m.d.comb += vw.data[i].eq(load.data[i])
                     with m.Else():
                         m.d.sync += [error.eq(1), error_code.eq(ErrorCode.BAD_LOAD),
@@ -250,7 +343,8 @@ class Attention(wiring.Component):
                 with m.Elif(self.q.valid):
                     m.d.sync += [done.eq(0), error.eq(0), error_code.eq(ErrorCode.NONE),
                                  q_in.eq(0), q_out.eq(0), q_last_seen.eq(0), cycles.eq(0),
-                                 mac_base.eq(mac_now)]
+                                 mac_base.eq(mac_now), refetched.eq(0), m_next.eq(0),
+                                 f_next.eq(0)]
                     with m.If(bad):
                         m.d.sync += [error.eq(1), error_code.eq(code)]
                         m.next = "DRAIN"
@@ -258,30 +352,67 @@ class Attention(wiring.Component):
                         m.d.sync += [r_n.eq(self.n), r_d_log2.eq(self.d_log2),
                                      r_k_v.eq(self.k_v), r_renorm.eq(self.renorm),
                                      r_shift.eq(self.shift), r_scale.eq(self.scale),
-                                     r_post.eq(self.post_shift), prune.eq(self.k_v < self.n)]
+                                     r_post.eq(self.post_shift), prune.eq(self.k_v < self.n),
+                                     r_pq.eq(self.pq), r_tau.eq(self.tau),
+                                     r_fill.eq(self.fill_mid)]
                         m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += [
-                    qk.q.valid.eq(self.q.valid & ~q_last_seen),
-                    qk.q.payload.eq(self.q.payload.data),
-                    self.q.ready.eq(qk.q.ready & ~q_last_seen),
-                ]
+                # queries into the ring while it has room
+                freed = Mux(r_pq, f_next, m_next)
+                m.d.comb += [self.q.ready.eq(~q_last_seen & (q_in - freed < RING)),
+                             qw.addr.eq(q_in[:2]), qw.data.eq(self.q.payload.data)]
                 with m.If(self.q.valid & self.q.ready):
+                    m.d.comb += qw.en.eq(1)
                     m.d.sync += q_in.eq(q_in + 1)
                     with m.If(self.q.payload.last):
                         m.d.sync += q_last_seen.eq(1)
+                # passes out of it: one read of the ring, then the pass register `iq`
+                free = Signal()
+                m.d.comb += free.eq(~rd_pend & ~iq_v)
+                with m.If(r_pq):
+                    # M(j + 2) goes before the decision of query j + 1 is acted on (and waits
+                    # for query j + 2 to arrive, unless the run has no such query)
+                    m_due = Signal()
+                    m.d.comb += m_due.eq((m_next < f_next + 2)
+                                         & ~(q_last_seen & (m_next == q_in)))
+                    with m.If(m_due):
+                        with m.If(free & (m_next < q_in)):
+                            m.d.comb += [qr.addr.eq(m_next[:2]), qr.en.eq(1)]
+                            m.d.sync += [rd_pend.eq(1), rd_full.eq(0), rd_tag.eq(m_next),
+                                         m_next.eq(m_next + 1)]
+                    with m.Elif(dec.r_rdy):
+                        with m.If(dec.r_data[0]):
+                            m.d.comb += self.lsb_needed.eq(~self.lsb_ready)
+                            with m.If(free & self.lsb_ready):
+                                m.d.comb += [dec.r_en.eq(1), qr.addr.eq(f_next[:2]),
+                                             qr.en.eq(1)]
+                                m.d.sync += [rd_pend.eq(1), rd_full.eq(1), rd_tag.eq(f_next),
+                                             f_next.eq(f_next + 1)]
+                        with m.Else():
+                            m.d.comb += dec.r_en.eq(1)
+                            m.d.sync += f_next.eq(f_next + 1)
+                with m.Else():
+                    with m.If(free & (m_next < q_in)):
+                        m.d.comb += self.lsb_needed.eq(~self.lsb_ready)
+                        with m.If(self.lsb_ready):
+                            m.d.comb += [qr.addr.eq(m_next[:2]), qr.en.eq(1)]
+                            m.d.sync += [rd_pend.eq(1), rd_full.eq(1), rd_tag.eq(m_next),
+                                         m_next.eq(m_next + 1)]
+                # outputs
                 final = Signal()
                 m.d.comb += [
                     final.eq(q_last_seen & (q_out + 1 == q_in)),
                     o.valid.eq(pv.o.valid),
                     pv.o.ready.eq(o.ready),
                     o.payload.last.eq(final),
+                    o.payload.tag.eq(ff.r_data),
                 ]
                 for i in range(cfg.pv_mults):
                     m.d.comb += o.payload.data[i].eq(pv.o.payload.data[i])
                 with m.If(o.valid & o.ready):
+                    m.d.comb += ff.r_en.eq(1)
                     m.d.sync += q_out.eq(q_out + 1)
                     with m.If(final):
                         m.d.sync += done.eq(1)
@@ -297,20 +428,53 @@ class Attention(wiring.Component):
                         m.d.sync += done.eq(1)
                         m.next = "IDLE"
 
+        # the pass register feeds the Q.K array
+        with m.If(rd_pend):
+            m.d.sync += [rd_pend.eq(0), iq_v.eq(1), iq_data.eq(qr.data), iq_tag.eq(rd_tag),
+                         iq_full.eq(rd_full)]
+        m.d.comb += [qk.q.valid.eq(iq_v & pf.w_rdy), qk.q.payload.eq(iq_data),
+                     pf.w_data.eq(Cat(iq_tag, iq_full))]
+        with m.If(qk.q.valid & qk.q.ready):
+            m.d.comb += pf.w_en.eq(1)
+            m.d.sync += [iq_v.eq(0), pass_full.eq(iq_full)]
+
         # ---------------------------------------------------------------- datapath
         wiring.connect(m, qk.o, sm.i)
-        wiring.connect(m, sm.o, sm_skid.i)
+        # the gate: each pass's row beat decides whether its probabilities go on (final pass)
+        # or are dropped (an MSB pass below tau: the query runs again at full precision)
+        pf_tag = pf.r_data[:TAG_BITS]
+        pf_full = pf.r_data[TAG_BITS]
+        g_busy = Signal()          # a row's probabilities are passing or being dropped
+        g_drop = Signal()
+        drop = Signal()
+        m.d.comb += drop.eq(r_pq & ~pf_full & (sm.row.payload.p_max < r_tau))
+        row_ok = Signal()
+        m.d.comb += row_ok.eq(~g_busy & pf.r_rdy & ff.w_rdy & dec.w_rdy)
+        rp = self.row.payload
+        m.d.comb += [
+            self.row.valid.eq(sm.row.valid & row_ok),
+            sm.row.ready.eq(self.row.ready & row_ok),
+            rp.p_max.eq(sm.row.payload.p_max), rp.max.eq(sm.row.payload.max),
+            rp.esum.eq(sm.row.payload.esum), rp.tag.eq(pf_tag), rp.full.eq(pf_full),
+            rp.refetch.eq(drop),
+        ]
+        with m.If(self.row.valid & self.row.ready):
+            m.d.comb += [pf.r_en.eq(1), ff.w_en.eq(~drop), ff.w_data.eq(pf_tag),
+                         dec.w_en.eq(r_pq & ~pf_full), dec.w_data.eq(drop)]
+            m.d.sync += [g_busy.eq(1), g_drop.eq(drop)]
+            with m.If(drop):
+                m.d.sync += refetched.eq(refetched + 1)
+        with m.If(g_busy):
+            with m.If(g_drop):
+                m.d.comb += sm.o.ready.eq(1)
+            with m.Else():
+                m.d.comb += [sm_skid.i.valid.eq(sm.o.valid), sm.o.ready.eq(sm_skid.i.ready),
+                             sm_skid.i.payload.eq(sm.o.payload)]
+            with m.If(sm.o.valid & sm.o.ready & sm.o.payload.last):
+                m.d.sync += g_busy.eq(0)
         wiring.connect(m, sm_skid.o, fork.i)
         wiring.connect(m, fork.o1, f1_skid.i)
         wiring.connect(m, fork.o0, wiring.flipped(self.probs))
-        # the row info stream: p_max, max, esum (error rows cannot occur: n <= capacity)
-        m.d.comb += [
-            self.row.valid.eq(sm.row.valid),
-            sm.row.ready.eq(self.row.ready),
-            self.row.payload.p_max.eq(sm.row.payload.p_max),
-            self.row.payload.max.eq(sm.row.payload.max),
-            self.row.payload.esum.eq(sm.row.payload.esum),
-        ]
 
         # probabilities -> (pruning) top-k -> pairs -> prob x V
         f1 = f1_skid.o

@@ -25,10 +25,11 @@ TOPLEVEL = "attention"
 TB = "spatten.sim.tb_attention"
 
 
-def make_top(cfg: AttentionConfig):
+def make_top(cfg: AttentionConfig, msb_bits: int = 8):
+    from spatten.config import MemoryConfig
     from spatten.hw.attention import Attention
 
-    return Attention(config=cfg)
+    return Attention(config=cfg, memory=MemoryConfig(msb_bits=msb_bits))
 
 
 def job_from_arrays(q, k, v, params, k_v=None, renorm=False) -> dict:
@@ -58,8 +59,11 @@ def run_attention(cfg: AttentionConfig, jobs: list[dict], *, sim: str = "verilat
 
 
 def attention_selftest(cfg: AttentionConfig, *, sim: str, seed: int, random_runs: int = 6,
-                       testcase=None) -> CocotbResult:
-    """Run the self-checking tests of tb_attention.py; raises `CocotbFailure` when one fails."""
-    settings = {"config": dataclasses.asdict(cfg), "seed": seed, "random_runs": random_runs}
-    return unit_selftest(lambda: make_top(cfg), name=TOPLEVEL, tag=cfg_tag(cfg), tb_module=TB,
+                       testcase=None, msb_bits: int = 8) -> CocotbResult:
+    """Run the self-checking tests of tb_attention.py (K split into ``msb_bits`` + the rest);
+    raises `CocotbFailure` when one fails."""
+    settings = {"config": dataclasses.asdict(cfg), "seed": seed, "random_runs": random_runs,
+                "msb_bits": msb_bits}
+    tag = cfg_tag(cfg) + ("" if msb_bits == 8 else f"-msb{msb_bits}")
+    return unit_selftest(lambda: make_top(cfg, msb_bits), name=TOPLEVEL, tag=tag, tb_module=TB,
                          settings=settings, sim=sim, testcase=testcase, purpose="rtl")

@@ -30,6 +30,7 @@ from .unit_run import tb_settings
 
 _SETTINGS = tb_settings()
 CFG = AttentionConfig(**_SETTINGS.get("config", {}))
+MSB_BITS = int(_SETTINGS.get("msb_bits", 8))
 SEED = int(_SETTINGS.get("seed", 1))
 RANDOM_RUNS = int(_SETTINGS.get("random_runs", 6))
 HAS_JOBS = "jobs" in _SETTINGS
@@ -126,8 +127,10 @@ class Bench:
 
 async def start(dut, idle=0.0, stall=0.0, seed=SEED) -> Bench:
     for name in ("load__valid", "q__valid", "o__ready", "probs__ready", "row__ready", "n",
-                 "d_log2", "k_v", "renorm", "shift", "scale", "post_shift"):
+                 "d_log2", "k_v", "renorm", "shift", "scale", "post_shift", "pq", "tau",
+                 "fill_mid", "k_msb_wr__valid", "k_lsb_wr__valid", "v_wr__valid"):
         getattr(dut, name).value = 0
+    dut.lsb_ready.value = 1
     await clock_and_reset(dut)
     return Bench(dut, idle, stall, seed)
 
@@ -332,6 +335,120 @@ async def reset_mid_run(dut):
     bench = Bench(dut, seed=SEED + 9)
     res = await bench.run(job, timeout_for(job["n"], job["d"], 4))
     errs = check(job, res, "after reset")
+    assert not errs, "\n".join(errs)
+
+
+# ------------------------------------------------------------------------------ progressive
+def pq_golden(job, tau, fill):
+    """`golden.progressive.run_group` for a job (one head group, every query of head 0)."""
+    from spatten.config import MemoryConfig
+    from spatten.golden.dram_image import ImageLayout
+    from spatten.golden.progressive import group_planes, run_group
+
+    q, k, v = (np.asarray(job[x], dtype=np.int64) for x in ("q", "k", "v"))
+    n, d = k.shape
+    lay = ImageLayout.from_config(CFG, layers=1, kv_heads=1, q_heads=1, d=d, n_max=n,
+                                  m_max=q.shape[0], msb_bits=MSB_BITS)
+    return run_group(CFG, group_planes(lay, 0, 0), k, v, [q], list(range(n)),
+                     [(0, j) for j in range(q.shape[0])], golden.ScoreParams(*job["params"]),
+                     tau=tau, fill=fill, memory=MemoryConfig(msb_bits=MSB_BITS),
+                     k_v=job.get("k_v"), renorm=job.get("renorm", False))
+
+
+async def run_pq(bench, job, tau, fill, *, lsb_late=False):
+    """One progressive-quantization run; returns the list of mismatches against the golden."""
+    from spatten.golden.progressive import tau_fixed
+
+    dut = bench.dut
+    ref = pq_golden(job, tau, fill)
+    q = np.asarray(job["q"], dtype=np.int64)
+    m = q.shape[0]
+    await bench.load.send(load_beats(job["k"], job["v"]))
+    bench.set_registers(job["n"], job["d"], job.get("k_v"), job.get("renorm", False),
+                        job["params"])
+    dut.pq.value = 1
+    dut.tau.value = tau_fixed(tau)
+    dut.fill_mid.value = int(fill == "mid")
+    dut.lsb_ready.value = int(not lsb_late)
+    asked = []
+
+    async def lsb_server():
+        while True:
+            await RisingEdge(dut.clk)
+            if int(dut.lsb_needed.value):
+                asked.append(1)
+                await ClockCycles(dut.clk, 23)      # "fetching" the LSB plane
+                dut.lsb_ready.value = 1
+                return
+
+    server = cocotb.start_soon(lsb_server()) if lsb_late else None
+    bench.q.send_nowait(query_beats(q))
+    timeout = 3 * timeout_for(job["n"], job["d"], m)
+    outs = await with_timeout(bench.o.recv_packet(), dut, timeout)
+    rows = [await with_timeout(bench.row.recv(), dut, timeout) for _ in ref.passes]
+    probs = []
+    for _ in range(m):
+        packet = await with_timeout(bench.probs.recv_packet(), dut, timeout)
+        probs.append([int(x) for b in packet for x in b["data"][:b["count"]]])
+    await bench.q.wait_idle()
+    await RisingEdge(dut.clk)
+    await ReadOnly()
+    refetched = int(dut.refetched.value)
+    await RisingEdge(dut.clk)
+    if server is not None:
+        server.cancel()
+    dut.pq.value = 0
+    dut.lsb_ready.value = 1
+    d = q.shape[1]
+    errs = []
+    tags = [int(b["tag"]) for b in outs]
+    if tags != ref.order:
+        errs.append(f"output order {tags} != golden {ref.order}")
+    for b in outs:
+        t = int(b["tag"])
+        if t < m and [int(x) for x in b["data"][:d]] != ref.out[t].tolist():
+            errs.append(f"output of query {t} differs")
+    want_rows = [(j, int(kind == "F"), int(kind == "M" and bool(ref.refetched[j])))
+                 for kind, j in ref.passes]
+    got_rows = [(int(r["tag"]), int(r["full"]), int(r["refetch"])) for r in rows]
+    if got_rows != want_rows:
+        errs.append(f"row beats {got_rows} != golden {want_rows}")
+    msb_pmax = [int(r["p_max"]) for r, (kind, _) in zip(rows, ref.passes) if kind == "M"]
+    if msb_pmax != ref.p_max_msb.tolist():
+        errs.append("p_max of the MSB passes differs")
+    if probs != [ref.p[j].tolist() for j in ref.order]:
+        errs.append("final probabilities differ")
+    if refetched != int(ref.refetched.sum()):
+        errs.append(f"refetched {refetched} != {int(ref.refetched.sum())}")
+    if lsb_late and ref.refetched.any() and not asked:
+        errs.append("lsb_needed never rose")
+    return errs
+
+
+@cocotb.test(skip=HAS_JOBS)
+async def progressive(dut):
+    """Progressive quantization: MSB passes, the tau trigger, full-precision passes, the
+    pass order and tags, for tau = 0, a middle value and 1, both fills, with value pruning,
+    with the LSB plane arriving late, under gaps and backpressure."""
+    rng = np.random.default_rng(SEED + 400)
+    dut._log.info(f"seed {SEED}")
+    dims = [x for x in (8, 16, 32, 64) if x <= min(M, MV)]
+    errs = []
+    for stress in (False, True):
+        bench = await start(dut, idle=0.3 * stress, stall=0.4 * stress, seed=SEED + 11)
+        for r in range(3):
+            n = int(rng.integers(S + 1, min(CFG.capacity, 60) + 1))
+            d = int(dims[(r + stress) % len(dims)])
+            m = int(rng.integers(3, 7))
+            k_v = None if r == 0 else int(rng.integers(1, n + 1))
+            job = make_job(rng, n, d, m, k_v=k_v, renorm=r == 2, spread=2.0)
+            pm = pq_golden(job, 0.0, "mid").p_max_msb
+            mid = float(np.median(pm)) / 65536 + 1e-6
+            for tau, fill, late in ((0.0, "mid", False), (mid, "mid", r == 1),
+                                    (1.0, "zero", r == 2), (mid, "zero", False)):
+                label = f"stress={stress} n={n} d={d} m={m} k_v={k_v} tau={tau:.4f} {fill}"
+                errs += [f"{label}: {e}" for e in await run_pq(bench, job, tau, fill,
+                                                              lsb_late=late)]
     assert not errs, "\n".join(errs)
 
 

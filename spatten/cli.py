@@ -198,6 +198,12 @@ def cmd_bench(args):
 
         return bench_main(json_path=args.json, plot_path=args.plot, sim=args.sim,
                           seed=args.seed, config=args.config, skip_rtl=args.no_rtl)
+    if args.what == "dram":
+        from spatten.sim.bench_dram import run as bench_main
+
+        return bench_main(json_path=args.json, plot_path=args.plot, config=args.config,
+                          quick=args.quick, all_texts=args.all_texts,
+                          error_trigger=args.error_trigger)
     raise UserError(f"unknown benchmark {args.what!r}")
 
 
@@ -286,9 +292,10 @@ def build_parser():
 
     p = sub.add_parser("bench", help="benchmarks (tables, JSON, plots)",
                        description="Run a benchmark: a table on the terminal, JSON and a plot.")
-    p.add_argument("what", choices=["topk", "attention"],
+    p.add_argument("what", choices=["topk", "attention", "dram"],
                    help="what to measure: topk (selection cycles), attention (MiniLM accuracy of "
-                   "the fixed-point path, multiplier utilization of the query pipeline)")
+                   "the fixed-point path, multiplier utilization of the query pipeline), dram "
+                   "(DRAM bytes and quality of progressive quantization on MiniLM and SmolLM2)")
     p.add_argument("--json", metavar="OUT", help="JSON output (default: build/bench/WHAT.json)")
     p.add_argument("--plot", metavar="OUT.png", help="plot (default: build/bench/WHAT.png)")
     p.add_argument("--trials", type=int, default=50, help="random inputs per point (default 50)")
@@ -296,6 +303,12 @@ def build_parser():
     p.add_argument("--sim", choices=["verilator", "icarus"], default="verilator")
     p.add_argument("--no-rtl", action="store_true",
                    help="attention: only the golden-model accuracy, no RTL simulation")
+    p.add_argument("--quick", action="store_true",
+                   help="dram: one short text per model, two taus (seconds)")
+    p.add_argument("--all-texts", action="store_true",
+                   help="dram: every SmolLM2 sample text, whole (about 1.7x the time)")
+    p.add_argument("--error-trigger", action="store_true",
+                   help="dram: also the trigger that estimates each row's error (about 1.5x)")
     _add_config(p)
     p.set_defaults(func=cmd_bench)
 

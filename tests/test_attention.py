@@ -50,6 +50,18 @@ def test_attention_rtl(name, sim):
 
 
 @pytest.mark.xdist_group("attention")
+def test_attention_progressive_6_6():
+    """Progressive quantization with K split 6 + 6 (the other split measured): MSB passes,
+    trigger, full passes, order and tags against `golden.progressive` (the 8 + 4 split runs in
+    every self-test above)."""
+    print("seed", SEED)
+    res = attention_selftest(CONFIGS["m16c64"], sim="verilator", seed=SEED,
+                             testcase="progressive", msb_bits=6)
+    print(res.summary())
+    assert res.ok and res.passed == 1
+
+
+@pytest.mark.xdist_group("attention")
 def test_minilm_rows_rtl():
     """Real attention: every query of several MiniLM layers and heads on two texts, quantized
     per tensor, through the default pipeline's RTL, bit for bit against the golden model, with
