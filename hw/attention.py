@@ -74,7 +74,7 @@ from .softmax import Softmax
 from .topk import Mode, TopK
 
 __all__ = ["ErrorCode", "Attention", "load_layout", "query_layout", "output_layout",
-           "row_info_layout"]
+           "row_info_layout", "run_registers", "TAG_BITS"]
 
 
 class ErrorCode(enum.Enum, shape=3):
@@ -131,6 +131,22 @@ def row_info_layout(cfg: AttentionConfig) -> data.StructLayout:
     })
 
 
+def run_registers(cfg: AttentionConfig) -> dict:
+    """The pipeline's run-time register ports other than ``n`` (sampled with a run's first
+    query), as signature members; `hw.core.Core` takes the same ones for its jobs."""
+    return {
+        "d_log2": In(range(8)),
+        "k_v": In(range(cfg.capacity + 1)),
+        "renorm": In(1),
+        "shift": In(range(cfg.dot_width + 1)),
+        "scale": In(unsigned(cfg.scale_bits)),
+        "post_shift": In(range(cfg.post_shift_max + 1)),
+        "pq": In(1),
+        "tau": In(unsigned(cfg.prob_bits + 1)),
+        "fill_mid": In(1),
+    }
+
+
 def pair_layout(cfg: AttentionConfig) -> data.StructLayout:
     return data.StructLayout({"index": unsigned(cfg.index_width),
                               "prob": unsigned(cfg.prob_bits)})
@@ -173,17 +189,15 @@ class Attention(wiring.Component):
             "row": Out(stream.Signature(row_info_layout(cfg))),
             # run-time registers, sampled with a run's first query
             "n": In(range(cfg.capacity + 1)),
-            "d_log2": In(range(8)),
-            "k_v": In(range(cfg.capacity + 1)),
-            "renorm": In(1),
-            "shift": In(range(cfg.dot_width + 1)),
-            "scale": In(unsigned(cfg.scale_bits)),
-            "post_shift": In(range(cfg.post_shift_max + 1)),
-            "pq": In(1),
-            "tau": In(unsigned(cfg.prob_bits + 1)),
-            "fill_mid": In(1),
+            **run_registers(cfg),
             # the K LSB plane is in its buffer (full-precision passes wait for it)
             "lsb_ready": In(1),
+            # V rows are fetched per query: ``kept`` gives each final pass's kept indices,
+            # ``v_done`` pulses once per query when its rows are in the V buffer
+            "v_wait": In(1),
+            "kept": Out(stream.Signature(row_layout(unsigned(cfg.index_width),
+                                                    cfg.softmax_lanes))),
+            "v_done": In(1),
             # status
             "lsb_needed": Out(1),
             "busy": Out(1),
@@ -262,6 +276,10 @@ class Attention(wiring.Component):
         r_pq = Signal()
         r_tau = Signal.like(self.tau)
         prune = Signal()       # k_v < n: the probabilities go through the top-k engine
+        r_vwait = Signal()     # V rows are fetched per query (see `kept`, `v_done`)
+        acks = Signal(32)      # v_done pulses of the run
+        pv_started = Signal(32)
+        pv_mid = Signal()      # prob x V has taken a query's first beat, not its last
         m.d.comb += [
             qk.n.eq(r_n), qk.d_log2.eq(r_d_log2),
             sm.shift.eq(r_shift), sm.scale.eq(r_scale), sm.post_shift.eq(r_post),
@@ -354,7 +372,8 @@ class Attention(wiring.Component):
                                      r_shift.eq(self.shift), r_scale.eq(self.scale),
                                      r_post.eq(self.post_shift), prune.eq(self.k_v < self.n),
                                      r_pq.eq(self.pq), r_tau.eq(self.tau),
-                                     r_fill.eq(self.fill_mid)]
+                                     r_fill.eq(self.fill_mid), r_vwait.eq(self.v_wait),
+                                     acks.eq(0), pv_started.eq(0), pv_mid.eq(0)]
                         m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
@@ -482,6 +501,9 @@ class Attention(wiring.Component):
         base = Signal(cfg.index_width + 1)
         with m.If(f1.valid & f1.ready):
             m.d.sync += base.eq(Mux(f1.payload.last, 0, base + S))
+        # the pairs of each final pass: from the top-k engine (pruning) or every key
+        pairs = Signal(kept_layout)
+        pairs_v, pairs_r = Signal(), Signal()
         with m.If(prune):
             m.d.comb += [
                 widen.i.valid.eq(f1.valid), f1.ready.eq(widen.i.ready),
@@ -505,27 +527,48 @@ class Attention(wiring.Component):
             for j in range(P):
                 m.d.comb += [narrow.i.payload.data[j].index.eq(topk.o.payload.index[j]),
                              narrow.i.payload.data[j].prob.eq(topk.o.payload.value[j])]
-            # the kept pairs wait here, so that the top-k engine empties into the FIFO at S pairs
-            # a cycle and takes the next row while prob x V still works through this one
-            m.d.comb += [
-                kept_fifo.w_en.eq(narrow.o.valid), narrow.o.ready.eq(kept_fifo.w_rdy),
-                kept_fifo.w_data.eq(narrow.o.payload),
-                pv.i.valid.eq(kept_fifo.r_rdy), kept_fifo.r_en.eq(pv.i.ready),
-                kept.eq(kept_fifo.r_data),
-                pv.i.payload.count.eq(kept.count),
-                pv.i.payload.last.eq(kept.last),
-            ]
-            for j in range(S):
-                m.d.comb += [pv.i.payload.index[j].eq(kept.data[j].index),
-                             pv.i.payload.prob[j].eq(kept.data[j].prob)]
+            m.d.comb += [pairs_v.eq(narrow.o.valid), narrow.o.ready.eq(pairs_r),
+                         pairs.eq(narrow.o.payload)]
         with m.Else():
-            m.d.comb += [
-                pv.i.valid.eq(f1.valid), f1.ready.eq(pv.i.ready),
-                pv.i.payload.count.eq(f1.payload.count),
-                pv.i.payload.last.eq(f1.payload.last),
-            ]
+            m.d.comb += [pairs_v.eq(f1.valid), f1.ready.eq(pairs_r),
+                         pairs.count.eq(f1.payload.count), pairs.last.eq(f1.payload.last)]
             for j in range(S):
-                m.d.comb += [pv.i.payload.index[j].eq(base + j),
-                             pv.i.payload.prob[j].eq(f1.payload.data[j])]
+                m.d.comb += [pairs.data[j].index.eq(base + j),
+                             pairs.data[j].prob.eq(f1.payload.data[j])]
+
+        # With ``v_wait`` the kept indices also leave on ``kept`` (for the V fetch) and prob x V
+        # starts a query only when ``v_done`` has pulsed for it (its V rows are in the buffer);
+        # the pairs then always wait in the FIFO, so that the fetch can take them all first.
+        with m.If(self.v_done):
+            m.d.sync += acks.eq(acks + 1)
+        kp = self.kept.payload
+        m.d.comb += [kp.count.eq(pairs.count), kp.last.eq(pairs.last)]
+        for j in range(S):
+            m.d.comb += kp.data[j].eq(pairs.data[j].index)
+        via_fifo = Signal()
+        m.d.comb += via_fifo.eq(prune | r_vwait)
+        with m.If(via_fifo):
+            # the kept pairs wait here, so that the top-k engine empties into the FIFO at S
+            # pairs a cycle and takes the next row while prob x V still works through this one
+            m.d.comb += [
+                self.kept.valid.eq(pairs_v & r_vwait & kept_fifo.w_rdy),
+                pairs_r.eq(kept_fifo.w_rdy & (~r_vwait | self.kept.ready)),
+                kept_fifo.w_en.eq(pairs_v & pairs_r), kept_fifo.w_data.eq(pairs),
+                kept.eq(kept_fifo.r_data),
+            ]
+            go = Signal()
+            m.d.comb += go.eq(~r_vwait | pv_mid | (acks != pv_started))
+            m.d.comb += [pv.i.valid.eq(kept_fifo.r_rdy & go),
+                         kept_fifo.r_en.eq(pv.i.ready & go)]
+            with m.If(pv.i.valid & pv.i.ready):
+                m.d.sync += pv_mid.eq(~kept.last)
+                with m.If(~pv_mid):
+                    m.d.sync += pv_started.eq(pv_started + 1)
+        with m.Else():
+            m.d.comb += [kept.eq(pairs), pv.i.valid.eq(pairs_v), pairs_r.eq(pv.i.ready)]
+        m.d.comb += [pv.i.payload.count.eq(kept.count), pv.i.payload.last.eq(kept.last)]
+        for j in range(S):
+            m.d.comb += [pv.i.payload.index[j].eq(kept.data[j].index),
+                         pv.i.payload.prob[j].eq(kept.data[j].prob)]
         return m
 

@@ -128,9 +128,11 @@ class Bench:
 async def start(dut, idle=0.0, stall=0.0, seed=SEED) -> Bench:
     for name in ("load__valid", "q__valid", "o__ready", "probs__ready", "row__ready", "n",
                  "d_log2", "k_v", "renorm", "shift", "scale", "post_shift", "pq", "tau",
-                 "fill_mid", "k_msb_wr__valid", "k_lsb_wr__valid", "v_wr__valid"):
+                 "fill_mid", "k_msb_wr__valid", "k_lsb_wr__valid", "v_wr__valid", "v_wait",
+                 "v_done"):
         getattr(dut, name).value = 0
     dut.lsb_ready.value = 1
+    dut.kept__ready.value = 1
     await clock_and_reset(dut)
     return Bench(dut, idle, stall, seed)
 

@@ -1,0 +1,89 @@
+"""The memory side in simulation: `hw.core.Core` with the DRAM model of `sim/dram.py` behind it.
+
+`CoreTop` is the simulation top (DRAM model + core); `core_selftest` builds it for a
+configuration and runs the self-checking cocotb tests of `sim/tb_core.py` on Verilator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from spatten.config import Config
+
+from .dram import DramModel
+from .runner import CocotbResult
+from .unit_run import cfg_tag, unit_selftest
+
+__all__ = ["CoreTop", "core_selftest", "TOPLEVEL"]
+
+TOPLEVEL = "core_top"
+TB = "spatten.sim.tb_core"
+
+
+class CoreTop(wiring.Component):
+    """`Core` (ports of the same names) and a `DramModel` of ``depth_beats`` beats on its DRAM
+    port; the model's ``load``, ``latency``, ``bytes_per_cycle``, ``stall`` and counters are
+    ports ``dram_load``, ``dram_latency``, ... of this top."""
+
+    def __init__(self, config: Config, *, group: int, depth_beats: int):
+        from spatten.hw.core import Core
+
+        self.core = Core(config=config, group=group)
+        mem = config.memory
+        self.dram = DramModel(beat_bytes=mem.beat_bytes, depth_beats=depth_beats,
+                              max_burst=mem.max_burst, max_outstanding=mem.max_outstanding,
+                              addr_width=self.core.addr_width)
+        members = {}
+        for name, member in self.core.signature.members.items():
+            if name in ("dram_req", "dram_resp"):
+                continue
+            members[name] = member
+        for name in ("load", "latency", "bytes_per_cycle", "stall"):
+            members[f"dram_{name}"] = self.dram.signature.members[name]
+        for name in ("error", "requests", "bytes_served"):
+            members[f"dram_{name}"] = self.dram.signature.members[name]
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        m.submodules.dram = dram = self.dram
+        wiring.connect(m, core.dram_req, dram.req)
+        wiring.connect(m, dram.resp, core.dram_resp)
+        for name, member in self.core.signature.members.items():
+            if name in ("dram_req", "dram_resp"):
+                continue
+            mine, theirs = getattr(self, name), getattr(core, name)
+            if member.is_port:
+                if member.flow == In:
+                    m.d.comb += theirs.eq(mine)
+                else:
+                    m.d.comb += mine.eq(theirs)
+            else:
+                if member.flow == In:
+                    wiring.connect(m, wiring.flipped(mine), theirs)
+                else:
+                    wiring.connect(m, theirs, wiring.flipped(mine))
+        wiring.connect(m, wiring.flipped(self.dram_load), dram.load)
+        for name in ("latency", "bytes_per_cycle", "stall"):
+            m.d.comb += getattr(dram, name).eq(getattr(self, f"dram_{name}"))
+        for name in ("error", "requests", "bytes_served"):
+            m.d.comb += getattr(self, f"dram_{name}").eq(getattr(dram, name))
+        return m
+
+
+def core_selftest(config: Config, *, group: int = 3, depth_beats: int = 2048, seed: int = 1,
+                  sim: str = "verilator", testcase=None) -> CocotbResult:
+    """Build `CoreTop` and run the tests of `sim/tb_core.py`; raises `CocotbFailure` on a
+    failure."""
+    settings = {"config": dataclasses.asdict(config.attention),
+                "memory": dataclasses.asdict(config.memory), "group": group,
+                "depth_beats": depth_beats, "seed": seed}
+    tag = cfg_tag(config.attention) + "-" + cfg_tag(config.memory) + f"-g{group}-{depth_beats}"
+    return unit_selftest(lambda: CoreTop(config, group=group, depth_beats=depth_beats),
+                         name=TOPLEVEL, tag=tag, tb_module=TB, settings=settings, sim=sim,
+                         testcase=testcase, purpose="rtl")
