@@ -18,7 +18,7 @@ from .dram import DramModel
 from .runner import CocotbResult
 from .unit_run import cfg_tag, unit_selftest
 
-__all__ = ["CoreTop", "core_selftest", "TOPLEVEL"]
+__all__ = ["CoreTop", "core_selftest", "run_core", "job_for_group", "TOPLEVEL"]
 
 TOPLEVEL = "core_top"
 TB = "spatten.sim.tb_core"
@@ -87,3 +87,52 @@ def core_selftest(config: Config, *, group: int = 3, depth_beats: int = 2048, se
     return unit_selftest(lambda: CoreTop(config, group=group, depth_beats=depth_beats),
                          name=TOPLEVEL, tag=tag, tb_module=TB, settings=settings, sim=sim,
                          testcase=testcase, purpose="rtl")
+
+
+def run_core(config: Config, jobs: list[dict], *, group: int = 1, depth_beats: int,
+             sim: str = "verilator", idle: float = 0.0, stall: float = 0.0) -> list[dict]:
+    """Run `jobs` through `CoreTop` (see `tb_core.run_jobs` for the job and result fields;
+    ``image`` is the path of the DRAM image file); one result dict per job."""
+    import json
+    import os
+
+    from .runner import sim_build_dir
+
+    tag = cfg_tag(config.attention) + "-" + cfg_tag(config.memory) + f"-g{group}-{depth_beats}"
+    bdir = sim_build_dir(TOPLEVEL, tag, "rtl")
+    results = bdir / f"results-{sim}-{os.getpid()}.json"
+    results.unlink(missing_ok=True)
+    settings = {"config": dataclasses.asdict(config.attention),
+                "memory": dataclasses.asdict(config.memory), "group": group,
+                "depth_beats": depth_beats, "jobs": jobs, "results": str(results),
+                "idle": idle, "stall": stall}
+    unit_selftest(lambda: CoreTop(config, group=group, depth_beats=depth_beats),
+                  name=TOPLEVEL, tag=tag, tb_module=TB, settings=settings, sim=sim,
+                  testcase="run_jobs", purpose="rtl")
+    try:
+        return json.loads(results.read_text())
+    finally:
+        results.unlink(missing_ok=True)
+
+
+def job_for_group(config: Config, layout, image_path, planes, survivors, queries, params, *,
+                  k_v=None, renorm=False, tau=None, fill="mid", latency=1,
+                  bytes_per_cycle=None) -> dict:
+    """A `run_core` job for one head group of an image: `planes` from
+    `golden.progressive.group_planes`, survivors and queries as `golden.progressive.run_group`
+    takes them, `params` the score scaling."""
+    from spatten.golden.progressive import tau_fixed
+
+    n = len(survivors)
+    return {
+        "image": str(image_path), "n": n, "n_stored": layout.n_max,
+        "k_msb_base": planes.k_msb.base, "k_lsb_base": planes.k_lsb.base,
+        "v_base": planes.v.base, "q_base": [p.base for p in planes.q],
+        "d_log2": layout.d.bit_length() - 1, "k_v": n if k_v is None else int(k_v),
+        "renorm": int(bool(renorm)), "shift": params.shift, "scale": params.scale,
+        "post_shift": params.post_shift, "pq": int(tau is not None),
+        "tau": 0 if tau is None else tau_fixed(tau, config.attention.prob_bits),
+        "fill_mid": int(fill == "mid"), "survivors": [int(x) for x in survivors],
+        "queries": [[int(h), int(r)] for h, r in queries], "latency": int(latency),
+        "bytes_per_cycle": int(bytes_per_cycle or config.memory.beat_bytes),
+    }

@@ -459,6 +459,12 @@ class StreamSink:
             await self._arrived.wait()
         return self._pending.popleft()
 
+    def drain(self) -> list:
+        """Every beat transferred and not yet received, in order (without waiting)."""
+        out = list(self._pending)
+        self._pending.clear()
+        return out
+
     async def recv_packet(self, last: Callable | str = "last") -> list:
         """Beats up to and including the next one whose field `last` (or for which the callable
         `last(beat)`) is true."""

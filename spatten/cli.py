@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -136,9 +137,18 @@ def cmd_attention(args):
     import numpy as np
 
     from spatten.golden import attention as golden
-    from spatten.sim.attention_run import job_from_arrays, run_attention
+    from spatten.golden.dram_image import ImageLayout, build_image
+    from spatten.golden.progressive import group_planes, run_group
+    from spatten.sim.core_run import job_for_group, run_core
 
-    cfg = _config(args).attention
+    full = _config(args)
+    if args.msb_bits is not None:
+        try:
+            full = full.replace(mem_msb_bits=args.msb_bits)
+            full.memory.lsb_bits(full.attention.data_width)
+        except ValueError as e:
+            raise UserError(f"--msb-bits: {e}") from None
+    cfg, mem = full.attention, full.memory
     q, k, v, (qs, ks, vs) = _load_qkv(args.input)
     try:
         q, k, v = golden.check_qkv(cfg, q, k, v)
@@ -149,37 +159,79 @@ def cmd_attention(args):
     n = k.shape[0]
     if args.kv_keep is not None and not 1 <= args.kv_keep:
         raise UserError(f"--kv-keep must be at least 1, not {args.kv_keep}")
+    if args.tau is not None and not 0.0 <= args.tau <= 1.0:
+        raise UserError(f"--tau must be from 0 to 1, not {args.tau}")
+    bpc = mem.beat_bytes if args.dram_bytes_per_cycle is None else args.dram_bytes_per_cycle
+    if not 1 <= bpc <= mem.beat_bytes:
+        raise UserError(f"--dram-bytes-per-cycle must be from 1 to the beat size "
+                        f"{mem.beat_bytes}, not {bpc}")
     k_v = None if args.kv_keep is None or args.kv_keep >= n else args.kv_keep
-    print(f"simulating {m} queries on {args.sim} (the first run of a configuration builds the "
-          f"simulator: about a minute)...", file=sys.stderr, flush=True)
-    (res,) = run_attention(cfg, [job_from_arrays(q, k, v, params, k_v, args.renorm)],
-                           sim=args.sim)
-    ref = golden.attention(cfg, q, k, v, params, k_v, args.renorm)
-    out = np.array([row[:d] for row in res["out"]], dtype=np.int64)
-    match = (res["error"] == "NONE" and out.shape == ref.out.shape
-             and np.array_equal(out, ref.out) and res["probs"] == ref.p.tolist()
-             and res["p_max"] == ref.p_max.tolist())
+
+    # one head group: every key survives, every row of q is a query; K as MSB + LSB planes
+    layout = ImageLayout.from_config(cfg, layers=1, kv_heads=1, q_heads=1, d=d, n_max=n,
+                                     m_max=m, msb_bits=mem.msb_bits, beat_bytes=mem.beat_bytes,
+                                     align=mem.align)
+    image = build_image(layout, k[None, None], v[None, None], q[None, None])
+    planes = group_planes(layout, 0, 0)
+    surv, queries = list(range(n)), [(0, j) for j in range(m)]
+    ref = run_group(full, planes, k, v, [q], surv, queries, params, tau=args.tau, k_v=k_v,
+                    renorm=args.renorm)
+    img_dir = Path("build/cli")
+    img_dir.mkdir(parents=True, exist_ok=True)
+    img = (img_dir / f"attention-image-{os.getpid()}.bin").resolve()
+    img.write_bytes(image)
+    depth = 4096
+    while depth * mem.beat_bytes < len(image):
+        depth *= 2
+    job = job_for_group(full, layout, img, planes, surv, queries, params, k_v=k_v,
+                        renorm=args.renorm, tau=args.tau, bytes_per_cycle=bpc)
+    print(f"simulating {m} queries on {args.sim} behind the DRAM model (the first run of a "
+          f"configuration builds the simulator: a minute or more)...", file=sys.stderr,
+          flush=True)
+    try:
+        (res,) = run_core(full, [job], group=1, depth_beats=depth, sim=args.sim)
+    finally:
+        img.unlink(missing_ok=True)
+    by_tag = {t: row[:d] for t, row in zip(res["tags"], res["out"])}
+    out = np.array([by_tag.get(j, [0] * d) for j in range(m)], dtype=np.int64)
+    dram = {t: res["beats"][t] * mem.beat_bytes for t in ("k_msb", "k_lsb", "q", "v")}
+    dram["total"] = sum(dram.values())
+    want = ref.dram_bytes(mem.beat_bytes)
+    rows = [(r["tag"], r["full"], r["refetch"]) for r in res["rows"]]
+    want_rows = [(j, int(kd == "F"), int(kd == "M" and bool(ref.refetched[j])))
+                 for kd, j in ref.passes]
+    match = (res["error"] == "NONE" and np.array_equal(out, ref.out)
+             and res["tags"] == ref.order and rows == want_rows
+             and res["probs"] == [ref.p[j].tolist() for j in ref.order] and dram == want)
     mults = cfg.qk_mults + cfg.pv_mults
-    util = res["macs"] / (mults * res["cycles"]) if res["cycles"] else 0.0
+    macs = len(ref.passes) * n * d + sum(len(x) for x in ref.kept) * d
+    util = macs / (mults * res["cycles"]) if res["cycles"] else 0.0
     kept = n if k_v is None else k_v
+    refetched = [int(j) for j in np.flatnonzero(ref.refetched)]
     print(f"attention  m={m} queries, n={n} keys, d={d}, kept {kept} per query"
           f"{' (renormalised)' if args.renorm else ''}; config {args.config}, sim {args.sim}")
     print(f"score registers  shift={params.shift} scale={params.scale} "
           f"post_shift={params.post_shift}")
-    print(f"cycles  {res['cycles']}  ({res['cycles'] / m:.1f} per query); "
-          f"multiply-accumulates {res['macs']}; utilization {util:.1%} of {mults} multipliers")
-    print(f"row max probability  mean {np.mean(res['p_max']) / 65536:.3f}, "
-          f"min {min(res['p_max']) / 65536:.3f}" if res["p_max"] else "no rows")
+    pq = "full precision" if args.tau is None else \
+        f"progressive: tau {args.tau}, K {mem.msb_bits} + {cfg.data_width - mem.msb_bits} bits"
+    print(f"precision  {pq}; refetched rows {len(refetched)} of {m}")
+    print("DRAM bytes  " + ", ".join(f"{t} {b}" for t, b in dram.items())
+          + f"  at {bpc} bytes/cycle")
+    print(f"cycles  {res['cycles']}  ({res['cycles'] / m:.1f} per query, fetches included); "
+          f"multiply-accumulates {macs}; utilization {util:.1%} of {mults} multipliers")
     print(f"golden  {'MATCH' if match else 'MISMATCH'}")
     if args.json:
         doc = {
             "m": m, "n": n, "d": d, "k_v": kept, "renorm": bool(args.renorm),
-            "config": args.config, "sim": args.sim,
+            "config": args.config, "sim": args.sim, "tau": args.tau,
+            "msb_bits": mem.msb_bits, "dram_bytes_per_cycle": bpc,
             "score_params": {"shift": params.shift, "scale": params.scale,
                              "post_shift": params.post_shift},
             "output": out.tolist(), "output_scale": vs / (1 << cfg.out_frac_bits),
-            "p_max": res["p_max"], "golden_match": bool(match), "cycles": res["cycles"],
-            "macs": res["macs"], "multiplier_utilization": util,
+            "output_order": res["tags"], "p_max_first_pass": ref.p_max_msb.tolist(),
+            "golden_match": bool(match), "cycles": res["cycles"], "macs": macs,
+            "multiplier_utilization": util, "dram_bytes": dram,
+            "refetched_rows": refetched,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(doc))
@@ -278,13 +330,23 @@ def build_parser():
                        help="run the query pipeline's RTL on Q, K, V and check it",
                        description="Run integer Q, K, V (an .npz with arrays q (m x d), k and v "
                        "(n x d), and scalars q_scale, k_scale, v_scale: real = integer x scale) "
-                       "through the attention pipeline's RTL, compare every output with the "
-                       "golden model and print a summary.")
+                       "through the RTL of the memory side and the query pipeline (the tensors "
+                       "in a DRAM image behind the DRAM model), compare every output and DRAM "
+                       "byte count with the golden model and print a summary.")
     p.add_argument("--input", required=True, metavar="QKV.npz")
     p.add_argument("--kv-keep", type=int, default=None, metavar="K",
                    help="local value pruning: keys kept per query (default: all, no pruning)")
     p.add_argument("--renorm", action="store_true",
                    help="renormalise the kept probabilities to sum to one")
+    p.add_argument("--tau", type=float, default=None, metavar="T",
+                   help="progressive quantization: an MSB pass first, rows whose largest "
+                   "probability is below T (0..1) again at full precision (default: full "
+                   "precision only)")
+    p.add_argument("--msb-bits", type=int, default=None, metavar="B",
+                   help="bits of K in the MSB plane (default 8: 8 + 4)")
+    p.add_argument("--dram-bytes-per-cycle", type=int, default=None, metavar="N",
+                   help="DRAM bandwidth of the simulated memory (default: one 16-byte beat a "
+                   "cycle)")
     _add_config(p)
     p.add_argument("--sim", choices=["verilator", "icarus"], default="verilator")
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON")

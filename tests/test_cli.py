@@ -100,6 +100,9 @@ def _qkv(tmp_path, m=3, n=20, d=8, seed=9, **over):
     ({"q": np.full((2, 8), 5000)}, [], "q holds values outside"),
     ({"q_scale": -1.0}, [], "q_scale must be a positive"),
     ({}, ["--kv-keep", "0"], "--kv-keep must be at least 1"),
+    ({}, ["--tau", "1.5"], "--tau must be from 0 to 1"),
+    ({}, ["--msb-bits", "12"], "--msb-bits: msb_bits 12 must be below data_width 12"),
+    ({}, ["--dram-bytes-per-cycle", "17"], "--dram-bytes-per-cycle must be from 1 to"),
 ])
 def test_attention_bad_input_is_one_line(tmp_path, capsys, over, extra, msg):
     path = _qkv(tmp_path, **over)
@@ -122,3 +125,33 @@ def test_attention_runs_rtl_and_writes_json(tmp_path, capsys):
     assert np.asarray(r["output"]).shape == (3, 8)
     assert r["cycles"] > 0 and 0 < r["multiplier_utilization"] <= 1
     assert r["macs"] == 3 * 20 * 8 + 3 * 5 * 8
+    # full precision: K both planes (20 rows x 8 + 4 bytes), V only the kept rows; a Q row is
+    # 12 bytes, so rows 1 and 2 straddle beats: 1 + 2 + 2 beats
+    assert r["dram_bytes"]["k_msb"] == 160 and r["dram_bytes"]["k_lsb"] == 80
+    assert r["dram_bytes"]["q"] == 5 * 16 and 0 < r["dram_bytes"]["v"] <= 20 * 12 + 32
+    assert r["dram_bytes"]["total"] == sum(v for k, v in r["dram_bytes"].items() if k != "total")
+    assert r["refetched_rows"] == []
+
+
+@pytest.mark.xdist_group("attention-small")
+def test_attention_progressive_quantization(tmp_path, capsys):
+    """--tau 1 refetches every row (the LSB plane once), --tau 0 none; 6 + 6 split; a slow
+    memory takes more cycles for the same bytes."""
+    path = _qkv(tmp_path, seed=4)
+    runs = {}
+    for name, extra in (("all", ["--tau", "1"]), ("none", ["--tau", "0"]),
+                        ("none66", ["--tau", "0", "--msb-bits", "6"]),
+                        ("slow", ["--tau", "0", "--dram-bytes-per-cycle", "2"])):
+        out = tmp_path / f"{name}.json"
+        rc = main(["attention", "--input", str(path), "--config", "small", *extra,
+                   "--json", str(out)])
+        text = capsys.readouterr().out
+        assert rc == 0, text
+        runs[name] = json.loads(out.read_text())
+        assert runs[name]["golden_match"] is True
+    assert runs["all"]["refetched_rows"] == [0, 1, 2]
+    assert runs["all"]["dram_bytes"]["k_lsb"] == 80 and runs["none"]["dram_bytes"]["k_lsb"] == 0
+    assert runs["none"]["refetched_rows"] == []
+    assert runs["none66"]["dram_bytes"]["k_msb"] == 128    # 20 rows of 6 bytes: 8 whole beats
+    assert runs["slow"]["dram_bytes"] == runs["none"]["dram_bytes"]
+    assert runs["slow"]["cycles"] > runs["none"]["cycles"]
