@@ -52,6 +52,7 @@ import importlib.util
 import json
 import math
 import time
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -60,7 +61,7 @@ import numpy as np
 
 from spatten.config import Config, preset
 from spatten.golden.attention import score_params
-from spatten.golden.dram_image import ImageLayout
+from spatten.golden.dram_image import ImageLayout, build_image
 from spatten.golden.progressive import TENSORS, group_planes, run_group
 from spatten.golden.quant import int_range, quantize
 
@@ -481,6 +482,143 @@ def bench_smollm2(cfg: Config, taus=TAUS, texts=SMOL_TEXTS, max_tokens: int | No
 
 
 # --------------------------------------------------------------------------------------------
+# Cycles: real head groups through the RTL (memory side + pipeline behind the DRAM model)
+# --------------------------------------------------------------------------------------------
+
+RTL_BANDWIDTHS = (16, 4)        # bytes per cycle of the simulated memory
+RTL_TAUS = (None, 0.2)
+RTL_MINILM = {"text": 2, "groups": ((0, 0), (3, 5), (5, 11))}     # (layer, head)
+RTL_SMOL = {"text": 0, "position": 96, "groups": ((0, 0), (15, 1), (29, 2))}  # (layer, kv head)
+RTL_LATENCY = 20                # cycles from a request to its first beat
+
+
+def _rtl_groups(cfg: Config) -> list[dict]:
+    """Real head groups (integers, score registers) to run through the RTL."""
+    from spatten.golden import minilm as mm
+    from spatten.golden.attention import fixed_point_attention
+
+    att = cfg.attention
+    groups = []
+    stats = []
+    model = mm.MiniLM()
+    model.embed(mm.SAMPLE_TEXTS[RTL_MINILM["text"]],
+                attention=fixed_point_attention(att, stats=stats))
+    for layer, head in RTL_MINILM["groups"]:
+        st = next(x for x in stats if x["layer"] == layer and x["head"] == head)
+        groups.append({"model": "MiniLM", "layer": layer, "head": head, "k": st["k"],
+                       "v": st["v"], "q": [st["q"]], "params": st["params"],
+                       "queries": [(0, j) for j in range(st["q"].shape[0])]})
+    if smollm2_missing() is None:
+        from spatten.golden import smollm2 as sm
+
+        model = sm.SmolLM2()
+        scales = calibrate_smollm2(model, att.data_width)
+        ids = model.tokenize(sm.SAMPLE_PROSE[RTL_SMOL["text"]])[:RTL_SMOL["position"] + 1]
+        cache = sm.KVCache(capacity=ids.size)
+        model.forward(ids[:-1], cache)
+        seen = {}
+
+        def grab(q, k, v, layer, g):
+            if (layer, g) in RTL_SMOL["groups"]:
+                seen[(layer, g)] = (q[:, 0, :].copy(), k.copy(), v.copy())
+            return sm.float_attention(q, k, v, layer, g)
+
+        model.forward(ids[-1:], cache, grab)
+        W = att.data_width
+        for layer, g in RTL_SMOL["groups"]:
+            q, k, v = seen[(layer, g)]
+            qs, ks, vs = scales["q"][layer], scales["k"][layer], scales["v"][layer]
+            qi = quantize(q, W, qs)[0]
+            groups.append({"model": "SmolLM2", "layer": layer, "head": g,
+                           "k": quantize(k, W, ks)[0], "v": quantize(v, W, vs)[0],
+                           "q": [qi[h:h + 1] for h in range(q.shape[0])],
+                           "params": score_params(att, qs, ks, sm.HEAD_DIM),
+                           "queries": [(h, 0) for h in range(q.shape[0])]})
+    return groups
+
+
+def bench_rtl(cfg: Config, sim: str = "verilator") -> dict:
+    """Cycles of real head groups through the memory side and pipeline RTL at each of
+    `RTL_BANDWIDTHS` (DRAM latency `RTL_LATENCY`), full precision and tau 0.2, each checked
+    against `golden.progressive.run_group` (outputs and bytes)."""
+    from .core_run import job_for_group, run_core
+
+    mem = cfg.memory
+    groups = _rtl_groups(cfg)
+    jobs, refs, meta = [], [], []
+    tmp = Path("build/bench/rtl-images").resolve()
+    tmp.mkdir(parents=True, exist_ok=True)
+    depth = 4096
+    for gi, grp in enumerate(groups):
+        k, v, qs = grp["k"], grp["v"], grp["q"]
+        n, d = k.shape
+        m = max(a.shape[0] for a in qs)
+        layout = ImageLayout.from_config(cfg.attention, layers=1, kv_heads=1, q_heads=len(qs),
+                                         d=d, n_max=n, m_max=m, msb_bits=mem.msb_bits,
+                                         beat_bytes=mem.beat_bytes, align=mem.align)
+        qarr = np.zeros((len(qs), m, d), dtype=np.int64)
+        for h, a in enumerate(qs):
+            qarr[h, :a.shape[0]] = a
+        image = build_image(layout, k[None, None], v[None, None], qarr[None])
+        while depth * mem.beat_bytes < len(image):
+            depth *= 2
+        path = tmp / f"group{gi}.bin"
+        path.write_bytes(image)
+        planes = group_planes(layout, 0, 0)
+        surv = list(range(n))
+        for tau in RTL_TAUS:
+            ref = run_group(cfg, planes, k, v, [qarr[h] for h in range(len(qs))], surv,
+                            grp["queries"], grp["params"], tau=tau)
+            for bw in RTL_BANDWIDTHS:
+                jobs.append(job_for_group(cfg, layout, path, planes, surv, grp["queries"],
+                                          grp["params"], tau=tau, latency=RTL_LATENCY,
+                                          bytes_per_cycle=bw))
+                refs.append(ref)
+                meta.append({"model": grp["model"], "layer": grp["layer"],
+                             "head": grp["head"], "n": n, "d": d,
+                             "queries": len(grp["queries"]), "tau": tau,
+                             "bytes_per_cycle": bw})
+    group_size = max(len(g["q"]) for g in groups)
+    print(f"RTL: {len(jobs)} jobs through the memory side on {sim} (builds once, a few "
+          f"minutes)...", file=sys.stderr, flush=True)
+    results = run_core(cfg, jobs, group=group_size, depth_beats=depth, sim=sim)
+    rows = []
+    for job_meta, ref, res in zip(meta, refs, results):
+        B = mem.beat_bytes
+        got = {t: res["beats"][t] * B for t in TENSORS}
+        want = {t: b for t, b in ref.dram_bytes(B).items() if t != "total"}
+        d = job_meta["d"]
+        by_tag = {t: row[:d] for t, row in zip(res["tags"], res["out"])}
+        out_ok = all(by_tag.get(j) == ref.out[j].tolist() for j in range(len(ref.out)))
+        total = sum(got.values())
+        macs = len(ref.passes) * job_meta["n"] * d + sum(len(x) for x in ref.kept) * d
+        rows.append({**job_meta, "cycles": res["cycles"], "bytes": got, "total_bytes": total,
+                     "refetched": int(ref.refetched.sum()),
+                     "golden_match": bool(out_ok and got == want and res["error"] == "NONE"),
+                     "memory_cycles": -(-total // job_meta["bytes_per_cycle"]),
+                     "multiplier_utilization":
+                         macs / ((cfg.attention.qk_mults + cfg.attention.pv_mults)
+                                 * res["cycles"])})
+    return {"latency": RTL_LATENCY, "bandwidths": list(RTL_BANDWIDTHS), "sim": sim,
+            "rows": rows}
+
+
+def rtl_table(rtl: dict) -> str:
+    lines = [f"RTL cycles (memory side + pipeline, DRAM latency {rtl['latency']} cycles; "
+             f"memory-bound floor = bytes / bandwidth)", "",
+             "| model | layer | group | n | queries | tau | B/cycle | KiB read | cycles | "
+             "floor | util | golden |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rtl["rows"]:
+        lines.append(f"| {r['model']} | {r['layer']} | {r['head']} | {r['n']} | "
+                     f"{r['queries']} | {'-' if r['tau'] is None else r['tau']} | "
+                     f"{r['bytes_per_cycle']} | {r['total_bytes'] / 1024:.1f} | {r['cycles']} | "
+                     f"{r['memory_cycles']} | {r['multiplier_utilization']:.0%} | "
+                     f"{'match' if r['golden_match'] else 'MISMATCH'} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
 
@@ -626,7 +764,7 @@ def plot(result: dict, path: Path) -> None:
 
 def run(*, json_path=None, plot_path=None, config: str = "default", quick: bool = False,
         all_texts: bool = False, taus=None, models=("minilm", "smollm2"),
-        error_trigger: bool = False) -> int:
+        error_trigger: bool = False, rtl: bool = True, sim: str = "verilator") -> int:
     """Measure, print the tables, write the JSON and the plot; return 0.
 
     quick      one short text per model (MiniLM ``SAMPLE_TEXTS[0]``, SmolLM2 ``SAMPLE_PROSE[0]``
@@ -667,8 +805,13 @@ def run(*, json_path=None, plot_path=None, config: str = "default", quick: bool 
                 thetas=thetas["smollm2"])
         else:
             result["models"]["smollm2"] = bench_smollm2(cfg, taus, thetas=thetas["smollm2"])
+    if rtl and not quick:
+        result["rtl"] = bench_rtl(cfg, sim)
     result["seconds"] = time.time() - t0
     print(table(result))
+    if "rtl" in result:
+        print()
+        print(rtl_table(result["rtl"]))
     json_path = Path(json_path or "build/bench/dram.json")
     plot_path = Path(plot_path or "build/bench/dram.png")
     json_path.parent.mkdir(parents=True, exist_ok=True)
