@@ -349,8 +349,31 @@ class Core(wiring.Component):
             m.d.comb += att.v_done.eq(1)
             m.d.sync += v_end.eq(0)
 
+        # ---------------------------------------------------------------- queries
+        # the first query's row is fetched while K loads; the pipeline takes it in RUN
+        q_on = Signal()
+        q_offer = Signal()
+        with m.If(q_on):
+            with m.If(q_state == 0):
+                m.d.comb += qs.ready.eq(~q_seen)
+                with m.If(qs.valid & qs.ready):
+                    m.d.sync += [q_cmd_v.eq(1), q_row.eq(qs.payload.row),
+                                 q_last.eq(qs.payload.last), q_seen.eq(qs.payload.last),
+                                 q_state.eq(1)]
+                    with m.If(qs.payload.head >= G):           # runs as head 0, flagged
+                        m.d.sync += [error.eq(1), code.eq(CoreError.BAD_HEAD), q_head.eq(0)]
+                    with m.Else():
+                        m.d.sync += q_head.eq(qs.payload.head)
+            with m.If((q_state == 1) & ~q_cmd_v & ~rq.busy):
+                m.d.sync += q_state.eq(2)
+            with m.If((q_state == 2) & q_offer):
+                m.d.comb += att.q.valid.eq(1)
+                with m.If(att.q.ready):
+                    m.d.sync += q_state.eq(0)
+
         # ---------------------------------------------------------------- job control
         o = self.o
+        r_prefetch_v = Signal()           # no value pruning: every V row is needed, fetch now
         idle_fetch = Signal()
         m.d.comb += idle_fetch.eq(~co_k.busy & ~co_l.busy & ~co_v.busy
                                   & ~_any([r.busy for r in readers]))
@@ -361,7 +384,7 @@ class Core(wiring.Component):
                                  cycles.eq(0), s_cnt.eq(0), s_prev.eq(0), s_bad.eq(0),
                                  s_seen.eq(self.n == 0), q_seen.eq(0), resident.eq(0),
                                  l_state.eq(0), q_state.eq(0), v_lane.eq(0), v_end.eq(0),
-                                 *latch]
+                                 r_prefetch_v.eq(self.k_v >= self.n), *latch]
                     with m.If(self.n == 0):
                         m.d.sync += [error.eq(1), code.eq(CoreError.N_ZERO)]
                         m.next = "DRAIN"
@@ -376,16 +399,26 @@ class Core(wiring.Component):
             with m.State("SURVIVORS"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
+                m.d.comb += q_on.eq(1)
                 ok = Signal()
+                take_v = Signal()         # the V coalescer takes the survivor too (prefetch)
                 m.d.comb += [ok.eq((sv.index >= s_prev) & (sv.index < r_stored) & ~s_bad),
-                             self.survivors.ready.eq(Mux(ok, co_k.i.ready, 1)),
-                             co_k.i.valid.eq(self.survivors.valid & ok),
+                             take_v.eq(~r_prefetch_v | co_v.i.ready),
+                             self.survivors.ready.eq(Mux(ok, co_k.i.ready & take_v, 1)),
+                             co_k.i.valid.eq(self.survivors.valid & ok & take_v),
                              co_k.i.payload.token.eq(sv.index),
                              co_k.i.payload.pos.eq(s_cnt),
                              co_k.i.payload.last.eq(sv.last | (s_cnt + 1 == r_n)),
                              iw.addr.eq(s_cnt), iw.data.eq(sv.index)]
+                with m.If(r_prefetch_v):
+                    m.d.comb += [co_v.i.valid.eq(self.survivors.valid & ok & co_k.i.ready),
+                                 co_v.i.payload.token.eq(sv.index),
+                                 co_v.i.payload.pos.eq(s_cnt),
+                                 co_v.i.payload.last.eq(sv.last | (s_cnt + 1 == r_n))]
                 with m.If(self.survivors.valid & self.survivors.ready):
                     m.d.comb += iw.en.eq(ok)
+                    with m.If(r_prefetch_v & ok):
+                        m.d.sync += resident.bit_select(s_cnt, 1).eq(1)
                     m.d.sync += [s_cnt.eq(s_cnt + 1), s_prev.eq(sv.index + 1),
                                  s_seen.eq(sv.last)]
                     with m.If(~ok | (sv.last & (s_cnt + 1 != r_n))
@@ -394,7 +427,7 @@ class Core(wiring.Component):
                     with m.If(sv.last | (s_cnt + 1 == r_n)):
                         m.next = "K_WAIT"
             with m.State("K_WAIT"):
-                m.d.comb += self.busy.eq(1)
+                m.d.comb += [self.busy.eq(1), q_on.eq(1)]
                 m.d.sync += cycles.eq(cycles + 1)
                 with m.If(s_bad):
                     m.d.sync += [error.eq(1), code.eq(CoreError.BAD_INDEX)]
@@ -406,24 +439,7 @@ class Core(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
                 m.d.comb += l_start.eq(att.lsb_needed)
-                # queries: fetch the row, then offer it to the pipeline
-                with m.If(q_state == 0):
-                    m.d.comb += qs.ready.eq(~q_seen)
-                    with m.If(qs.valid & qs.ready):
-                        m.d.sync += [q_cmd_v.eq(1), q_row.eq(qs.payload.row),
-                                     q_last.eq(qs.payload.last), q_seen.eq(qs.payload.last),
-                                     q_state.eq(1)]
-                        with m.If(qs.payload.head >= G):       # runs as head 0, flagged
-                            m.d.sync += [error.eq(1), code.eq(CoreError.BAD_HEAD),
-                                         q_head.eq(0)]
-                        with m.Else():
-                            m.d.sync += q_head.eq(qs.payload.head)
-                with m.If((q_state == 1) & ~q_cmd_v & ~rq.busy):
-                    m.d.sync += q_state.eq(2)
-                with m.If(q_state == 2):
-                    m.d.comb += att.q.valid.eq(1)
-                    with m.If(att.q.ready):
-                        m.d.sync += q_state.eq(0)
+                m.d.comb += [q_on.eq(1), q_offer.eq(1)]
                 wiring.connect(m, att.o, wiring.flipped(o))
                 with m.If(o.valid & o.ready & o.payload.last):
                     m.d.sync += done.eq(1)
