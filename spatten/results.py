@@ -72,6 +72,18 @@ def attention_tables(bench: dict) -> str:
     return markdown(bench)
 
 
+def dram_tables(bench: dict) -> str:
+    """The traffic/quality tables and the RTL cycle table of `spatten bench dram`."""
+    from spatten.sim.bench_dram import rtl_table, table
+
+    parts = ["Progressive quantization (`spatten bench dram`): DRAM bytes and quality against the "
+             "float model, every layer's attention through the bit-exact golden model of the "
+             "memory side and the pipeline:", "", "```", table(bench).rstrip(), "```"]
+    if "rtl" in bench:
+        parts += ["", rtl_table(bench["rtl"])]
+    return "\n".join(parts)
+
+
 def render(build: Path = Path("build")) -> str:
     parts = []
     bench = _load(build / "bench" / "topk.json")
@@ -87,6 +99,12 @@ def render(build: Path = Path("build")) -> str:
         parts.append(attention_tables(attn))
         parts.append("")
         parts.append("![attention accuracy and utilization](docs/attention-bench.png)")
+    dram = _load(build / "bench" / "dram.json")
+    if dram:
+        parts.append("")
+        parts.append(dram_tables(dram))
+        parts.append("")
+        parts.append("![bytes against quality](docs/dram-bench.png)")
     reports = [r for r in (_load(p) for p in sorted(build.glob("synth/*/report.json"))) if r]
     parts.append("")
     if reports:
@@ -107,7 +125,7 @@ def update_readme(readme: Path = Path("README.md"), build: Path = Path("build"))
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     readme.write_text(f"{head}{BEGIN}\n{render(build)}\n{END}{tail}")
-    for name in ("topk", "attention"):
+    for name in ("topk", "attention", "dram"):
         png = build / "bench" / f"{name}.png"
         if png.is_file():
             Path("docs").mkdir(exist_ok=True)
