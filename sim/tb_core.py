@@ -191,6 +191,7 @@ async def run_bad(bench, grp, survivors, queries, expect, **kw):
     dut = bench.dut
     await bench.load_image(grp["image"])
     set_registers(dut, grp, kw.pop("n", len(survivors)), **kw)
+    before = bench.counters()
     if survivors:
         bench.surv.send_nowait([{"index": t, "last": int(i == len(survivors) - 1)}
                                 for i, t in enumerate(survivors)])
@@ -201,9 +202,12 @@ async def run_bad(bench, grp, survivors, queries, expect, **kw):
     await ReadOnly()
     code = CoreError(int(dut.error_code.value)).name
     flag = int(dut.error.value)
+    read = {t: n - before[t] for t, n in bench.counters().items()}
     await RisingEdge(dut.clk)
     if not (flag and code == expect and outs[-1]["error"]):
         return [f"bad job: expected {expect}, got error={flag} {code}"]
+    if expect in ("N_ZERO", "N_OVER_CAPACITY", "MISALIGNED") and any(read.values()):
+        return [f"{expect}: the refused job read DRAM beats {read}"]
     return []
 
 
@@ -276,7 +280,8 @@ async def jobs_under_stress(dut):
 
 @cocotb.test(skip=HAS_JOBS)
 async def bad_jobs_then_good(dut):
-    """Each bad job ends with one error beat and its code (no hang); a good job follows."""
+    """Each bad job ends with one error beat and its code (no hang); an empty survivor list
+    (n = 0), a list over capacity and a misaligned base read nothing; a good job follows."""
     rng = np.random.default_rng(SEED + 2)
     bench = await start(dut)
     n_stored = 40
