@@ -198,6 +198,8 @@ class Attention(wiring.Component):
             "kept": Out(stream.Signature(row_layout(unsigned(cfg.index_width),
                                                     cfg.softmax_lanes))),
             "v_done": In(1),
+            # prob x V has a query's pairs but waits for its V rows (a memory stall)
+            "v_stall": Out(1),
             # status
             "lsb_needed": Out(1),
             "busy": Out(1),
@@ -559,7 +561,8 @@ class Attention(wiring.Component):
             go = Signal()
             m.d.comb += go.eq(~r_vwait | pv_mid | (acks != pv_started))
             m.d.comb += [pv.i.valid.eq(kept_fifo.r_rdy & go),
-                         kept_fifo.r_en.eq(pv.i.ready & go)]
+                         kept_fifo.r_en.eq(pv.i.ready & go),
+                         self.v_stall.eq(kept_fifo.r_rdy & ~go)]
             with m.If(pv.i.valid & pv.i.ready):
                 m.d.sync += pv_mid.eq(~kept.last)
                 with m.If(~pv_mid):

@@ -174,6 +174,14 @@ class Core(wiring.Component):
             "beats_k_lsb": Out(32),
             "beats_v": Out(32),
             "beats_q": Out(32),
+            # cycles of the job the datapath waited for memory: for the K MSB rows (nothing
+            # can start), for a query (the pipeline would take one; its Q row is not fetched
+            # yet, or the host has not sent it), for the K LSB rows (a full-precision pass is
+            # due), for V rows (prob x V has a query's pairs)
+            "wait_k": Out(32),
+            "wait_q": Out(32),
+            "wait_lsb": Out(32),
+            "wait_v": Out(32),
         })
 
     def elaborate(self, platform):
@@ -371,6 +379,21 @@ class Core(wiring.Component):
                 with m.If(att.q.ready):
                     m.d.sync += q_state.eq(0)
 
+        # ---------------------------------------------------------------- memory waits
+        waits = {name: Signal(32, name=f"w_{name}") for name in ("k", "q", "lsb", "v")}
+        for name, w in waits.items():
+            m.d.comb += getattr(self, f"wait_{name}").eq(w)
+        in_run = Signal()
+        q_seen_done = Signal()            # every query of the job was handed to the pipeline
+        m.d.comb += q_seen_done.eq(q_seen & (q_state == 0))
+        with m.If(in_run):
+            with m.If(att.q.ready & ~att.q.valid & ~q_seen_done):
+                m.d.sync += waits["q"].eq(waits["q"] + 1)
+            with m.If(att.lsb_needed):
+                m.d.sync += waits["lsb"].eq(waits["lsb"] + 1)
+            with m.If(att.v_stall):
+                m.d.sync += waits["v"].eq(waits["v"] + 1)
+
         # ---------------------------------------------------------------- job control
         o = self.o
         r_prefetch_v = Signal()           # no value pruning: every V row is needed, fetch now
@@ -384,7 +407,8 @@ class Core(wiring.Component):
                                  cycles.eq(0), s_cnt.eq(0), s_prev.eq(0), s_bad.eq(0),
                                  s_seen.eq(self.n == 0), q_seen.eq(0), resident.eq(0),
                                  l_state.eq(0), q_state.eq(0), v_lane.eq(0), v_end.eq(0),
-                                 r_prefetch_v.eq(self.k_v >= self.n), *latch]
+                                 r_prefetch_v.eq(self.k_v >= self.n), *latch,
+                                 *[w.eq(0) for w in waits.values()]]
                     with m.If(self.n == 0):
                         m.d.sync += [error.eq(1), code.eq(CoreError.N_ZERO)]
                         m.next = "DRAIN"
@@ -428,7 +452,7 @@ class Core(wiring.Component):
                         m.next = "K_WAIT"
             with m.State("K_WAIT"):
                 m.d.comb += [self.busy.eq(1), q_on.eq(1)]
-                m.d.sync += cycles.eq(cycles + 1)
+                m.d.sync += [cycles.eq(cycles + 1), waits["k"].eq(waits["k"] + 1)]
                 with m.If(s_bad):
                     m.d.sync += [error.eq(1), code.eq(CoreError.BAD_INDEX)]
                     m.next = "DRAIN"
@@ -439,7 +463,7 @@ class Core(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
                 m.d.comb += l_start.eq(att.lsb_needed)
-                m.d.comb += [q_on.eq(1), q_offer.eq(1)]
+                m.d.comb += [q_on.eq(1), q_offer.eq(1), in_run.eq(1)]
                 wiring.connect(m, att.o, wiring.flipped(o))
                 with m.If(o.valid & o.ready & o.payload.last):
                     m.d.sync += done.eq(1)

@@ -592,7 +592,8 @@ def bench_rtl(cfg: Config, sim: str = "verilator") -> dict:
         out_ok = all(by_tag.get(j) == ref.out[j].tolist() for j in range(len(ref.out)))
         total = sum(got.values())
         macs = len(ref.passes) * job_meta["n"] * d + sum(len(x) for x in ref.kept) * d
-        rows.append({**job_meta, "cycles": res["cycles"], "bytes": got, "total_bytes": total,
+        rows.append({**job_meta, "cycles": res["cycles"], "memory_wait": res["memory_wait"],
+                     "bytes": got, "total_bytes": total,
                      "refetched": int(ref.refetched.sum()),
                      "golden_match": bool(out_ok and got == want and res["error"] == "NONE"),
                      "memory_cycles": -(-total // job_meta["bytes_per_cycle"]),
@@ -607,13 +608,15 @@ def rtl_table(rtl: dict) -> str:
     lines = [f"RTL cycles (memory side + pipeline, DRAM latency {rtl['latency']} cycles; "
              f"memory-bound floor = bytes / bandwidth)", "",
              "| model | layer | group | n | queries | tau | B/cycle | KiB read | cycles | "
-             "floor | util | golden |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "floor | waits K/Q/LSB/V | util | golden |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rtl["rows"]:
         lines.append(f"| {r['model']} | {r['layer']} | {r['head']} | {r['n']} | "
                      f"{r['queries']} | {'-' if r['tau'] is None else r['tau']} | "
                      f"{r['bytes_per_cycle']} | {r['total_bytes'] / 1024:.1f} | {r['cycles']} | "
-                     f"{r['memory_cycles']} | {r['multiplier_utilization']:.0%} | "
+                     f"{r['memory_cycles']} | "
+                     + "/".join(str(r["memory_wait"][w]) for w in ("k", "q", "lsb", "v"))
+                     + f" | {r['multiplier_utilization']:.0%} | "
                      f"{'match' if r['golden_match'] else 'MISMATCH'} |")
     return "\n".join(lines)
 

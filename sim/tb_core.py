@@ -342,6 +342,8 @@ async def run_jobs(dut):
             "rows": [{k: int(r[k]) for k in ("tag", "full", "refetch", "p_max")} for r in rows],
             "beats": {t: after[t] - before[t] for t in TENSORS},
             "cycles": int(dut.cycles.value),
+            "memory_wait": {w: int(getattr(dut, f"wait_{w}").value)
+                            for w in ("k", "q", "lsb", "v")},
             "refetched": int(dut.refetched.value),
             "error": CoreError(int(dut.error_code.value)).name,
             "error_flag": int(dut.error.value),

@@ -219,6 +219,9 @@ def cmd_attention(args):
           + f"  at {bpc} bytes/cycle")
     print(f"cycles  {res['cycles']}  ({res['cycles'] / m:.1f} per query, fetches included); "
           f"multiply-accumulates {macs}; utilization {util:.1%} of {mults} multipliers")
+    mw = res["memory_wait"]
+    print("waiting for memory  " + ", ".join(f"{w} {c}" for w, c in mw.items())
+          + " cycles" + ("  (the memory does not keep up)" if any(mw.values()) else ""))
     print(f"golden  {'MATCH' if match else 'MISMATCH'}")
     if args.json:
         doc = {
@@ -231,6 +234,7 @@ def cmd_attention(args):
             "output_order": res["tags"], "p_max_first_pass": ref.p_max_msb.tolist(),
             "golden_match": bool(match), "cycles": res["cycles"], "macs": macs,
             "multiplier_utilization": util, "dram_bytes": dram,
+            "memory_wait_cycles": res["memory_wait"],
             "refetched_rows": refetched,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -155,3 +155,5 @@ def test_attention_progressive_quantization(tmp_path, capsys):
     assert runs["none66"]["dram_bytes"]["k_msb"] == 128    # 20 rows of 6 bytes: 8 whole beats
     assert runs["slow"]["dram_bytes"] == runs["none"]["dram_bytes"]
     assert runs["slow"]["cycles"] > runs["none"]["cycles"]
+    # the datapath waits for K while it loads, longer on the slow memory
+    assert runs["slow"]["memory_wait_cycles"]["k"] > runs["none"]["memory_wait_cycles"]["k"] > 0
