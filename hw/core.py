@@ -425,17 +425,27 @@ class Core(wiring.Component):
                 m.d.sync += cycles.eq(cycles + 1)
                 m.d.comb += q_on.eq(1)
                 ok = Signal()
-                take_v = Signal()         # the V coalescer takes the survivor too (prefetch)
+                # the V and K LSB coalescers take the survivor too when their rows are all
+                # needed (no value pruning; no progressive quantization): one beat, all at once
+                rdy_v, rdy_l = Signal(), Signal()
                 m.d.comb += [ok.eq((sv.index >= s_prev) & (sv.index < r_stored) & ~s_bad),
-                             take_v.eq(~r_prefetch_v | co_v.i.ready),
-                             self.survivors.ready.eq(Mux(ok, co_k.i.ready & take_v, 1)),
-                             co_k.i.valid.eq(self.survivors.valid & ok & take_v),
+                             rdy_v.eq(~r_prefetch_v | co_v.i.ready),
+                             rdy_l.eq(r_pq | co_l.i.ready),
+                             self.survivors.ready.eq(Mux(ok, co_k.i.ready & rdy_v & rdy_l, 1)),
+                             co_k.i.valid.eq(self.survivors.valid & ok & rdy_v & rdy_l),
                              co_k.i.payload.token.eq(sv.index),
                              co_k.i.payload.pos.eq(s_cnt),
                              co_k.i.payload.last.eq(sv.last | (s_cnt + 1 == r_n)),
                              iw.addr.eq(s_cnt), iw.data.eq(sv.index)]
+                with m.If(~r_pq):
+                    m.d.comb += [co_l.i.valid.eq(self.survivors.valid & ok & co_k.i.ready
+                                                 & rdy_v),
+                                 co_l.i.payload.token.eq(sv.index),
+                                 co_l.i.payload.pos.eq(s_cnt),
+                                 co_l.i.payload.last.eq(sv.last | (s_cnt + 1 == r_n))]
                 with m.If(r_prefetch_v):
-                    m.d.comb += [co_v.i.valid.eq(self.survivors.valid & ok & co_k.i.ready),
+                    m.d.comb += [co_v.i.valid.eq(self.survivors.valid & ok & co_k.i.ready
+                                                 & rdy_l),
                                  co_v.i.payload.token.eq(sv.index),
                                  co_v.i.payload.pos.eq(s_cnt),
                                  co_v.i.payload.last.eq(sv.last | (s_cnt + 1 == r_n))]
@@ -449,6 +459,7 @@ class Core(wiring.Component):
                               | (~sv.last & (s_cnt + 1 == r_n))):
                         m.d.sync += s_bad.eq(1)
                     with m.If(sv.last | (s_cnt + 1 == r_n)):
+                        m.d.sync += l_state.eq(Mux(r_pq, 0, 2))   # 2: LSB rows on their way
                         m.next = "K_WAIT"
             with m.State("K_WAIT"):
                 m.d.comb += [self.busy.eq(1), q_on.eq(1)]
@@ -457,7 +468,6 @@ class Core(wiring.Component):
                     m.d.sync += [error.eq(1), code.eq(CoreError.BAD_INDEX)]
                     m.next = "DRAIN"
                 with m.Elif(~co_k.busy & ~rk.busy):
-                    m.d.comb += l_start.eq(~r_pq)
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
