@@ -33,7 +33,7 @@ outside the group, a DRAM error beat, or an error of the pipeline itself (``ATTE
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -296,26 +296,43 @@ class Core(wiring.Component):
             m.d.sync += l_state.eq(3)
 
         # ---------------------------------------------------------------- queries -> Q rows
-        q_word = [Signal(W, name=f"q_word{e}") for e in range(M)]
+        # two staging words: the next query's row is fetched while the pipeline takes this one
+        q_word = [[Signal(W, name=f"q_word{sl}_{e}") for e in range(M)] for sl in range(2)]
         qs = self.queries
-        q_state = Signal(range(3))        # 0 wait for a query, 1 fetching, 2 offered
-        q_last = Signal()
+        q_full = Signal(2)                # staging word holds a fetched row
+        q_lastf = Signal(2)               # ... the job's last query
+        f_slot = Signal()                 # the word the next fetch fills
+        o_slot = Signal()                 # the word offered to the pipeline next
+        fetching = Signal()               # a row is being fetched into f_slot
+        f_last = Signal()
         q_cmd_v = Signal()
         q_head = Signal(range(max(2, G)))
         q_row = Signal(TB)
-        m.d.comb += [rq.cmd.valid.eq(q_cmd_v), rq.cmd.payload.start.eq(q_row),
-                     rq.cmd.payload.count.eq(1), rq.cmd.payload.dst.eq(0), rq.wr.ready.eq(1),
+        # position f_slot * M / d puts the row in word f_slot
+        q_dst = Signal.like(rq.cmd.payload.dst)
+        with m.Switch(r_dl):
+            for k in range(3, (M.bit_length() - 1) + 1):
+                with m.Case(k):
+                    m.d.comb += q_dst.eq(f_slot << (M.bit_length() - 1 - k))
+        # (the payload in one assignment: a constant field driven on its own becomes an
+        # `always @*` with nothing to wake it in the emitted Verilog, and stays X/0 there)
+        cw = run_layout(TB, N)["count"].width
+        m.d.comb += [rq.cmd.valid.eq(q_cmd_v),
+                     rq.cmd.payload.eq(Cat(q_row, Const(1, cw), q_dst)),   # start, count, dst
+                     rq.wr.ready.eq(1),
                      rq.base.eq(Array(r_qb[h] for h in range(G))[q_head])]
         with m.If(rq.wr.valid):
-            for g in range(M // 8):
-                with m.If(rq.wr.payload.en[g]):
-                    m.d.sync += [q_word[8 * g + i].eq(rq.wr.payload.data[8 * g + i])
-                                 for i in range(8)]
+            for sl in range(2):
+                with m.If(rq.wr.payload.addr == sl):
+                    for g in range(M // 8):
+                        with m.If(rq.wr.payload.en[g]):
+                            m.d.sync += [q_word[sl][8 * g + i].eq(rq.wr.payload.data[8 * g + i])
+                                         for i in range(8)]
         with m.If(rq.cmd.valid & rq.cmd.ready):
             m.d.sync += q_cmd_v.eq(0)
         for e in range(M):
-            m.d.comb += att.q.payload.data[e].eq(q_word[e])
-        m.d.comb += att.q.payload.last.eq(q_last)
+            m.d.comb += att.q.payload.data[e].eq(Mux(o_slot, q_word[1][e], q_word[0][e]))
+        m.d.comb += att.q.payload.last.eq(Mux(o_slot, q_lastf[1], q_lastf[0]))
 
         # ---------------------------------------------------------------- kept -> V rows
         m.submodules.co_v = co_v = Coalescer(token_bits=TB, capacity=N)
@@ -362,22 +379,27 @@ class Core(wiring.Component):
         q_on = Signal()
         q_offer = Signal()
         with m.If(q_on):
-            with m.If(q_state == 0):
+            with m.If(~fetching & ~Mux(f_slot, q_full[1], q_full[0])):
                 m.d.comb += qs.ready.eq(~q_seen)
                 with m.If(qs.valid & qs.ready):
-                    m.d.sync += [q_cmd_v.eq(1), q_row.eq(qs.payload.row),
-                                 q_last.eq(qs.payload.last), q_seen.eq(qs.payload.last),
-                                 q_state.eq(1)]
+                    m.d.sync += [q_cmd_v.eq(1), q_row.eq(qs.payload.row), fetching.eq(1),
+                                 f_last.eq(qs.payload.last), q_seen.eq(qs.payload.last)]
                     with m.If(qs.payload.head >= G):           # runs as head 0, flagged
                         m.d.sync += [error.eq(1), code.eq(CoreError.BAD_HEAD), q_head.eq(0)]
                     with m.Else():
                         m.d.sync += q_head.eq(qs.payload.head)
-            with m.If((q_state == 1) & ~q_cmd_v & ~rq.busy):
-                m.d.sync += q_state.eq(2)
-            with m.If((q_state == 2) & q_offer):
+            with m.If(fetching & ~q_cmd_v & ~rq.busy):
+                m.d.sync += [fetching.eq(0), f_slot.eq(~f_slot)]
+                for sl in range(2):
+                    with m.If(f_slot == sl):
+                        m.d.sync += [q_full[sl].eq(1), q_lastf[sl].eq(f_last)]
+            with m.If(Mux(o_slot, q_full[1], q_full[0]) & q_offer):
                 m.d.comb += att.q.valid.eq(1)
                 with m.If(att.q.ready):
-                    m.d.sync += q_state.eq(0)
+                    m.d.sync += o_slot.eq(~o_slot)
+                    for sl in range(2):
+                        with m.If(o_slot == sl):
+                            m.d.sync += q_full[sl].eq(0)
 
         # ---------------------------------------------------------------- memory waits
         waits = {name: Signal(32, name=f"w_{name}") for name in ("k", "q", "lsb", "v")}
@@ -385,7 +407,7 @@ class Core(wiring.Component):
             m.d.comb += getattr(self, f"wait_{name}").eq(w)
         in_run = Signal()
         q_seen_done = Signal()            # every query of the job was handed to the pipeline
-        m.d.comb += q_seen_done.eq(q_seen & (q_state == 0))
+        m.d.comb += q_seen_done.eq(q_seen & ~fetching & (q_full == 0))
         with m.If(in_run):
             with m.If(att.q.ready & ~att.q.valid & ~q_seen_done):
                 m.d.sync += waits["q"].eq(waits["q"] + 1)
@@ -406,7 +428,8 @@ class Core(wiring.Component):
                     m.d.sync += [done.eq(0), error.eq(0), code.eq(CoreError.NONE),
                                  cycles.eq(0), s_cnt.eq(0), s_prev.eq(0), s_bad.eq(0),
                                  s_seen.eq(self.n == 0), q_seen.eq(0), resident.eq(0),
-                                 l_state.eq(0), q_state.eq(0), v_lane.eq(0), v_end.eq(0),
+                                 l_state.eq(0), v_lane.eq(0), v_end.eq(0), q_full.eq(0),
+                                 f_slot.eq(0), o_slot.eq(0), fetching.eq(0),
                                  r_prefetch_v.eq(self.k_v >= self.n), *latch,
                                  *[w.eq(0) for w in waits.values()]]
                     with m.If(self.n == 0):

@@ -126,14 +126,32 @@ def sim_build_dir(*parts) -> Path:
     return path
 
 
+#: An `always @*` whose only statement puts a constant into part of a signal: it has nothing to
+#: wake it, so Icarus never runs it and Verilator leaves the bits at their initial value. Yosys
+#: emits it when a constant drives one field of a signal whose other fields are driven by other
+#: statements; drive the whole signal in one assignment instead.
+_DEAD_ALWAYS = re.compile(r"always @\*\n\s+(\\?\S+(?: \[[0-9:]+\])?)\s*=\s*\d+'[hbd][0-9a-fA-F_]+;")
+
+
+class VerilogTrapError(RuntimeError):
+    """The emitted Verilog has a construct the simulators run differently from Amaranth."""
+
+
 def emit_verilog(component, name: str, out_dir: Path | str) -> Path:
     """Write ``amaranth.back.verilog.convert(component, name=name)`` to ``out_dir/name.v`` and
     return that path. An existing file with the same text is left untouched (so its build is
-    reused). The sync domain's ports are ``clk`` and ``rst``."""
+    reused). The sync domain's ports are ``clk`` and ``rst``. Raises `VerilogTrapError` when the
+    Verilog holds an `always @*` with a lone constant assignment (`_DEAD_ALWAYS`)."""
     setup_environ()
     from amaranth.back import verilog
 
     text = verilog.convert(component, name=name)
+    dead = _DEAD_ALWAYS.findall(text)
+    if dead:
+        raise VerilogTrapError(
+            f"{name}: constant assigned to part of {', '.join(sorted(set(dead))[:4])} in an "
+            f"`always @*` nothing wakes (simulators would leave it unset): drive that signal in "
+            f"one assignment")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.v"

@@ -233,3 +233,17 @@ def test_cli_context():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=env, timeout=600)
     assert "RESULT 0 1" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_dead_always_guard_matches_the_trap():
+    """The emitted-Verilog guard of `emit_verilog`: an `always @*` whose only statement puts a
+    constant into part of a signal (it never runs in Icarus, stays unset in Verilator; found in
+    hw/core.py's Q-row command) is caught; ordinary blocks are not."""
+    from spatten.sim.runner import _DEAD_ALWAYS
+
+    trap = ("  always @*\n    \\cmd__payload$162 [22:16] = 7'h01;\n"
+            "  always @*\n    \\cmd__payload$162 [15:0] = q_row;\n")
+    assert _DEAD_ALWAYS.findall(trap) == ["\\cmd__payload$162 [22:16]"]
+    fine = ("  always @* begin\n    if (\\$auto$verilog_backend.cc:2505:dump_module$1 ) begin end\n"
+            "    o[11:8] = 4'h0;\n    casez (s)\n      2'h1: o[11:8] = x;\n    endcase\n  end\n")
+    assert _DEAD_ALWAYS.findall(fine) == []
