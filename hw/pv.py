@@ -14,12 +14,15 @@ Shared layouts (also used by the query pipeline and the testbenches):
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import (Array, Cat, ClockSignal, Const, Instance, Module, Mux, ResetSignal,
+                          Shape, Signal, Value, signed, unsigned)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig
+
+from .dsp import mult18x18d
 
 __all__ = ["ProbV", "input_layout", "output_layout", "v_word_layout", "v_depth", "pv_latency",
            "RECIP_READY", "lane_depth", "GRANT_LOOKAHEAD"]
@@ -90,6 +93,15 @@ def _tree(vals: list, levels: int) -> list:
     return vals
 
 
+def _sat(v, width: int):
+    """v (a signed value) saturated to signed(width) (pure selection: its top bits decide)."""
+    top = v[width - 1:]
+    fits = top.all() | ~top.any()
+    lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    return Mux(fits, v[:width].as_signed(),
+               Mux(v[-1], Const(lo, signed(width)), Const(hi, signed(width))))
+
+
 def _sat_inc(v, inc, width: int):
     """sat(v + inc) to signed(width), for a signed value v and a 1-bit inc: the fit of v is
     decided from its top bits, so the only carry chain is width bits long."""
@@ -101,6 +113,71 @@ def _sat_inc(v, inc, width: int):
     return Mux(fits,
                Mux(at_max & inc, Const(hi, signed(width)), (low + inc)[:width].as_signed()),
                Mux(v[-1], Const(lo, signed(width)), Const(hi, signed(width))))
+
+
+def _copies(m: Module, platform, value, n: int, name: str, init: int = 0) -> list:
+    """`n` registers, each holding `value` of the previous cycle (initial value `init`).
+
+    One copy next to each group of loads keeps a control net that fans out across the whole
+    array short. On an ECP5 platform they are TRELLIS_FF instances, which Yosys does not merge
+    (it merges equal registers inferred from the design, however they are named or kept)."""
+    value = Value.cast(value)
+    ecp5 = getattr(platform, "family", None) == "ecp5"
+    outs = []
+    for k in range(n):
+        if ecp5:
+            q = Signal(len(value), name=f"{name}{k}")
+            for i in range(len(value)):
+                m.submodules[f"{name}{k}_ff{i}"] = Instance(
+                    "TRELLIS_FF", p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK",
+                    p_LSRMUX="LSR", p_REGSET="SET" if (init >> i) & 1 else "RESET",
+                    p_SRMODE="LSR_OVER_CE",
+                    i_CLK=ClockSignal("sync"), i_LSR=0, i_CE=1, i_DI=value[i], o_Q=q[i])
+        else:
+            q = Signal(len(value), name=f"{name}{k}", init=init, reset_less=True)
+            m.d.sync += q.eq(value)
+        outs.append(q)
+    return outs
+
+
+class _Mul(wiring.Component):
+    """p = a x b, two cycles: the operands are registered (``a`` only in cycles with ``a_en``
+    high; it holds otherwise, and resets to 0), then the product. ``a``, ``b`` may each be signed
+    or unsigned; ``p`` is signed(len(a) + len(b)) when either is signed, else unsigned (the exact
+    product fits).
+
+    On an ECP5 platform, when both operands fit 18-bit signed values, it is one MULT18X18D with
+    its own input and output registers (Yosys infers the block but never its registers; fabric
+    registers around an inferred block crowd the routing next to it); elsewhere fabric registers
+    around a ``*``.
+    """
+
+    def __init__(self, a_shape, b_shape):
+        a_shape, b_shape = Shape.cast(a_shape), Shape.cast(b_shape)
+        self._sgn = a_shape.signed or b_shape.signed
+        pw = a_shape.width + b_shape.width
+        super().__init__({"a": In(a_shape), "a_en": In(1), "b": In(b_shape),
+                          "p": Out(signed(pw) if self._sgn else unsigned(pw))})
+
+    @staticmethod
+    def _fits(shape) -> bool:
+        return shape.width + (0 if shape.signed else 1) <= 18
+
+    def elaborate(self, platform):
+        m = Module()
+        if (getattr(platform, "family", None) == "ecp5" and self._fits(self.a.shape())
+                and self._fits(self.b.shape())):
+            mult18x18d(m, self.a, self.b, self.p, ce_a=self.a_en)
+        else:
+            # (a resets, so that no unknown value reaches the product in a 4-state simulator)
+            a = Signal.like(self.a, name="a_q")
+            b = Signal.like(self.b, name="b_q", reset_less=True)
+            p = Signal.like(self.p, name="p_q", reset_less=True)
+            with m.If(self.a_en):
+                m.d.sync += a.eq(self.a)
+            m.d.sync += [b.eq(self.b), p.eq(a * b)]
+            m.d.comb += self.p.eq(p)
+        return m
 
 
 class ProbV(wiring.Component):
@@ -152,18 +229,20 @@ class ProbV(wiring.Component):
     Latency (unstalled, nothing in flight). Stages A (word address and row-slot of each pair), B
     (runs: a segment number per pair), C (issue, one word a cycle, from the cycle after B); a
     word issued in cycle t is read (data at t+1), registered with its probabilities as
-    multiplier inputs (t+2), multiplied (products registered, t+3) and added into the
-    accumulators in t+3; the query's last word moves the sums into F (the accumulators are
-    cleared). F folds the row-slots column-wise in log2(gv) cycles (F[e] += F[e+h], h = Mv/2,
-    Mv/4, .., d); the next cycle rounds and saturates F[e] / 2**(16 - out_frac_bits) into the
-    output register. From the first beat's transfer to the ``o`` beat: `pv_latency` =
-    8 + log2(gv), plus the query's issue cycles - 1. With renorm the reciprocal of the
-    probability sum is computed from the issue of the last word on (count leading zeros,
-    normalise to [2**15, 2**16), 18-bit quotient by restoring division, DIV_STEPS bits a cycle:
-    ready `RECIP_READY` cycles after that issue); then one column a cycle is read from F and
-    goes through the `lane_depth` registers of the lane (4:1 read multiplexers, shift by the
-    leading zeros, partial products of 17-bit chunks by the reciprocal, two adds; then round and
-    saturate into the output register): `pv_latency` = 4 + RECIP_READY + lane_depth + d, plus
+    multiplier inputs (t+2; multiplier e takes the probability of block e div 8, chosen at the
+    issue), multiplied (products registered, t+3) and added into the accumulators in t+3; the
+    query's last word moves the sums into F (the accumulators are cleared). F folds the
+    row-slots column-wise in log2(gv) cycles (F[e] += F[e+h], h = Mv/2, Mv/4, .., d); the next
+    cycle rounds and saturates F[e] / 2**(16 - out_frac_bits) into the output register. From
+    the first beat's transfer to the ``o`` beat: `pv_latency` = 8 + log2(gv), plus the query's
+    issue cycles - 1. With renorm the reciprocal of the probability sum is computed from the
+    issue of the last word on (count leading zeros, normalise to [2**15, 2**16), 18-bit
+    quotient by restoring division, DIV_STEPS bits a cycle: ready `RECIP_READY` cycles after
+    that issue); then one column a cycle is read from F and
+    goes through the `lane_depth` registers of the lane (4:1 read multiplexers, multiplier
+    inputs: the column shifted by the leading zeros, partial products of 17-bit chunks by the
+    reciprocal, two adds; then saturate into the output register, where the columns shift in at
+    lane d - 1 and on down to lane 0): `pv_latency` = 4 + RECIP_READY + lane_depth + d, plus
     the issue cycles - 1. The exact schedule is `spatten.golden.pv_cycles.pv_schedule`.
 
     Arithmetic: the accumulators hold the exact sums (acc_width bits) per lane. Without renorm,
@@ -171,7 +250,14 @@ class ProbV(wiring.Component):
     bits plus the rounding bit. With renorm the column sum is first shifted left by
     s = psum_width - bit_length(psum) (exact and in range since |acc| <= 2**(W-1) psum), so the
     product by the reciprocal needs a constant final shift: out = sat(((acc << s) * recip +
-    2**(SH - 1)) >> SH), SH = 15 - fb + psum_width: the golden formula scaled by 2**s.
+    2**(SH - 1)) >> SH), SH = 15 - fb + psum_width: the golden formula scaled by 2**s (the
+    rounding constant rides in bits the lowest partial product leaves zero).
+
+    On an ECP5 platform (``platform.family == "ecp5"``) every multiplier is a MULT18X18D with
+    its own input and output registers, and the controls that reach every lane (F's load and
+    fold step, the accumulators' clear, the output register's load) are registered once per lane
+    (TRELLIS_FF instances next to their loads), so that no path crosses the array through more
+    than one long net; elsewhere the same registers are inferred.
 
     Backpressure: ``o`` may stall at will; the pipeline behind a word read never stalls (the last
     word of a query waits for its fold slot instead); ``i.ready`` depends on no output and on no
@@ -275,40 +361,40 @@ class ProbV(wiring.Component):
         c_slot = [Signal(SW, name=f"c_slot{j}") for j in range(S)]
         c_prob = [Signal(PB, name=f"c_prob{j}") for j in range(S)]
         c_pv = [Signal(name=f"c_pv{j}") for j in range(S)]
+        # c_bm[j][b]: pair j's row-slot is the one of block b (multipliers 8b .. 8b+7)
+        c_bm = [Signal(GMAX, name=f"c_bm{j}") for j in range(S)]
         c_last, c_rn = Signal(), Signal()
         c_dl = Signal(range(LMV + 1))
         psum_q = Signal(PW)                   # kept probabilities of the query so far
         macs = Signal(32)
 
         # ------------------------------------------------------------ MAC pipeline registers
-        # r*_last: the query's last word (set only for an issued word); r1_sp is zero in cycles
+        # r*_last: the query's last word (set only for an issued word); r1_bp is zero in cycles
         # without a word, so the products (and what the accumulators add) are zero then
         r1_v, r1_last, r1_rn = Signal(), Signal(), Signal()
         r1_rd = Signal()                      # a V word is being read (data next cycle)
         r1_dl = Signal(range(LMV + 1))
         r1_psum = Signal(PW)
-        r1_sp = [Signal(PB, name=f"r1_sp{s}") for s in range(GMAX)]
+        # the probability of each block of 8 multipliers (block b: row-slot b >> (d_log2 - 3))
+        r1_bp = [Signal(PB, name=f"r1_bp{b}") for b in range(GMAX)]
         r2_v, r2_last, r2_rn = Signal(), Signal(), Signal()
         r2_dl = Signal(range(LMV + 1))
         r2_psum = Signal(PW)
-        # (reset, so that no unknown value of the read port before the first read reaches the
-        # accumulators in a 4-state simulator)
-        r2_a = [Signal(signed(W), name=f"r2_a{e}") for e in range(Mv)]
-        r2_b = [Signal(PB, name=f"r2_b{e}") for e in range(Mv)]
         r3_v, r3_last, r3_rn = Signal(), Signal(), Signal()
         r3_dl = Signal(range(LMV + 1))
         r3_psum = Signal(PW)
-        r3_p = [Signal(signed(W + PB), name=f"r3_p{e}") for e in range(Mv)]
-        # cleared (synchronous reset, by a register of their own) when a query's last word has
-        # left them for F, and after a reset
         acc = [Signal(signed(AW), name=f"acc{e}", reset_less=True) for e in range(Mv)]
-        acc_clr = Signal(init=1)
+        # D inputs of control registers that also have per-lane copies
+        folding_nx = Signal()
+        f_lvl_nx = Signal(range(GB + 1))
+        f_dl_nx = Signal(range(LMV + 1))
 
         # ------------------------------------------------------------ fold register F
         F = [Signal(signed(AW), name=f"F{e}", reset_less=True) for e in range(Mv)]
         f_v, f_rn = Signal(), Signal()
         f_dl = Signal(range(LMV + 1))
         f_psum = Signal(PW)
+        f_cm1 = Signal(range(Mv))             # d - 1
         f_rem = Signal(range(GB + 1))         # fold steps left
         f_lvl = Signal(range(GB + 1))         # fold steps done
         folding = Signal()                    # f_rem != 0
@@ -341,13 +427,9 @@ class ProbV(wiring.Component):
         lv = [Signal(name=f"l{k}_v") for k in range(1, LD + 1)]
         llast = [Signal(name=f"l{k}_last") for k in range(1, LD + 1)]
         lj = [Signal(range(Mv), name=f"l{k}_j") for k in range(1, LD + 1)]
-        l2_x = Signal(signed(AW), reset_less=True)
-        l3_pp = [Signal(signed(w + CH + 1) if k == len(chunks) - 1 else unsigned(w + CH),
-                        name=f"l3_pp{k}", reset_less=True)
-                 for k, (lo, w) in enumerate(chunks)]
-        l4_s = Signal(signed(PRW), reset_less=True)
-        l4_hi = Signal.like(l3_pp[-1], name="l4_hi", reset_less=True)
-        l5_p = Signal(signed(PRW), reset_less=True)
+        l2_x = Signal(signed(AW))             # (into the multipliers' input registers)
+        l4_s = Signal(signed(PRW + 1), reset_less=True)
+        l5_p = Signal(signed(PRW + 1), reset_less=True)
 
         # output register
         o_v = Signal()
@@ -364,15 +446,15 @@ class ProbV(wiring.Component):
         # ------------------------------------------------------------ issue decision
         match = [Signal(name=f"match{j}") for j in range(S)]
         m.d.comb += [match[j].eq(c_pv[j] & (c_seg[j] == c_cnt)) for j in range(S)]
-        sp_now = []
-        for s in range(GMAX):
-            terms = [Mux(match[j] & (c_slot[j] == s), c_prob[j], 0) for j in range(S)]
+        bp_now = []
+        for b in range(GMAX):
+            terms = [Mux(match[j] & c_bm[j][b], c_prob[j], 0) for j in range(S)]
             v = terms[0]
             for t in terms[1:]:
                 v = v | t
-            sp = Signal(PB, name=f"sp_now{s}")
-            m.d.comb += sp.eq(v)
-            sp_now.append(sp)
+            bp = Signal(PB, name=f"bp_now{b}")
+            m.d.comb += bp.eq(v)
+            bp_now.append(bp)
         addr = Signal(IW)
         av = Mux(match[0], c_word[0], 0)
         for j in range(1, S):
@@ -463,6 +545,11 @@ class ProbV(wiring.Component):
                 m.d.sync += [c_seg[j].eq(b_seg[j]), c_word[j].eq(b_word[j]),
                              c_slot[j].eq(b_slot[j]), c_prob[j].eq(b_prob[j]),
                              c_pv[j].eq(b_pv[j])]
+                with m.Switch(b_dl):
+                    for dl in dls:
+                        with (m.Default() if dl == LMV else m.Case(dl)):
+                            m.d.sync += [c_bm[j][b].eq(b_slot[j] == (b >> (dl - MIN_D_LOG2)))
+                                         for b in range(GMAX)]
         with m.Elif(c_done):
             m.d.sync += c_v.eq(0)
         with m.Elif(issue):
@@ -471,43 +558,55 @@ class ProbV(wiring.Component):
 
         # ------------------------------------------------------------ R1: the issued word
         m.d.sync += [r1_v.eq(issue), r1_last.eq(issue & last_op), r1_rd.eq(issue & any_match)]
-        m.d.sync += [r1_sp[s].eq(Mux(issue, sp_now[s], 0)) for s in range(GMAX)]
+        m.d.sync += [r1_bp[b].eq(Mux(issue, bp_now[b], 0)) for b in range(GMAX)]
         with m.If(issue):
             m.d.sync += [r1_dl.eq(c_dl), r1_rn.eq(c_rn), r1_psum.eq(psum_q)]
 
         # ------------------------------------------------------------ R2: multiplier inputs
         m.d.sync += [r2_v.eq(r1_v), r2_last.eq(r1_last), r2_dl.eq(r1_dl), r2_rn.eq(r1_rn),
                      r2_psum.eq(r1_psum)]
-        # V data is taken only from cycles that read (never the port's unread, undefined value)
-        with m.If(r1_rd):
-            m.d.sync += [r2_a[e].eq(self.v_rd.data[e]) for e in range(Mv)]
+        # the multipliers' input registers (R2) and products (R3); V data is taken only from
+        # cycles that read (never the port's unread, undefined value)
+        r3_p = []
         for e in range(Mv):
-            with m.Switch(r1_dl):
-                for dl in dls:
-                    with (m.Default() if dl == LMV else m.Case(dl)):
-                        m.d.sync += r2_b[e].eq(r1_sp[e >> dl])
+            mul = m.submodules[f"mul{e}"] = _Mul(signed(W), unsigned(PB))
+            m.d.comb += [mul.a.eq(self.v_rd.data[e]), mul.a_en.eq(r1_rd),
+                         mul.b.eq(r1_bp[e >> MIN_D_LOG2])]
+            r3_p.append(mul.p)
 
         # ------------------------------------------------------------ R3: products
         m.d.sync += [r3_v.eq(r2_v), r3_last.eq(r2_last), r3_dl.eq(r2_dl), r3_rn.eq(r2_rn),
                      r3_psum.eq(r2_psum)]
-        m.d.sync += [r3_p[e].eq(r2_a[e] * r2_b[e]) for e in range(Mv)]
 
         # ------------------------------------------------------------ accumulators
+        # cleared (per-lane copies of r3_last, set by a reset) when a query's last word has left
+        # them for F, and after a reset
+        # (the copies of r2_last take it from a register of their own, so that their loads across
+        # the array do not pull r2_last away from the issue logic)
+        r2_last_fan = _copies(m, platform, r1_last, 1, "r2_last_fan")[0]
+        acc_clr = _copies(m, platform, r2_last_fan | ResetSignal("sync"), Mv, "acc_clr", init=1)
         sums = []
         for e in range(Mv):
             sm = Signal(signed(AW), name=f"accsum{e}")
             m.d.comb += sm.eq(acc[e] + r3_p[e])
             sums.append(sm)
-            with m.If(acc_clr):
+            with m.If(acc_clr[e]):
                 m.d.sync += acc[e].eq(0)
             with m.Else():
                 m.d.sync += acc[e].eq(sm)
-        m.d.sync += acc_clr.eq(r2_last)
 
         # ------------------------------------------------------------ fold register
         # the partner of lane e at fold step k is e + Mv/2**(k+1); lanes at or above that step's
         # half keep adding (garbage nobody reads), so lane e only chooses among the steps with
-        # e < Mv/2**(k+1), and the last of them needs no choice
+        # e < Mv/2**(k+1), and the last of them needs no choice. F's loads and fold steps are
+        # driven by per-lane copies of r3_last, folding and the fold step.
+        m.d.comb += [
+            folding_nx.eq(Mux(r3_last, r3_dl != LMV, Mux(folding, f_rem != 1, folding))),
+            f_lvl_nx.eq(Mux(r3_last, 0, Mux(folding, f_lvl + 1, f_lvl))),
+            f_dl_nx.eq(Mux(r3_last, r3_dl, f_dl)),
+        ]
+        f_load = _copies(m, platform, r2_last_fan, Mv, "f_load")
+        f_fold = _copies(m, platform, folding_nx, Mv // 2, "f_fold")
         fold_add = []
         for e in range(Mv // 2):
             steps = [k for k in range(GB) if e < Mv >> (k + 1)]
@@ -516,22 +615,61 @@ class ProbV(wiring.Component):
             if not steps:                     # Mv = 8: d = Mv always, nothing to fold
                 continue
             m.d.comb += fa.eq(F[e + (Mv >> (steps[-1] + 1))])
-            for k in reversed(steps[:-1]):
-                with m.If(f_lvl == k):
-                    m.d.comb += fa.eq(F[e + (Mv >> (k + 1))])
+            if len(steps) > 1:
+                sel = _copies(m, platform, Cat(f_lvl_nx == k for k in steps[:-1]), 1,
+                              f"f_step{e}_")[0]
+                for i, k in reversed(list(enumerate(steps[:-1]))):
+                    with m.If(sel[i]):
+                        m.d.comb += fa.eq(F[e + (Mv >> (k + 1))])
+        for e in range(Mv):
+            with m.If(f_load[e]):
+                m.d.sync += F[e].eq(sums[e])
+            if e < Mv // 2:
+                with m.Elif(f_fold[e]):
+                    m.d.sync += F[e].eq(F[e] + fold_add[e])
+        m.d.sync += [folding.eq(folding_nx), f_lvl.eq(f_lvl_nx), f_dl.eq(f_dl_nx)]
         with m.If(r3_last):
-            m.d.sync += [F[e].eq(sums[e]) for e in range(Mv)]
-            m.d.sync += [
-                f_v.eq(1), f_rn.eq(r3_rn), f_dl.eq(r3_dl), f_psum.eq(r3_psum),
-                f_rem.eq(LMV - r3_dl), f_lvl.eq(0), folding.eq(r3_dl != LMV),
-            ]
-        with m.Elif(folding):
-            m.d.sync += [F[e].eq(F[e] + fold_add[e]) for e in range(Mv // 2)]
-            m.d.sync += [f_rem.eq(f_rem - 1), f_lvl.eq(f_lvl + 1), folding.eq(f_rem != 1)]
+            m.d.sync += [f_psum.eq(r3_psum), f_cm1.eq((1 << r3_dl) - 1)]
 
-        # non-renormalised output: saturate(round(F / 2**(16 - F))), lanes >= d zero
+        # F moves into O (non-renormalised: saturate(round(F / 2**(16 - fb))), lanes >= d zero),
+        # or the lane starts, when F has folded, the lane is idle and O is free; o_pre / ap_pre
+        # (registered, one copy per lane) say all but the last
         o_ld = Signal()
-        m.d.comb += o_ld.eq(f_v & ~f_rn & (f_rem == 0) & ~lane_busy & o_free)
+        ap_start = Signal()
+        f_v_nx, f_rn_nx, lane_busy_nx, dv_done_nx = Signal(), Signal(), Signal(), Signal()
+        f_rem_nx = Signal.like(f_rem)
+        o_pre, ap_pre = Signal(), Signal()
+        m.d.comb += [
+            o_ld.eq(o_pre & o_free),
+            ap_start.eq(ap_pre & o_free),
+            # F is released when its contents have gone to O (or into the lane)
+            f_v_nx.eq(r3_last | (f_v & ~(o_ld | (ap_v & (ap_rem == 0))))),
+            f_rn_nx.eq(Mux(r3_last, r3_rn, f_rn)),
+            f_rem_nx.eq(Mux(r3_last, LMV - r3_dl, Mux(folding, f_rem - 1, f_rem))),
+            lane_busy_nx.eq(Mux(ap_start, 1, Mux(lv[-1] & llast[-1], 0, lane_busy))),
+            dv_done_nx.eq(~r1_last & ((dv_ph == PH_RECIP) | (dv_ph == PH_DONE))),
+        ]
+        # o_pre_nx = f_v_nx & ~f_rn_nx & (f_rem_nx == 0) & ~lane_busy_nx and ap_pre_nx (the same
+        # with f_rn_nx & dv_done_nx), as o_pre_q & ~(o_ld & ~r3_last) and ap_pre_q & ~ap_start,
+        # where the parts in _q depend on no input (the output register's per-lane copies take
+        # them registered, and o_ld, ap_start from their own lane). Used: F's release by the
+        # lane's last read needs no term (the lane is busy then); folding = (f_rem != 0); a
+        # query's last word never reaches F as the lane starts (a word that could was not
+        # granted), and ap_start needs f_rn.
+        o_pre_nx, ap_pre_nx = Signal(), Signal()
+        o_pre_q, ap_pre_q = Signal(), Signal()
+        f_fin = Signal()                      # F holds a query, folded by the next cycle
+        lb_hold = Signal()                    # the lane stays busy unless it starts
+        m.d.comb += [
+            f_fin.eq(Mux(r3_last, r3_dl == LMV, f_v & (f_rem <= 1))),
+            lb_hold.eq(lane_busy & ~(lv[-1] & llast[-1])),
+            o_pre_q.eq(~lb_hold & f_fin & Mux(r3_last, ~r3_rn, ~f_rn)),
+            ap_pre_q.eq(~lb_hold & f_fin & dv_done_nx & Mux(r3_last, r3_rn, f_rn)),
+            o_pre_nx.eq(o_pre_q & ~(o_ld & ~r3_last)),
+            ap_pre_nx.eq(ap_pre_q & ~ap_start),
+        ]
+        m.d.sync += [f_v.eq(f_v_nx), f_rn.eq(f_rn_nx), f_rem.eq(f_rem_nx),
+                     lane_busy.eq(lane_busy_nx), o_pre.eq(o_pre_nx), ap_pre.eq(ap_pre_nx)]
 
         # ------------------------------------------------------------ reciprocal unit
         clz = Signal(range(PW + 1))
@@ -564,12 +702,9 @@ class ProbV(wiring.Component):
             m.d.sync += [dv_psum.eq(r1_psum), dv_s.eq(clz), dv_ph.eq(PH_NORM)]
 
         # ------------------------------------------------------------ renormalisation lane
-        ap_start = Signal()
-        m.d.comb += ap_start.eq(f_v & f_rn & (f_rem == 0) & (dv_ph == PH_DONE) & ~lane_busy
-                                & o_free)
         with m.If(ap_start):
             m.d.sync += [
-                lane_busy.eq(1), ap_v.eq(1), ap_j.eq(0), ap_rem.eq((1 << f_dl) - 1),
+                ap_v.eq(1), ap_j.eq(0), ap_rem.eq(f_cm1),
                 lane_s.eq(dv_s), lane_recip.eq(dv_recip), lane_psum.eq(f_psum),
             ]
         with m.If(ap_v):
@@ -579,59 +714,90 @@ class ProbV(wiring.Component):
         m.d.sync += [lv[0].eq(ap_v), llast[0].eq(ap_v & (ap_rem == 0)), lj[0].eq(ap_j)]
         for k in range(1, LD):
             m.d.sync += [lv[k].eq(lv[k - 1]), llast[k].eq(llast[k - 1]), lj[k].eq(lj[k - 1])]
-        # read F[j]: registered 4:1 multiplexer levels (each level's inputs are close together)
+        # read F[j]: registered 4:1 multiplexer levels, the top bits of j first: the inputs of a
+        # first-level multiplexer (F[j], F[j + Mv/4], ..) are also partners of the fold
         vals = F
+        rem = LMV
         for k in range((LMV + 1) // 2):
-            bits = min(2, LMV - 2 * k)
-            sel = (ap_j if k == 0 else lj[k - 1])[2 * k:2 * k + bits]
+            bits = min(2, rem)
+            rem -= bits
+            sel = (ap_j if k == 0 else lj[k - 1])[rem:rem + bits]
             regs = [Signal(signed(AW), name=f"lm{k}_{g}", reset_less=True)
-                    for g in range(len(vals) >> bits)]
-            m.d.sync += [r.eq(Array(vals[g << bits:(g + 1) << bits])[sel])
+                    for g in range(1 << rem)]
+            m.d.sync += [r.eq(Array(vals[g + (t << rem)] for t in range(1 << bits))[sel])
                          for g, r in enumerate(regs)]
             vals = regs
         l1_x = vals[0]
-        # the column sum normalised by the sum's leading zeros (exact, see the docstring)
-        m.d.sync += l2_x.eq((l1_x << lane_s)[:AW].as_signed())
-        # L3: products of 17-bit chunks (the top one signed) by the reciprocal
+        # the column sum normalised by the sum's leading zeros (exact, see the docstring), into
+        # the multipliers' input registers (L2); L3: products of 17-bit chunks (the top one
+        # signed) by the reciprocal
+        m.d.comb += l2_x.eq((l1_x << lane_s)[:AW].as_signed())
+        l3_pp = []
         for k, (lo, w) in enumerate(chunks):
-            part = l2_x[lo:lo + w]
-            if k == len(chunks) - 1:
-                part = part.as_signed()
-            m.d.sync += l3_pp[k].eq(part * lane_recip)
-        # L4, L5: their sum
-        m.d.sync += [l4_s.eq(l3_pp[0] + (l3_pp[1] << CH)), l4_hi.eq(l3_pp[-1])]
+            top = k == len(chunks) - 1
+            mul = m.submodules[f"lane_mul{k}"] = _Mul(signed(w) if top else unsigned(w),
+                                                      unsigned(PB + 1))
+            m.d.comb += [mul.a.eq(l2_x[lo:lo + w]), mul.a_en.eq(1), mul.b.eq(lane_recip)]
+            l3_pp.append(mul.p)
+        # L4, L5: their sum, with the rounding constant 2**(SH1 - 1) put into bits that the first
+        # product leaves zero when it can (the output is then a pure saturation)
+        free_round = SH1 - 1 >= len(l3_pp[0])
+        pp0 = l3_pp[0] | (1 << (SH1 - 1)) if free_round else l3_pp[0]
+        l4_hi = Signal.like(l3_pp[-1], name="l4_hi", reset_less=True)
+        m.d.sync += [l4_s.eq(pp0 + (l3_pp[1] << CH)), l4_hi.eq(l3_pp[-1])]
         if len(chunks) == 3:
             m.d.sync += l5_p.eq(l4_s + (l4_hi << (2 * CH)))
         else:
             m.d.sync += l5_p.eq(l4_s)
         lane_out = Signal(signed(OW))
-        m.d.comb += lane_out.eq(_sat_inc(l5_p[SH1:].as_signed(), l5_p[SH1 - 1], OW))
-        with m.If(lv[-1] & llast[-1]):
-            m.d.sync += lane_busy.eq(0)
-
-        # F is released when its contents have gone to O (or into the lane)
-        with m.If(~r3_last & (o_ld | (ap_v & (ap_rem == 0)))):
-            m.d.sync += f_v.eq(0)
+        if free_round:
+            m.d.comb += lane_out.eq(_sat(l5_p[SH1:].as_signed(), OW))
+        else:
+            m.d.comb += lane_out.eq(_sat_inc(l5_p[SH1:].as_signed(), l5_p[SH1 - 1], OW))
 
         # ------------------------------------------------------------ output register
-        # (lanes >= d, and every lane when the lane starts, are cleared: synchronous resets)
+        # Lanes >= d, and every lane when the lane starts, are cleared (synchronous resets). The
+        # lane's results shift in at lane d - 1 (d of the lane's query, F may hold the next one
+        # by then) and down to lane 0, d shifts in all (lanes >= d shift zeros), so that no net
+        # reaches every lane but the per-lane copies of the controls and ``o.ready``.
+        # (top: copies of lane_dl == log2(e + 1), a cycle late: the first output of a lane run
+        # comes lane_depth + 1 cycles after its start)
+        lane_dl = Signal(range(LMV + 1))
+        with m.If(ap_start):
+            m.d.sync += lane_dl.eq(f_dl)
+        o_q_l = _copies(m, platform, o_pre_q, Mv, "o_pre_q")
+        ap_q_l = _copies(m, platform, ap_pre_q, Mv, "ap_pre_q")
+        rl_l = [_copies(m, platform, f_load[e], 1, f"f_loaded{e}_")[0] for e in range(Mv)]
+        o_v_nx = Signal()
+        m.d.comb += o_v_nx.eq(Mux(o_ld, 1, Mux(ap_start, 0, Mux(lv[-1] & llast[-1], 1,
+                                                                 o_v & ~self.o.ready))))
+        m.d.sync += o_v.eq(o_v_nx)
+        o_v_l = _copies(m, platform, o_v_nx, Mv, "o_valid")
         for e in range(Mv):
-            keep = (f_dl >= e.bit_length()) if e.bit_length() > MIN_D_LOG2 else Const(1)
+            b = e.bit_length()
+            keep = (_copies(m, platform, f_dl_nx >= b, 1, f"o_keep{e}_")[0]
+                    if b > MIN_D_LOG2 else Const(1))
+            top = (_copies(m, platform, lane_dl == b, 1, f"o_top{e}_")[0]
+                   if b >= MIN_D_LOG2 and e == (1 << b) - 1 else Const(0))
+            ld_e = Signal(name=f"o_ld{e}")
+            ap_e = Signal(name=f"ap_start{e}")
+            ld_q, ap_q = Signal(name=f"o_ld{e}_q"), Signal(name=f"ap_start{e}_q")
+            free_e = ~o_v_l[e] | self.o.ready
+            m.d.comb += [ld_e.eq(o_q_l[e] & ~(ld_q & ~rl_l[e]) & free_e),
+                         ap_e.eq(ap_q_l[e] & ~ap_q & free_e)]
+            m.d.sync += [ld_q.eq(ld_e), ap_q.eq(ap_e)]
             rounded = _sat_inc(F[e][SH0:].as_signed(), F[e][SH0 - 1], OW)
-            with m.If(ap_start | (o_ld & ~keep)):
+            shift_in = o_data[e + 1] if e + 1 < Mv else Const(0, signed(OW))
+            with m.If(ap_e | (ld_e & ~keep)):
                 m.d.sync += o_data[e].eq(0)
-            with m.Elif(o_ld):
+            with m.Elif(ld_e):
                 m.d.sync += o_data[e].eq(rounded)
-            with m.Elif(lv[-1] & (lj[-1] == e)):
-                m.d.sync += o_data[e].eq(lane_out)
+            with m.Elif(lv[-1]):
+                m.d.sync += o_data[e].eq(Mux(top, lane_out, shift_in))
         with m.If(o_ld):
-            m.d.sync += [o_psum.eq(f_psum), o_v.eq(1)]
-        with m.Elif(ap_start):
-            m.d.sync += o_v.eq(0)
-        with m.Elif(lv[-1] & llast[-1]):
-            m.d.sync += [o_v.eq(1), o_psum.eq(lane_psum)]
-        with m.Elif(o_v & self.o.ready):
-            m.d.sync += o_v.eq(0)
+            m.d.sync += o_psum.eq(f_psum)
+        with m.Elif(~ap_start & lv[-1] & llast[-1]):
+            m.d.sync += o_psum.eq(lane_psum)
 
         m.d.comb += self.busy.eq(a_v | b_v | c_v | r1_v | r2_v | r3_v | f_v | lane_busy | o_v)
         return m

@@ -11,7 +11,7 @@ Shared layouts (also used by the query pipeline, the testbenches and the softmax
 
 from __future__ import annotations
 
-from amaranth.hdl import ClockSignal, Instance, Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import ReadPort
@@ -19,6 +19,7 @@ from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig
 
+from .dsp import mult18x18d
 from .zero_elim import compact_layout
 
 __all__ = ["QKArray", "Multiplier", "q_layout", "k_word_layout", "dots_layout", "k_depth", "qk_latency"]
@@ -74,24 +75,7 @@ class Multiplier(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         if getattr(platform, "family", None) == "ecp5":
-            a = Signal(signed(18))
-            b = Signal(signed(18))
-            p = Signal(signed(36))
-            m.d.comb += [a.eq(self.a), b.eq(self.b), self.p.eq(p)]
-            ports = {f"i_A{i}": a[i] for i in range(18)}
-            ports |= {f"i_B{i}": b[i] for i in range(18)}
-            ports |= {f"i_C{i}": 0 for i in range(18)}
-            ports |= {f"o_P{i}": p[i] for i in range(36)}
-            m.submodules.dsp = Instance(
-                "MULT18X18D",
-                p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
-                p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
-                p_REG_PIPELINE_CLK="NONE", p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0",
-                p_REG_OUTPUT_RST="RST0", p_GSR="DISABLED", p_MULT_BYPASS="DISABLED",
-                p_RESETMODE="SYNC",
-                i_SIGNEDA=1, i_SIGNEDB=1, i_SOURCEA=0, i_SOURCEB=0,
-                i_CLK0=ClockSignal("sync"), i_CE0=1, i_RST0=0,
-                **ports)
+            mult18x18d(m, self.a, self.b, self.p)
         else:
             a = Signal(signed(self.width), reset_less=True)
             b = Signal(signed(self.width), reset_less=True)

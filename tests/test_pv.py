@@ -6,7 +6,8 @@ every d of a small and of the default config with dense, sparse, contiguous, sin
 all-zero kept lists, with and without renorm; extreme values (p = 65535 on every row the buffer
 holds, v at its minimum or maximum: the accumulator's full width and the output saturation);
 back-to-back queries with every query's cycles equal to the model; random input gaps and output
-backpressure; configuration variants; bad configurations. cocotb runs (Verilator: small and
+backpressure; configuration variants; bad configurations; the ECP5 netlist (multipliers with
+their own registers, per-lane control copies). cocotb runs (Verilator: small and
 default config; Icarus: small) repeat the checks through the ``load`` port (`sim/tb_pv.py`).
 Set SPATTEN_SEED to fix the seed of the random tests.
 """
@@ -14,6 +15,7 @@ Set SPATTEN_SEED to fix the seed of the random tests.
 import dataclasses
 import os
 import random
+import re
 import time
 
 import numpy as np
@@ -368,6 +370,27 @@ def test_ports_and_sizes():
     assert v_depth(cfg) == 1024 and pv.depth == 1024
     assert Shape.cast(sig["d_log2"].shape) == unsigned(3)
     assert Shape.cast(sig["macs"].shape) == unsigned(32)
+
+
+def test_ecp5_netlist():
+    """On an ECP5 platform each multiplier is a MULT18X18D instance with its own input and
+    output registers (the lane's A register enabled by the V read), and the per-lane control
+    copies are TRELLIS_FF instances; elsewhere no instance (the simulated netlist)."""
+    from amaranth.back import rtlil
+
+    class Ecp5:
+        family = "ecp5"
+
+    cfg = DEFAULT
+    text = rtlil.convert(ProbV(config=cfg), platform=Ecp5())
+    dsps = [blk for blk in re.split(r"\n\s*cell ", text) if blk.startswith("\\MULT18X18D")]
+    assert len(dsps) == cfg.pv_mults + 3                        # lanes + 3 of the reciprocal
+    for blk in dsps:
+        for reg in ("INPUTA", "INPUTB", "OUTPUT"):
+            assert f'parameter \\REG_{reg}_CLK "CLK0"' in blk
+    assert len(re.findall(r"cell \\TRELLIS_FF ", text)) >= 4 * cfg.pv_mults
+    plain = rtlil.convert(ProbV(config=cfg))
+    assert "MULT18X18D" not in plain and "TRELLIS_FF" not in plain
 
 
 @pytest.mark.parametrize("args,kwargs,exc,msg", [
