@@ -105,6 +105,16 @@ class GroupResult:
     passes: list
     requests: dict = field(default_factory=dict)
 
+    def row_beats(self) -> list:
+        """The pipeline's ``row`` beats, one per pass in issue order: (query, full precision,
+        dropped for a full-precision pass)."""
+        return [(j, int(kind == "F"), int(kind == "M" and bool(self.refetched[j])))
+                for kind, j in self.passes]
+
+    def final_probs(self) -> list:
+        """The probability rows of the final passes, in output order (lists of ints)."""
+        return [self.p[j].tolist() for j in self.order]
+
     def dram_bytes(self, beat_bytes: int) -> dict:
         """{tensor: bytes read} for every tensor of `TENSORS`, plus "total"."""
         out = {t: sum(r.beats for r in self.requests.get(t, [])) * beat_bytes for t in TENSORS}

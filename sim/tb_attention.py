@@ -410,15 +410,14 @@ async def run_pq(bench, job, tau, fill, *, lsb_late=False):
         t = int(b["tag"])
         if t < m and [int(x) for x in b["data"][:d]] != ref.out[t].tolist():
             errs.append(f"output of query {t} differs")
-    want_rows = [(j, int(kind == "F"), int(kind == "M" and bool(ref.refetched[j])))
-                 for kind, j in ref.passes]
+    want_rows = ref.row_beats()
     got_rows = [(int(r["tag"]), int(r["full"]), int(r["refetch"])) for r in rows]
     if got_rows != want_rows:
         errs.append(f"row beats {got_rows} != golden {want_rows}")
     msb_pmax = [int(r["p_max"]) for r, (kind, _) in zip(rows, ref.passes) if kind == "M"]
     if msb_pmax != ref.p_max_msb.tolist():
         errs.append("p_max of the MSB passes differs")
-    if probs != [ref.p[j].tolist() for j in ref.order]:
+    if probs != ref.final_probs():
         errs.append("final probabilities differ")
     if refetched != int(ref.refetched.sum()):
         errs.append(f"refetched {refetched} != {int(ref.refetched.sum())}")

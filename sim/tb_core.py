@@ -74,6 +74,15 @@ class Bench:
         await self.load.send([{"addr": a, "data": d} for a, d in enumerate(beats)])
         self.image = image
 
+    def send_job(self, survivors, queries):
+        """Queue a job's survivor beats (none for an empty list) and query beats."""
+        if len(survivors):
+            self.surv.send_nowait([{"index": int(t), "last": int(i == len(survivors) - 1)}
+                                   for i, t in enumerate(survivors)])
+        self.queries.send_nowait([{"head": int(h), "row": int(r),
+                                   "last": int(i == len(queries) - 1)}
+                                  for i, (h, r) in enumerate(queries)])
+
     def counters(self):
         d = self.dut
         return {t: int(getattr(d, f"beats_{t}").value) for t in TENSORS}
@@ -143,10 +152,7 @@ async def run_job(bench, grp, survivors, queries, *, k_v=None, renorm=False, tau
                     list(grp["q"]), survivors, queries, grp["params"], tau=tau, fill=fill,
                     memory=MEM, k_v=k_v, renorm=renorm)
     before = bench.counters()
-    bench.surv.send_nowait([{"index": t, "last": int(i == n - 1)}
-                            for i, t in enumerate(survivors)])
-    bench.queries.send_nowait([{"head": h, "row": r, "last": int(i == len(queries) - 1)}
-                               for i, (h, r) in enumerate(queries)])
+    bench.send_job(survivors, queries)
     outs = await with_timeout(bench.o.recv_packet(), dut, timeout)
     rows = [await with_timeout(bench.row.recv(), dut, timeout) for _ in ref.passes]
     probs = []
@@ -170,11 +176,11 @@ async def run_job(bench, grp, survivors, queries, *, k_v=None, renorm=False, tau
         t = int(b["tag"])
         if t < len(queries) and [int(x) for x in b["data"][:d]] != ref.out[t].tolist():
             errs.append(f"output of query {t} differs")
-    want = [(j, int(k == "F"), int(k == "M" and bool(ref.refetched[j]))) for k, j in ref.passes]
+    want = ref.row_beats()
     got = [(int(r["tag"]), int(r["full"]), int(r["refetch"])) for r in rows]
     if got != want:
         errs.append(f"row beats {got} != golden {want}")
-    if probs != [ref.p[j].tolist() for j in ref.order]:
+    if probs != ref.final_probs():
         errs.append("final probabilities differ")
     if status[2] != int(ref.refetched.sum()):
         errs.append(f"refetched {status[2]} != {int(ref.refetched.sum())}")
@@ -192,11 +198,7 @@ async def run_bad(bench, grp, survivors, queries, expect, **kw):
     await bench.load_image(grp["image"])
     set_registers(dut, grp, kw.pop("n", len(survivors)), **kw)
     before = bench.counters()
-    if survivors:
-        bench.surv.send_nowait([{"index": t, "last": int(i == len(survivors) - 1)}
-                                for i, t in enumerate(survivors)])
-    bench.queries.send_nowait([{"head": h, "row": r, "last": int(i == len(queries) - 1)}
-                               for i, (h, r) in enumerate(queries)])
+    bench.send_job(survivors, queries)
     outs = await with_timeout(bench.o.recv_packet(), dut, 200_000)
     await RisingEdge(dut.clk)
     await ReadOnly()
@@ -317,11 +319,7 @@ async def run_jobs(dut):
         dut.q_base.value = sum(int(b) << (AW * h) for h, b in enumerate(job["q_base"]))
         survivors, queries = job["survivors"], job["queries"]
         before = bench.counters()
-        if survivors:
-            bench.surv.send_nowait([{"index": t, "last": int(i == len(survivors) - 1)}
-                                    for i, t in enumerate(survivors)])
-        bench.queries.send_nowait([{"head": h, "row": r, "last": int(i == len(queries) - 1)}
-                                   for i, (h, r) in enumerate(queries)])
+        bench.send_job(survivors, queries)
         timeout = job.get("timeout", 2_000_000)
         outs = await with_timeout(bench.o.recv_packet(), dut, timeout)
         error = bool(outs[-1]["error"])

@@ -198,11 +198,10 @@ def cmd_attention(args):
     dram["total"] = sum(dram.values())
     want = ref.dram_bytes(mem.beat_bytes)
     rows = [(r["tag"], r["full"], r["refetch"]) for r in res["rows"]]
-    want_rows = [(j, int(kd == "F"), int(kd == "M" and bool(ref.refetched[j])))
-                 for kd, j in ref.passes]
+    want_rows = ref.row_beats()
     match = (res["error"] == "NONE" and np.array_equal(out, ref.out)
              and res["tags"] == ref.order and rows == want_rows
-             and res["probs"] == [ref.p[j].tolist() for j in ref.order] and dram == want)
+             and res["probs"] == ref.final_probs() and dram == want)
     mults = cfg.qk_mults + cfg.pv_mults
     macs = len(ref.passes) * n * d + sum(len(x) for x in ref.kept) * d
     util = macs / (mults * res["cycles"]) if res["cycles"] else 0.0
