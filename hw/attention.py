@@ -13,7 +13,9 @@ per query, ``last`` on the run's final query). The run-time registers ``n`` (key
 (head dimension d = 2**d_log2), ``k_v`` (keys kept per query by value pruning; ``k_v >= n``
 disables pruning), ``renorm``, the score scaling ``shift``, ``scale``, ``post_shift`` (see
 `golden.attention.score_params`) and the progressive quantization registers ``pq``, ``tau``,
-``fill_mid`` are sampled with the run's first query.
+``fill_mid`` are sampled with the run's first query, and so is ``bank``: with ``bank = 1`` the
+run's keys and values sit in the upper half of the buffers (from word capacity/2 on; the fetch
+unit fills one half while a run reads the other, `hw.core.Core`), which needs n <= capacity/2.
 
 Passes. Queries are numbered (``tag``) in the order they arrive and kept in a ring of 4 until
 their last pass is issued. Without progressive quantization (``pq = 0``) every query runs one
@@ -49,7 +51,8 @@ takes the next): about n/S + 1.5-3 n/P + k_v/S + 40 cycles a row. ``macs`` count
 ``cycles`` the cycles from a run's first query to its last output: utilization is
 macs / ((M + Mv) * cycles).
 
-Bad input: n = 0, n over capacity, a head dimension out of range, k_v = 0 end the run at once:
+Bad input: n = 0, n over capacity, a head dimension out of range, k_v = 0, ``bank = 1`` with
+n > capacity/2 end the run at once:
 its queries are consumed, one ``o`` beat with ``error = last = 1`` is emitted (nothing on
 ``probs`` or ``row``), and ``error``/``error_code`` hold until the next run starts. A ``load``
 beyond the buffer is dropped and sets ``error`` with ``BAD_LOAD``. Reset returns to idle.
@@ -74,7 +77,7 @@ from .softmax import Softmax
 from .topk import Mode, TopK
 
 __all__ = ["ErrorCode", "Attention", "load_layout", "query_layout", "output_layout",
-           "row_info_layout", "run_registers", "TAG_BITS"]
+           "row_info_layout", "run_registers", "two_banks", "TAG_BITS"]
 
 
 class ErrorCode(enum.Enum, shape=3):
@@ -84,6 +87,7 @@ class ErrorCode(enum.Enum, shape=3):
     BAD_HEAD_DIM = 3      # d_log2 outside 3..log2(min(M, Mv))
     K_V_ZERO = 4          # value pruning asked to keep no key
     BAD_LOAD = 5          # a load address beyond the buffer
+    BAD_BANK = 6          # bank = 1 with n > capacity/2 (or a buffer without two banks)
 
 
 def _log2(x: int) -> int:
@@ -147,6 +151,12 @@ def run_registers(cfg: AttentionConfig) -> dict:
     }
 
 
+def two_banks(cfg: AttentionConfig) -> bool:
+    """The buffers split into two banks of capacity/2 words (what ``bank`` needs): each holds
+    the keys and values of a run of up to capacity/2 keys at any head dimension."""
+    return cfg.capacity % 2 == 0
+
+
 def pair_layout(cfg: AttentionConfig) -> data.StructLayout:
     return data.StructLayout({"index": unsigned(cfg.index_width),
                               "prob": unsigned(cfg.prob_bits)})
@@ -190,6 +200,7 @@ class Attention(wiring.Component):
             # run-time registers, sampled with a run's first query
             "n": In(range(cfg.capacity + 1)),
             **run_registers(cfg),
+            "bank": In(1),
             # the K LSB plane is in its buffer (full-precision passes wait for it)
             "lsb_ready": In(1),
             # V rows are fetched per query: ``kept`` gives each final pass's kept indices,
@@ -252,7 +263,18 @@ class Attention(wiring.Component):
         m.submodules.kept_fifo = kept_fifo = SyncFIFOBuffered(
             width=kept_layout.size, depth=max(4, cfg.capacity // S))
         kept = Signal(kept_layout)
-        wiring.connect(m, pv.v_rd, vmem.read_port())
+        # the run's bank: word offset capacity/2 in the K and the V buffer, or 0
+        k_off = Signal(range(cfg.capacity))
+        v_off = k_off
+        pow2 = cfg.capacity & (cfg.capacity - 1) == 0
+
+        def at(addr, off):
+            # in a power-of-two buffer the bank's offset is one address bit above every
+            # address of the run (n*d/M <= n <= offset): an OR, no carry chain on the address
+            return (addr | off) if pow2 else (addr + off)
+        vrp = vmem.read_port()
+        m.d.comb += [vrp.addr.eq(at(pv.v_rd.addr, v_off)), vrp.en.eq(pv.v_rd.en),
+                     pv.v_rd.data.eq(vrp.data)]
 
         # K read: the MSB plane with the LSB plane (full-precision pass) or the fill
         krm = kmsb.read_port()
@@ -262,8 +284,8 @@ class Attention(wiring.Component):
         m.d.sync += full_d.eq(pass_full)
         r_fill = Signal()
         fill = Mux(r_fill, 1 << (LB - 1), 0)
-        m.d.comb += [krm.addr.eq(qk.k_rd.addr), krm.en.eq(qk.k_rd.en),
-                     krl.addr.eq(qk.k_rd.addr), krl.en.eq(qk.k_rd.en)]
+        m.d.comb += [krm.addr.eq(at(qk.k_rd.addr, k_off)), krm.en.eq(qk.k_rd.en),
+                     krl.addr.eq(at(qk.k_rd.addr, k_off)), krl.en.eq(qk.k_rd.en)]
         for e in range(M):
             m.d.comb += qk.k_rd.data[e].eq(Cat(Mux(full_d, krl.data[e], fill), krm.data[e]))
 
@@ -300,6 +322,8 @@ class Attention(wiring.Component):
             m.d.comb += [bad.eq(1), code.eq(ErrorCode.BAD_HEAD_DIM)]
         with m.Elif(self.k_v == 0):
             m.d.comb += [bad.eq(1), code.eq(ErrorCode.K_V_ZERO)]
+        with m.Elif(self.bank & ((self.n > cfg.capacity // 2) | (not two_banks(cfg)))):
+            m.d.comb += [bad.eq(1), code.eq(ErrorCode.BAD_BANK)]
 
         q_in = Signal(32)          # queries of this run accepted
         q_out = Signal(32)         # outputs of this run emitted
@@ -375,7 +399,8 @@ class Attention(wiring.Component):
                                      r_post.eq(self.post_shift), prune.eq(self.k_v < self.n),
                                      r_pq.eq(self.pq), r_tau.eq(self.tau),
                                      r_fill.eq(self.fill_mid), r_vwait.eq(self.v_wait),
-                                     acks.eq(0), pv_started.eq(0), pv_mid.eq(0)]
+                                     acks.eq(0), pv_started.eq(0), pv_mid.eq(0),
+                                     k_off.eq(Mux(self.bank, cfg.capacity // 2, 0))]
                         m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)

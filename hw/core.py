@@ -1,54 +1,68 @@
-"""The memory side around the query pipeline: one head group from DRAM to outputs.
+"""The memory side around the query pipeline: head groups from DRAM to outputs, two in flight.
 
-A *job* is one head group (one K/V head of one layer, `golden.progressive`): its surviving
-tokens (ascending indices into the group's K and V planes; buffer position i holds survivor i)
-and its queries (query head h of the group, row r of that head's Q plane). `Core` fetches what
-the schedule of `golden.progressive.run_group` says, through four `hw.fetch.PlaneReader` s that
-share the DRAM port (`hw.fetch.DramArbiter`), and runs the queries through `hw.attention.Attention`:
+A *job* is one head group (one K/V head of one layer, `golden.progressive`): a descriptor on
+``job`` (`job_layout`: ``n``, ``n_stored``, the plane bases ``k_msb_base``, ``k_lsb_base``,
+``v_base``, ``q_base[h]`` (bytes, B-aligned) and the pipeline's run registers ``d_log2``,
+``k_v``, ``renorm``, ``shift``, ``scale``, ``post_shift``, ``pq``, ``tau``, ``fill_mid``), its n
+surviving tokens on ``survivors`` (ascending indices into the group's K and V planes, ``last``
+on the n-th; buffer position i holds survivor i) and its queries on ``queries`` (one beat
+``{head, row, last}`` per query: row ``row`` of query head ``head``'s Q plane). Jobs follow each
+other on the three streams in the same order. `Core` fetches what the schedule of
+`golden.progressive.run_group` says, through four `hw.fetch.PlaneReader` s that share the DRAM
+port (`hw.fetch.DramArbiter`), and runs the queries through `hw.attention.Attention`:
 
 1. the survivors stream in; they are checked (strictly ascending, below ``n_stored``, at most
    ``capacity``), kept in the index buffer, and their K MSB rows fetched (runs of consecutive
    tokens, bursts of ``max_burst`` beats); without progressive quantization (``pq = 0``) their K
-   LSB rows too, before the first pass;
-2. each query's Q row is fetched (one run) and handed to the pipeline; with ``pq = 1`` the K LSB
-   rows of all survivors are fetched once, when the pipeline first asks for them;
+   LSB rows too, and without value pruning (``k_v >= n``) their V rows, both as the survivors
+   arrive (scans of the index buffer);
+2. each query's Q row is fetched (one run, up to `Q_SLOTS` rows in flight) and handed to the
+   pipeline; with ``pq = 1`` the K LSB rows of all survivors are fetched once, when the
+   pipeline first asks for them;
 3. for each final pass, the V rows of its kept keys that are not yet in the V buffer are fetched
    (runs of consecutive tokens); prob x V starts the query when they are in.
 
+Double buffering: the K and V buffers are two banks of capacity/2 words (`Attention`'s
+``bank``). A job of n <= capacity/2 keys takes the bank the running job does not use, so its
+survivors, K (and V, LSB) rows are fetched while the job before it computes; a larger job takes
+both banks and waits for the one before it to finish. Two jobs are in flight at most (one
+fetching, one running); Q rows of the next job are fetched as soon as its descriptor is in.
+
 Every output, row beat and probability equals the golden model's, and every tensor's DRAM bytes
-equal `GroupResult.dram_bytes` (beats x B, counted per reader: ``beats_*``).
+equal `GroupResult.dram_bytes` (beats x B, counted per reader: ``beats_*``, since reset).
 
-Job registers (sampled with the first survivor): ``n``, ``n_stored``, the plane bases
-``k_msb_base``, ``k_lsb_base``, ``v_base`` and ``q_base[h]`` (bytes, B-aligned) and everything
-`Attention` samples (``d_log2``, ``k_v``, ``renorm``, ``shift``, ``scale``, ``post_shift``,
-``pq``, ``tau``, ``fill_mid``). ``survivors`` carries n beats ``{index, last}`` (``last`` on the
-n-th); ``queries`` one beat per query ``{head, row, last}``.
-
-Bad input ends the job with one ``o`` beat with ``error = last = 1`` and ``error_code`` (its
-queries and survivors are consumed, what was fetched is dropped): n = 0 or over capacity, a
-survivor not above the one before or not below ``n_stored``, a misaligned base, a query head
-outside the group, a DRAM error beat, or an error of the pipeline itself (``ATTENTION``, with
-`Attention`'s code on ``attention_error``). Reset returns to idle.
+Bad input ends the job with one ``o`` beat with ``error = last = 1`` (its survivors and queries
+are consumed, nothing it fetched is used) and sets ``error``/``error_code`` (`CoreError`, which
+hold until the next job ends): n = 0 or over capacity, a misaligned base, a head dimension out
+of range, k_v = 0 (all four refused before any fetch), a survivor not above the one before or not
+below ``n_stored``, a query head outside the group, a DRAM error beat, or an error of the
+pipeline itself (``ATTENTION``, with `Attention`'s code on ``attention_error``). The jobs after it
+run as usual. Reset returns to idle.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from spatten.config import Config
+from spatten.config import AttentionConfig, Config
 
 from .attention import (Attention, ErrorCode as AttnError, output_layout, row_info_layout,
-                        run_registers)
+                        run_registers, two_banks)
 from .fetch import DramArbiter, PlaneReader, req_layout, resp_layout, run_layout
 from .rowstream import row_layout
 
-__all__ = ["Core", "CoreError", "Coalescer", "survivor_layout", "query_cmd_layout"]
+__all__ = ["Core", "CoreError", "Coalescer", "Scanner", "survivor_layout", "query_cmd_layout",
+           "job_layout", "Q_SLOTS"]
+
+#: Q rows the core fetches ahead of the pipeline (each one DRAM run)
+Q_SLOTS = 4
 
 
-class CoreError(enum.Enum, shape=3):
+class CoreError(enum.Enum, shape=4):
     NONE = 0
     N_ZERO = 1
     N_OVER_CAPACITY = 2
@@ -57,6 +71,8 @@ class CoreError(enum.Enum, shape=3):
     BAD_HEAD = 5           # a query head outside the group
     DRAM = 6               # an error beat from the memory
     ATTENTION = 7          # the query pipeline's own error (see attention_error)
+    BAD_HEAD_DIM = 8       # d_log2 outside 3..log2(min(M, Mv))
+    K_V_ZERO = 9           # value pruning asked to keep no key
 
 
 def survivor_layout(token_bits: int) -> data.StructLayout:
@@ -66,6 +82,85 @@ def survivor_layout(token_bits: int) -> data.StructLayout:
 def query_cmd_layout(token_bits: int, group: int) -> data.StructLayout:
     return data.StructLayout({"head": range(max(2, group)), "row": unsigned(token_bits),
                               "last": 1})
+
+
+def job_layout(cfg: AttentionConfig, group: int, token_bits: int = 16,
+               addr_width: int = 32) -> data.StructLayout:
+    """A job descriptor (see the module docstring); the run registers have the shapes of
+    `hw.attention.run_registers`."""
+    fields = {
+        "n": unsigned(token_bits + 1),
+        "n_stored": unsigned(token_bits + 1),
+        "k_msb_base": unsigned(addr_width),
+        "k_lsb_base": unsigned(addr_width),
+        "v_base": unsigned(addr_width),
+        "q_base": data.ArrayLayout(unsigned(addr_width), group),
+    }
+    for name, member in run_registers(cfg).items():
+        fields[name] = member.shape
+    return data.StructLayout(fields)
+
+
+def item_layout(token_bits: int, capacity: int) -> data.StructLayout:
+    """A (token, buffer position) item of a `Coalescer`; ``last`` closes the run after it."""
+    return data.StructLayout({"token": unsigned(token_bits), "pos": range(capacity), "last": 1})
+
+
+class Scanner(wiring.Component):
+    """Positions ``base .. base+count-1`` of the index buffer, in order, as coalescer items
+    ``{token, pos, last}`` (``pos`` counted from 0, ``last`` on the count-th).
+
+    ``start`` (a pulse while not ``busy``) samples ``base`` and ``count`` (>= 1); position
+    ``base + i`` is read only once ``i < limit`` (the intake may still be writing the list);
+    ``abort`` stops the scan after the items already read. ``rd_addr``/``rd_data``: a
+    synchronous read port of the index buffer (always enabled). ``busy``: a scan is running or
+    its last item has not left. One item a cycle when ``o`` is ready."""
+
+    def __init__(self, *, token_bits: int, capacity: int):
+        self.token_bits, self.capacity = token_bits, capacity
+        super().__init__({
+            "start": In(1),
+            "base": In(range(capacity)),
+            "count": In(range(capacity + 1)),
+            "limit": In(range(capacity + 1)),
+            "abort": In(1),
+            "rd_addr": Out(range(capacity)),
+            "rd_data": In(unsigned(token_bits)),
+            "o": Out(stream.Signature(item_layout(token_bits, capacity))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        N = self.capacity
+        active = Signal()
+        base = Signal(range(N))
+        count = Signal(range(N + 1))
+        pos = Signal(range(N + 1))          # next position to read (from base)
+        rd_v = Signal()                     # an item read, waiting for o.ready
+        rd_pos = Signal(range(N))
+        rd_last = Signal()
+        hold = Signal()
+        o = self.o
+        # while an item waits, its address is read again so that rd_data stays valid
+        m.d.comb += [hold.eq(rd_v & ~o.ready),
+                     self.rd_addr.eq(base + Mux(hold, rd_pos, pos)),
+                     o.valid.eq(rd_v), o.payload.token.eq(self.rd_data),
+                     o.payload.pos.eq(rd_pos), o.payload.last.eq(rd_last),
+                     self.busy.eq(active | rd_v)]
+        with m.If(o.valid & o.ready):
+            m.d.sync += rd_v.eq(0)
+        with m.If(active & ~hold & (pos < self.limit) & ~self.abort):
+            m.d.sync += [rd_v.eq(1), rd_pos.eq(pos), rd_last.eq(pos + 1 == count),
+                         pos.eq(pos + 1)]
+            with m.If(pos + 1 == count):
+                m.d.sync += active.eq(0)
+        with m.If(self.abort):
+            m.d.sync += active.eq(0)
+        with m.If(self.start & ~active & ~rd_v):
+            m.d.sync += [active.eq(self.count != 0), base.eq(self.base), count.eq(self.count),
+                         pos.eq(0)]
+        return m
 
 
 class Coalescer(wiring.Component):
@@ -79,8 +174,7 @@ class Coalescer(wiring.Component):
     def __init__(self, *, token_bits: int, capacity: int):
         self.token_bits, self.capacity = token_bits, capacity
         super().__init__({
-            "i": In(stream.Signature(data.StructLayout({
-                "token": unsigned(token_bits), "pos": range(capacity), "last": 1}))),
+            "i": In(stream.Signature(item_layout(token_bits, capacity))),
             "o": Out(stream.Signature(run_layout(token_bits, capacity))),
             "flush": In(1),
             "busy": Out(1),
@@ -117,7 +211,7 @@ class Coalescer(wiring.Component):
 
 
 class Core(wiring.Component):
-    """One head group from DRAM to outputs; see the module docstring.
+    """Head groups from DRAM to outputs, two in flight; see the module docstring.
 
     Parameters (keyword-only)
     -------------------------
@@ -129,6 +223,13 @@ class Core(wiring.Component):
         Bits of a token index (rows of a plane; default 16).
     addr_width : int
         DRAM byte address bits (default 32).
+
+    Status (counters since reset, wrapping): ``jobs_done``, ``busy_cycles`` (a job in flight),
+    ``refetched`` (rows dropped for a full-precision pass), ``beats_*`` (DRAM beats per tensor)
+    and the memory waits: ``wait_k`` (the pipeline is idle, the next job's K MSB rows are not
+    in), ``wait_q`` (the pipeline would take a query whose Q row is not fetched yet, or not sent
+    by the host), ``wait_lsb`` (a full-precision pass waits for the K LSB rows), ``wait_v``
+    (prob x V has a query's pairs, its V rows are not in).
     """
 
     def __init__(self, *, config: Config, group: int = 1, token_bits: int = 16,
@@ -147,37 +248,25 @@ class Core(wiring.Component):
         super().__init__({
             "dram_req": Out(stream.Signature(req_layout(addr_width, mem.max_burst))),
             "dram_resp": In(stream.Signature(resp_layout(B))),
+            "job": In(stream.Signature(job_layout(att, group, token_bits, addr_width))),
             "survivors": In(stream.Signature(survivor_layout(token_bits))),
             "queries": In(stream.Signature(query_cmd_layout(token_bits, group))),
             "o": Out(stream.Signature(output_layout(att))),
             "probs": Out(stream.Signature(row_layout(unsigned(att.prob_bits),
                                                      att.softmax_lanes))),
             "row": Out(stream.Signature(row_info_layout(att))),
-            # job registers
-            "n": In(range(att.capacity + 2)),
-            "n_stored": In(unsigned(token_bits + 1)),
-            "k_msb_base": In(addr_width),
-            "k_lsb_base": In(addr_width),
-            "v_base": In(addr_width),
-            "q_base": In(data.ArrayLayout(unsigned(addr_width), group)),
-            **run_registers(att),
             # status
             "busy": Out(1),
-            "done": Out(1),
+            "jobs_done": Out(32),
             "error": Out(1),
             "error_code": Out(CoreError),
             "attention_error": Out(AttnError),
             "refetched": Out(32),
-            "lsb_fetched": Out(1),
-            "cycles": Out(32),
+            "busy_cycles": Out(32),
             "beats_k_msb": Out(32),
             "beats_k_lsb": Out(32),
             "beats_v": Out(32),
             "beats_q": Out(32),
-            # cycles of the job the datapath waited for memory: for the K MSB rows (nothing
-            # can start), for a query (the pipeline would take one; its Q row is not fetched
-            # yet, or the host has not sent it), for the K LSB rows (a full-precision pass is
-            # due), for V rows (prob x V has a query's pairs)
             "wait_k": Out(32),
             "wait_q": Out(32),
             "wait_lsb": Out(32),
@@ -192,15 +281,25 @@ class Core(wiring.Component):
                           att_cfg.capacity, att_cfg.softmax_lanes)
         B = mem.beat_bytes
         LB = B.bit_length() - 1
+        LM = M.bit_length() - 1
         TB, AW, G = self.token_bits, self.addr_width, self.group
+        TWO = two_banks(att_cfg)
+        HALF = N // 2
+        d_max = min(M, Mv).bit_length() - 1
+        pow2 = N & (N - 1) == 0
+
+        def word(addr, hi):
+            """A buffer word address in the job's bank (upper half when ``hi``)."""
+            off = Mux(hi, HALF, 0)
+            return (addr | off) if pow2 else (addr + off)
 
         m.submodules.att = att = Attention(config=cfg)
         m.submodules.arb = arb = DramArbiter(ports=4, memory=mem, addr_width=AW)
         wiring.connect(m, arb.dram_req, wiring.flipped(self.dram_req))
         wiring.connect(m, wiring.flipped(self.dram_resp), arb.dram_resp)
 
-        def reader(name, bits, signed_, elems):
-            r = PlaneReader(bits=bits, is_signed=signed_, elems=elems, depth=N, memory=mem,
+        def reader(name, bits, signed_, elems, depth=N):
+            r = PlaneReader(bits=bits, is_signed=signed_, elems=elems, depth=depth, memory=mem,
                             capacity=N, addr_width=AW, token_bits=TB)
             m.submodules[name] = r
             return r
@@ -210,135 +309,268 @@ class Core(wiring.Component):
         rv = reader("rd_v", W, True, Mv)
         rq = reader("rd_q", W, True, M)
         readers = (rk, rl, rv, rq)
-        r_dl = Signal.like(self.d_log2)
         for i, r in enumerate(readers):
             wiring.connect(m, r.req, arb.req(i))
             wiring.connect(m, arb.resp(i), r.resp)
-            m.d.comb += r.d_log2.eq(r_dl)
-        wiring.connect(m, rk.wr, att.k_msb_wr)
-        wiring.connect(m, rl.wr, att.k_lsb_wr)
-        wiring.connect(m, rv.wr, att.v_wr)
         m.d.comb += [self.beats_k_msb.eq(rk.beats), self.beats_k_lsb.eq(rl.beats),
                      self.beats_v.eq(rv.beats), self.beats_q.eq(rq.beats)]
+        dram_err = Signal()
+        m.d.comb += dram_err.eq(_any([r.error for r in readers]))
 
-        # job registers (the pipeline's too: it samples them with its first query)
-        r_n = Signal.like(self.n)
-        r_stored = Signal.like(self.n_stored)
-        r_kb, r_lb, r_vb = Signal(AW), Signal(AW), Signal(AW)
-        r_qb = Signal(data.ArrayLayout(unsigned(AW), G))
-        r_pq = Signal()
-        m.d.comb += [rk.base.eq(r_kb), rl.base.eq(r_lb), rv.base.eq(r_vb)]
-        att_regs = [name for name in run_registers(att_cfg) if name != "d_log2"]
-        latch = [r_n.eq(self.n), r_stored.eq(self.n_stored), r_kb.eq(self.k_msb_base),
-                 r_lb.eq(self.k_lsb_base), r_vb.eq(self.v_base), r_qb.eq(self.q_base),
-                 r_pq.eq(self.pq), r_dl.eq(self.d_log2)]
-        for name in att_regs:
-            reg = Signal.like(getattr(self, name), name=f"r_{name}")
-            latch.append(reg.eq(getattr(self, name)))
-            m.d.comb += getattr(att, name).eq(reg)
-        m.d.comb += [att.n.eq(r_n), att.d_log2.eq(r_dl), att.v_wait.eq(1)]
+        # ---------------------------------------------------------------- job slots
+        # job j lives in slot j % 2 from its descriptor to its last output; `fs` is the slot
+        # the intake fills, `bs` the slot the pipeline runs, `qs_` the slot whose queries the
+        # Q fetch takes
+        jl = job_layout(att_cfg, G, TB, AW)
+        FREE, INTAKE, READY, RUN, BAD = range(5)
+        st = [Signal(range(5), name=f"st{s}") for s in range(2)]
+        regs = [Signal(jl, name=f"job{s}") for s in range(2)]
+        use = [Signal(2, name=f"use{s}") for s in range(2)]       # banks the job holds
+        err = [Signal(name=f"err{s}") for s in range(2)]
+        code = [Signal(CoreError, name=f"code{s}") for s in range(2)]
+        refused = [Signal(name=f"refused{s}") for s in range(2)]  # bad before any fetch
+        q_all = [Signal(name=f"q_all{s}") for s in range(2)]      # its last query was taken
+        good = [Signal(range(N + 1), name=f"good{s}") for s in range(2)]   # positions written
+        idone = [Signal(name=f"idone{s}") for s in range(2)]      # every survivor written
+        sbad = [Signal(name=f"sbad{s}") for s in range(2)]        # a bad survivor was seen
+        l_st = [Signal(2, name=f"l_st{s}") for s in range(2)]     # LSB: 0 -, 1 wanted, 2 in
+        p_st = [Signal(2, name=f"p_st{s}") for s in range(2)]     # V prefetch: same
+        fs, bs, qs_ = Signal(), Signal(), Signal()
 
-        # the index buffer: survivor i's token at address i
+        def pick(pair, sel):
+            """pair[sel] (two signals or views of one shape)"""
+            out = Signal(pair[0].shape())
+            m.d.comb += out.eq(Mux(sel, pair[1], pair[0]))
+            return out
+
+        def hi_of(sel):
+            return pick(use, sel) == 0b10
+
+        def base_of(sel):
+            return Mux(pick(use, sel) == 0b10, HALF, 0)
+
+        fj, bj = pick(regs, fs), pick(regs, bs)
+
+        def on(sel, s):
+            return sel == s
+
+        # ---------------------------------------------------------------- index buffer
         m.submodules.index = index = Memory(shape=unsigned(TB), depth=N, init=[])
         iw = index.write_port()
-        ir_l = index.read_port()        # LSB fetch scan
-        ir_v = index.read_port()        # V fetch lookups
+        resident = Signal(N)              # V rows in (or on their way to) the V buffer
 
-        error = Signal()
-        code = Signal(CoreError)
-        done = Signal()
-        cycles = Signal(32)
-        m.d.comb += [self.error.eq(error), self.error_code.eq(code), self.done.eq(done),
-                     self.cycles.eq(cycles), self.refetched.eq(att.refetched),
-                     self.attention_error.eq(att.error_code)]
-        mis = Signal()
-        if LB:
-            bases = [self.k_msb_base, self.k_lsb_base, self.v_base,
-                     *[self.q_base[h] for h in range(G)]]
-            m.d.comb += mis.eq(_any([b[:LB] != 0 for b in bases]))
-
-        # ---------------------------------------------------------------- survivors -> K MSB
+        # ---------------------------------------------------------------- front: intake
         m.submodules.co_k = co_k = Coalescer(token_bits=TB, capacity=N)
         wiring.connect(m, co_k.o, rk.cmd)
-        s_cnt = Signal(range(N + 2))      # survivors accepted
-        s_prev = Signal(TB + 1)           # last survivor + 1 (0 before the first)
-        s_bad = Signal()
-        s_seen = Signal()                 # the survivors' last beat was taken
-        q_seen = Signal()                 # the queries' last beat was taken
+        m.d.comb += [rk.base.eq(fj.k_msb_base), rk.d_log2.eq(fj.d_log2)]
+        wiring.connect(m, rk.wr, att.k_msb_wr)
+        m.d.comb += att.k_msb_wr.payload.addr.eq(word(rk.wr.payload.addr, hi_of(fs)))
+        s_cnt = Signal(range(N + 2))      # survivors of the job taken
+        s_prev = Signal(TB + 1)           # last survivor + 1
+        s_seen = Signal()                 # the job's last survivor was taken
         sv = self.survivors.payload
+        jp = self.job.payload
+        mis = Signal()
+        if LB:
+            m.d.comb += mis.eq(_any([b[:LB] != 0 for b in
+                                     [jp.k_msb_base, jp.k_lsb_base, jp.v_base,
+                                      *[jp.q_base[h] for h in range(G)]]]))
+        j_bad = Signal()
+        j_code = Signal(CoreError)
+        with m.If(jp.n == 0):
+            m.d.comb += [j_bad.eq(1), j_code.eq(CoreError.N_ZERO)]
+        with m.Elif(jp.n > N):
+            m.d.comb += [j_bad.eq(1), j_code.eq(CoreError.N_OVER_CAPACITY)]
+        with m.Elif(mis):
+            m.d.comb += [j_bad.eq(1), j_code.eq(CoreError.MISALIGNED)]
+        with m.Elif((jp.d_log2 < 3) | (jp.d_log2 > d_max)):
+            m.d.comb += [j_bad.eq(1), j_code.eq(CoreError.BAD_HEAD_DIM)]
+        with m.Elif(jp.k_v == 0):
+            m.d.comb += [j_bad.eq(1), j_code.eq(CoreError.K_V_ZERO)]
+        # banks: a job of up to capacity/2 keys takes the half the other slot does not hold
+        other_use = pick(use, ~fs)
+        j_full = Signal()
+        m.d.comb += j_full.eq((jp.n > HALF) | (not TWO))
+        j_use = Signal(2)
+        m.d.comb += j_use.eq(Mux(j_bad, 0, Mux(j_full, 0b11, Mux(other_use[0], 0b10, 0b01))))
+        j_fits = Signal()
+        m.d.comb += j_fits.eq((j_use & other_use) == 0)
+        half_mask = (1 << HALF) - 1
+        pos_base_f = base_of(fs)
 
-        # ---------------------------------------------------------------- LSB fetch
+        with m.FSM(name="front"):
+            with m.State("IDLE"):
+                with m.If(pick(st, fs) == FREE):
+                    m.d.comb += self.job.ready.eq(j_fits)
+                with m.If(self.job.valid & self.job.ready):
+                    m.d.sync += [s_cnt.eq(0), s_prev.eq(0), s_seen.eq(0)]
+                    for s in range(2):
+                        with m.If(on(fs, s)):
+                            m.d.sync += [
+                                regs[s].eq(jp), use[s].eq(j_use), err[s].eq(j_bad),
+                                code[s].eq(j_code), refused[s].eq(j_bad), q_all[s].eq(0),
+                                good[s].eq(0), idone[s].eq(0), sbad[s].eq(0),
+                                l_st[s].eq(Mux(~j_bad & ~jp.pq, 1, 0)),
+                                p_st[s].eq(Mux(~j_bad & (jp.k_v >= jp.n), 1, 0)),
+                                st[s].eq(INTAKE)]
+                    # the job's positions: no V row of it is in the buffer yet
+                    with m.If(j_use == 0b11):
+                        m.d.sync += resident.eq(0)
+                    with m.Elif(j_use == 0b01):
+                        m.d.sync += resident.eq(resident & ~Const(half_mask, N))
+                    with m.Elif(j_use == 0b10):
+                        m.d.sync += resident.eq(resident & Const(half_mask, N))
+                    with m.If(j_bad & (jp.n == 0)):
+                        for s in range(2):
+                            with m.If(on(fs, s)):
+                                m.d.sync += st[s].eq(BAD)
+                        m.d.sync += fs.eq(~fs)
+                    with m.Elif(j_bad):
+                        m.next = "SWALLOW"
+                    with m.Else():
+                        m.next = "SURVIVORS"
+            with m.State("SURVIVORS"):
+                ok = Signal()
+                last = Signal()
+                m.d.comb += [ok.eq((sv.index >= s_prev) & (sv.index < fj.n_stored)
+                                   & ~pick(sbad, fs)),
+                             last.eq(sv.last | (s_cnt + 1 == fj.n)),
+                             self.survivors.ready.eq(Mux(ok, co_k.i.ready, 1)),
+                             co_k.i.valid.eq(self.survivors.valid & ok),
+                             co_k.i.payload.token.eq(sv.index),
+                             co_k.i.payload.pos.eq(s_cnt),
+                             co_k.i.payload.last.eq(last),
+                             iw.addr.eq(pos_base_f + s_cnt), iw.data.eq(sv.index)]
+                with m.If(self.survivors.valid & self.survivors.ready):
+                    m.d.comb += iw.en.eq(ok)
+                    m.d.sync += [s_cnt.eq(s_cnt + 1), s_prev.eq(sv.index + 1),
+                                 s_seen.eq(sv.last)]
+                    bad_now = ~ok | (sv.last & (s_cnt + 1 != fj.n)) | (~sv.last
+                                                                       & (s_cnt + 1 == fj.n))
+                    for s in range(2):
+                        with m.If(on(fs, s)):
+                            with m.If(ok):
+                                m.d.sync += good[s].eq(good[s] + 1)
+                            with m.If(bad_now):
+                                m.d.sync += sbad[s].eq(1)
+                            with m.If(last):
+                                m.d.sync += idone[s].eq(1)
+                    with m.If(last):
+                        m.next = "LOAD"
+            with m.State("LOAD"):
+                # a bad list: the rest of it is swallowed (the open K run closes); then the K
+                # MSB rows are waited for
+                with m.If(pick(sbad, fs)):
+                    m.d.comb += [self.survivors.ready.eq(~s_seen), co_k.flush.eq(1)]
+                    with m.If(self.survivors.valid & sv.last):
+                        m.d.sync += s_seen.eq(1)
+                with m.If((~pick(sbad, fs) | s_seen) & ~co_k.busy & ~rk.busy):
+                    for s in range(2):
+                        with m.If(on(fs, s)):
+                            with m.If(sbad[s]):
+                                m.d.sync += [st[s].eq(BAD), err[s].eq(1),
+                                             code[s].eq(CoreError.BAD_INDEX)]
+                            with m.Else():
+                                m.d.sync += st[s].eq(READY)
+                    m.d.sync += fs.eq(~fs)
+                    m.next = "IDLE"
+            with m.State("SWALLOW"):
+                # a refused job: its survivors are consumed up to the one marked last
+                m.d.comb += self.survivors.ready.eq(1)
+                with m.If(self.survivors.valid & sv.last):
+                    for s in range(2):
+                        with m.If(on(fs, s)):
+                            m.d.sync += st[s].eq(BAD)
+                    m.d.sync += fs.eq(~fs)
+                    m.next = "IDLE"
+
+        # ---------------------------------------------------------------- K LSB scans
+        # one job at a time: the running job's request first (it stalls the pipeline)
+        m.submodules.sc_l = sc_l = Scanner(token_bits=TB, capacity=N)
         m.submodules.co_l = co_l = Coalescer(token_bits=TB, capacity=N)
+        ir_l = index.read_port()
+        m.d.comb += [ir_l.addr.eq(sc_l.rd_addr), ir_l.en.eq(1), sc_l.rd_data.eq(ir_l.data)]
+        wiring.connect(m, sc_l.o, co_l.i)
         wiring.connect(m, co_l.o, rl.cmd)
-        l_state = Signal(range(4))        # 0 idle, 1 scanning, 2 draining, 3 in the buffer
-        l_pos = Signal(range(N + 1))
-        l_rd_v = Signal()
-        l_rd_pos = Signal(range(N))
-        l_rd_last = Signal()
-        l_start = Signal()
-        l_hold = Signal()
-        m.d.comb += [att.lsb_ready.eq(l_state == 3), self.lsb_fetched.eq(l_state == 3),
-                     l_hold.eq(l_rd_v & ~co_l.i.ready),
-                     ir_l.addr.eq(Mux(l_hold, l_rd_pos, l_pos)), ir_l.en.eq(1),
-                     co_l.i.valid.eq(l_rd_v), co_l.i.payload.token.eq(ir_l.data),
-                     co_l.i.payload.pos.eq(l_rd_pos), co_l.i.payload.last.eq(l_rd_last)]
-        with m.If(co_l.i.valid & co_l.i.ready):
-            m.d.sync += l_rd_v.eq(0)
-        with m.If(l_start & (l_state == 0)):
-            m.d.sync += [l_state.eq(1), l_pos.eq(0)]
-        with m.If((l_state == 1) & ~l_hold):
-            # read position l_pos; (token, pos) goes to the coalescer the cycle after
-            m.d.sync += [l_rd_v.eq(1), l_rd_pos.eq(l_pos), l_rd_last.eq(l_pos + 1 == r_n),
-                         l_pos.eq(l_pos + 1)]
-            with m.If(l_pos + 1 == r_n):
-                m.d.sync += l_state.eq(2)
-        with m.If((l_state == 2) & ~l_rd_v & ~co_l.busy & ~rl.busy):
-            m.d.sync += l_state.eq(3)
+        l_slot = Signal()
+        lj = pick(regs, l_slot)
+        m.d.comb += [rl.base.eq(lj.k_lsb_base), rl.d_log2.eq(lj.d_log2),
+                     sc_l.limit.eq(Mux(pick(idone, l_slot), lj.n, pick(good, l_slot))),
+                     sc_l.abort.eq(pick(sbad, l_slot))]
+        wiring.connect(m, rl.wr, att.k_lsb_wr)
+        m.d.comb += att.k_lsb_wr.payload.addr.eq(word(rl.wr.payload.addr, hi_of(l_slot)))
 
-        # ---------------------------------------------------------------- queries -> Q rows
-        # two staging words: the next query's row is fetched while the pipeline takes this one
-        q_word = [[Signal(W, name=f"q_word{sl}_{e}") for e in range(M)] for sl in range(2)]
-        qs = self.queries
-        q_full = Signal(2)                # staging word holds a fetched row
-        q_lastf = Signal(2)               # ... the job's last query
-        f_slot = Signal()                 # the word the next fetch fills
-        o_slot = Signal()                 # the word offered to the pipeline next
-        fetching = Signal()               # a row is being fetched into f_slot
-        f_last = Signal()
-        q_cmd_v = Signal()
-        q_head = Signal(range(max(2, G)))
-        q_row = Signal(TB)
-        # position f_slot * M / d puts the row in word f_slot
-        q_dst = Signal.like(rq.cmd.payload.dst)
-        with m.Switch(r_dl):
-            for k in range(3, (M.bit_length() - 1) + 1):
-                with m.Case(k):
-                    m.d.comb += q_dst.eq(f_slot << (M.bit_length() - 1 - k))
-        # (the payload in one assignment: a constant field driven on its own becomes an
-        # `always @*` with nothing to wake it in the emitted Verilog, and stays X/0 there)
-        cw = run_layout(TB, N)["count"].width
-        m.d.comb += [rq.cmd.valid.eq(q_cmd_v),
-                     rq.cmd.payload.eq(Cat(q_row, Const(1, cw), q_dst)),   # start, count, dst
-                     rq.wr.ready.eq(1),
-                     rq.base.eq(Array(r_qb[h] for h in range(G))[q_head])]
-        with m.If(rq.wr.valid):
-            for sl in range(2):
-                with m.If(rq.wr.payload.addr == sl):
-                    for g in range(M // 8):
-                        with m.If(rq.wr.payload.en[g]):
-                            m.d.sync += [q_word[sl][8 * g + i].eq(rq.wr.payload.data[8 * g + i])
-                                         for i in range(8)]
-        with m.If(rq.cmd.valid & rq.cmd.ready):
-            m.d.sync += q_cmd_v.eq(0)
-        for e in range(M):
-            m.d.comb += att.q.payload.data[e].eq(Mux(o_slot, q_word[1][e], q_word[0][e]))
-        m.d.comb += att.q.payload.last.eq(Mux(o_slot, q_lastf[1], q_lastf[0]))
+        # ---------------------------------------------------------------- V prefetch scans
+        m.submodules.sc_p = sc_p = Scanner(token_bits=TB, capacity=N)
+        m.submodules.co_p = co_p = Coalescer(token_bits=TB, capacity=N)
+        ir_p = index.read_port()
+        m.d.comb += [ir_p.addr.eq(sc_p.rd_addr), ir_p.en.eq(1), sc_p.rd_data.eq(ir_p.data)]
+        wiring.connect(m, sc_p.o, co_p.i)
+        p_slot = Signal()
+        pj = pick(regs, p_slot)
+        m.d.comb += [sc_p.limit.eq(Mux(pick(idone, p_slot), pj.n, pick(good, p_slot))),
+                     sc_p.abort.eq(pick(sbad, p_slot))]
+        with m.If(sc_p.o.valid & sc_p.o.ready):
+            m.d.sync += resident.bit_select(base_of(p_slot) + sc_p.o.payload.pos, 1).eq(1)
+
+        def scan_control(name, sc, co, slot, states, drained):
+            """Start a scan for a slot whose state is 1 (wanted), the running job's first;
+            state 2 once the scan's runs are all written."""
+            with m.FSM(name=name):
+                with m.State("IDLE"):
+                    want_b = pick(states, bs) == 1
+                    want_o = pick(states, ~bs) == 1
+                    with m.If(want_b | want_o):
+                        nxt = Mux(want_b, bs, ~bs)
+                        m.d.sync += slot.eq(nxt)
+                        m.next = "START"
+                with m.State("START"):
+                    m.d.comb += [sc.start.eq(1), sc.base.eq(base_of(slot)),
+                                 sc.count.eq(pick(regs, slot).n)]
+                    m.next = "SCAN"
+                with m.State("SCAN"):
+                    m.d.comb += co.flush.eq(~sc.busy)
+                    with m.If(~sc.busy & ~co.busy & drained):
+                        for s in range(2):
+                            with m.If(on(slot, s)):
+                                m.d.sync += states[s].eq(2)
+                        m.next = "IDLE"
+
+        scan_control("lsb", sc_l, co_l, l_slot, l_st, ~rl.busy)
+
+        # ---------------------------------------------------------------- V reader
+        # two sources of runs: the running job's missing rows (on demand) and a job's prefetch;
+        # a FIFO of the runs in the reader says whose run is being written (bank, source)
+        m.submodules.co_v = co_v = Coalescer(token_bits=TB, capacity=N)
+        m.submodules.v_tags = v_tags = SyncFIFO(width=2, depth=8)
+        od_runs = Signal(range(9))        # on-demand runs in the reader
+        pf_runs = Signal(range(9))        # prefetch runs in the reader
+        lock, lsel = Signal(), Signal()
+        sel = Signal()                    # 1: the prefetch coalescer's run
+        m.d.comb += sel.eq(Mux(lock, lsel, ~co_v.o.valid))
+        cv = Mux(sel, co_p.o.valid, co_v.o.valid)
+        m.d.comb += [rv.cmd.valid.eq(cv & v_tags.w_rdy),
+                     rv.cmd.payload.eq(Mux(sel, co_p.o.payload, co_v.o.payload)),
+                     co_v.o.ready.eq(~sel & rv.cmd.ready & v_tags.w_rdy),
+                     co_p.o.ready.eq(sel & rv.cmd.ready & v_tags.w_rdy),
+                     rv.base.eq(Mux(sel, pj.v_base, bj.v_base)),
+                     rv.d_log2.eq(Mux(sel, pj.d_log2, bj.d_log2)),
+                     v_tags.w_data.eq(Cat(sel, Mux(sel, hi_of(p_slot), hi_of(bs))))]
+        m.d.sync += [lock.eq(rv.cmd.valid & ~rv.cmd.ready), lsel.eq(sel)]
+        v_take = Signal()
+        m.d.comb += [v_take.eq(rv.cmd.valid & rv.cmd.ready), v_tags.w_en.eq(v_take),
+                     v_tags.r_en.eq(rv.done)]
+        m.d.sync += [od_runs.eq(od_runs + (v_take & ~sel) - (rv.done & ~v_tags.r_data[0])),
+                     pf_runs.eq(pf_runs + (v_take & sel) - (rv.done & v_tags.r_data[0]))]
+        wiring.connect(m, rv.wr, att.v_wr)
+        m.d.comb += att.v_wr.payload.addr.eq(word(rv.wr.payload.addr, v_tags.r_data[1]))
+
+        scan_control("vpf", sc_p, co_p, p_slot, p_st, pf_runs == 0)
 
         # ---------------------------------------------------------------- kept -> V rows
-        m.submodules.co_v = co_v = Coalescer(token_bits=TB, capacity=N)
-        wiring.connect(m, co_v.o, rv.cmd)
-        resident = Signal(N)
+        ir_v = index.read_port()
         kb = att.kept.payload
+        pb_b = base_of(bs)
         v_lane = Signal(range(S + 1))
         v_rd_v = Signal()
         v_rd_pos = Signal(range(N))
@@ -348,13 +580,13 @@ class Core(wiring.Component):
         lane_in = Signal()
         m.d.comb += lane_in.eq(v_lane < kb.count)
         missing = Signal()
-        m.d.comb += missing.eq(lane_in & ~resident.bit_select(lane_idx, 1))
+        m.d.comb += missing.eq(lane_in & ~resident.bit_select(pb_b + lane_idx, 1))
         all_res = Signal()                # every lane of the beat resident: one cycle
-        m.d.comb += all_res.eq(_all([(kb.count <= j) | resident.bit_select(kb.data[j], 1)
+        m.d.comb += all_res.eq(_all([(kb.count <= j) | resident.bit_select(pb_b + kb.data[j], 1)
                                      for j in range(S)]))
         v_hold = Signal()
         m.d.comb += [v_hold.eq(v_rd_v & ~co_v.i.ready),
-                     ir_v.addr.eq(Mux(v_hold, v_rd_pos, lane_idx)), ir_v.en.eq(1),
+                     ir_v.addr.eq(pb_b + Mux(v_hold, v_rd_pos, lane_idx)), ir_v.en.eq(1),
                      co_v.i.valid.eq(v_rd_v), co_v.i.payload.token.eq(ir_v.data),
                      co_v.i.payload.pos.eq(v_rd_pos), co_v.i.payload.last.eq(0)]
         with m.If(co_v.i.valid & co_v.i.ready):
@@ -366,160 +598,178 @@ class Core(wiring.Component):
             with m.Else():
                 with m.If(missing):
                     m.d.sync += [v_rd_v.eq(1), v_rd_pos.eq(lane_idx),
-                                 resident.bit_select(lane_idx, 1).eq(1)]
+                                 resident.bit_select(pb_b + lane_idx, 1).eq(1)]
                 m.d.sync += v_lane.eq(v_lane + 1)
-        # the query's last missing row closes its run; its rows in, the query may go on
+        # the query's last missing row closes its run; its rows in (and the job's prefetch
+        # done), the query may go on
         m.d.comb += co_v.flush.eq(v_end & ~v_rd_v)
-        with m.If(v_end & ~v_rd_v & ~co_v.busy & ~rv.busy):
+        with m.If(v_end & ~v_rd_v & ~co_v.busy & (od_runs == 0) & (pick(p_st, bs) != 1)):
             m.d.comb += att.v_done.eq(1)
             m.d.sync += v_end.eq(0)
 
-        # ---------------------------------------------------------------- queries
-        # the first query's row is fetched while K loads; the pipeline takes it in RUN
-        q_on = Signal()
-        q_offer = Signal()
-        with m.If(q_on):
-            with m.If(~fetching & ~Mux(f_slot, q_full[1], q_full[0])):
-                m.d.comb += qs.ready.eq(~q_seen)
-                with m.If(qs.valid & qs.ready):
-                    m.d.sync += [q_cmd_v.eq(1), q_row.eq(qs.payload.row), fetching.eq(1),
-                                 f_last.eq(qs.payload.last), q_seen.eq(qs.payload.last)]
-                    with m.If(qs.payload.head >= G):           # runs as head 0, flagged
-                        m.d.sync += [error.eq(1), code.eq(CoreError.BAD_HEAD), q_head.eq(0)]
-                    with m.Else():
-                        m.d.sync += q_head.eq(qs.payload.head)
-            with m.If(fetching & ~q_cmd_v & ~rq.busy):
-                m.d.sync += [fetching.eq(0), f_slot.eq(~f_slot)]
-                for sl in range(2):
-                    with m.If(f_slot == sl):
-                        m.d.sync += [q_full[sl].eq(1), q_lastf[sl].eq(f_last)]
-            with m.If(Mux(o_slot, q_full[1], q_full[0]) & q_offer):
-                m.d.comb += att.q.valid.eq(1)
-                with m.If(att.q.ready):
-                    m.d.sync += o_slot.eq(~o_slot)
-                    for sl in range(2):
-                        with m.If(o_slot == sl):
-                            m.d.sync += q_full[sl].eq(0)
+        # ---------------------------------------------------------------- queries -> Q rows
+        # a ring of Q_SLOTS rows: a query's row is fetched into the next free slot as soon as
+        # its job's descriptor is in; slots leave in order, to the pipeline (or dropped, for a
+        # job that went bad)
+        QS = Q_SLOTS
+        m.submodules.qmem = qmem = Memory(shape=data.ArrayLayout(signed(W), M), depth=QS,
+                                          init=[])
+        qw = qmem.write_port(granularity=8)
+        qr = qmem.read_port(domain="comb")
+        e_full = Signal(QS)
+        e_last = Signal(QS)
+        e_slot = Signal(QS)
+        a_ptr = Signal(range(QS))         # next slot to fill
+        d_ptr = Signal(range(QS))         # next slot to complete (runs complete in order)
+        o_ptr = Signal(range(QS))         # next slot to leave
+        occ = Signal(range(QS + 1))
+        q_cmd_v = Signal()
+        q_cmd = Signal(run_layout(TB, N))
+        q_cmd_base = Signal(AW)
+        q_cmd_dl = Signal.like(rq.d_log2)
+        m.d.comb += [rq.cmd.valid.eq(q_cmd_v), rq.cmd.payload.eq(q_cmd),
+                     rq.base.eq(q_cmd_base), rq.d_log2.eq(q_cmd_dl), rq.wr.ready.eq(1),
+                     qw.addr.eq(rq.wr.payload.addr), qw.data.eq(rq.wr.payload.data)]
+        with m.If(rq.wr.valid):
+            m.d.comb += qw.en.eq(rq.wr.payload.en)
+        with m.If(rq.cmd.valid & rq.cmd.ready):
+            m.d.sync += q_cmd_v.eq(0)
+        with m.If(rq.done):
+            m.d.sync += [e_full.bit_select(d_ptr, 1).eq(1),
+                         d_ptr.eq(Mux(d_ptr == QS - 1, 0, d_ptr + 1))]
+        qj = pick(regs, qs_)
+        qst = pick(st, qs_)
+        qc = self.queries.payload
+        alloc = Signal()
+        leave = Signal()
+        with m.If((qst != FREE) & ~pick(q_all, qs_)):
+            with m.If(pick(refused, qs_)):
+                m.d.comb += self.queries.ready.eq(1)          # a refused job's queries
+            with m.Else():
+                m.d.comb += self.queries.ready.eq(~q_cmd_v & (occ < QS))
+                m.d.comb += alloc.eq(self.queries.valid & self.queries.ready)
+        with m.If(self.queries.valid & self.queries.ready & qc.last):
+            for s in range(2):
+                with m.If(on(qs_, s)):
+                    m.d.sync += q_all[s].eq(1)
+            m.d.sync += qs_.eq(~qs_)
+        head_ok = Signal()
+        m.d.comb += head_ok.eq(qc.head < G)
+        q_dst = Signal.like(q_cmd.dst)
+        # position slot * M / d puts the row at lanes 0 .. d-1 of word `slot`
+        with m.Switch(qj.d_log2):
+            for k in range(3, LM + 1):
+                with m.Case(k):
+                    m.d.comb += q_dst.eq(a_ptr << (LM - k))
+        with m.If(alloc):
+            m.d.sync += [q_cmd_v.eq(1), q_cmd.start.eq(qc.row), q_cmd.count.eq(1),
+                         q_cmd.dst.eq(q_dst), q_cmd_dl.eq(qj.d_log2),
+                         q_cmd_base.eq(Mux(head_ok,
+                                           Array(qj.q_base[h] for h in range(G))[qc.head],
+                                           qj.q_base[0])),
+                         e_last.bit_select(a_ptr, 1).eq(qc.last),
+                         e_slot.bit_select(a_ptr, 1).eq(qs_),
+                         a_ptr.eq(Mux(a_ptr == QS - 1, 0, a_ptr + 1))]
+            with m.If(~head_ok):           # runs as head 0, flagged
+                for s in range(2):
+                    with m.If(on(qs_, s)):
+                        m.d.sync += [err[s].eq(1), code[s].eq(CoreError.BAD_HEAD)]
+        with m.If(leave):
+            m.d.sync += [e_full.bit_select(o_ptr, 1).eq(0),
+                         o_ptr.eq(Mux(o_ptr == QS - 1, 0, o_ptr + 1))]
+        m.d.sync += occ.eq(occ + alloc - leave)
+        head_full = Signal()
+        head_slot = Signal()
+        m.d.comb += [head_full.eq(e_full.bit_select(o_ptr, 1)),
+                     head_slot.eq(e_slot.bit_select(o_ptr, 1)), qr.addr.eq(o_ptr)]
+        for e in range(M):
+            m.d.comb += att.q.payload.data[e].eq(qr.data[e])
+        m.d.comb += att.q.payload.last.eq(e_last.bit_select(o_ptr, 1))
 
-        # ---------------------------------------------------------------- memory waits
+        # ---------------------------------------------------------------- the running job
+        # the pipeline's run registers: the running job's
+        for name in run_registers(att_cfg):
+            m.d.comb += getattr(att, name).eq(getattr(bj, name))
+        m.d.comb += [att.n.eq(bj.n), att.bank.eq(hi_of(bs)), att.v_wait.eq(1),
+                     att.lsb_ready.eq(pick(l_st, bs) == 2)]
+        with m.If(att.lsb_needed & (pick(l_st, bs) == 0)):
+            for s in range(2):
+                with m.If(on(bs, s)):
+                    m.d.sync += l_st[s].eq(1)
+
+        jobs_done = Signal(32)
+        error = Signal()
+        ecode = Signal(CoreError)
+        refetched = Signal(32)
+        busy_cycles = Signal(32)
+        m.d.comb += [self.jobs_done.eq(jobs_done), self.error.eq(error),
+                     self.error_code.eq(ecode), self.attention_error.eq(att.error_code),
+                     self.refetched.eq(refetched), self.busy_cycles.eq(busy_cycles)]
+        busy = Signal()
+        m.d.comb += [busy.eq((st[0] != FREE) | (st[1] != FREE)), self.busy.eq(busy)]
+        with m.If(busy):
+            m.d.sync += busy_cycles.eq(busy_cycles + 1)
+        with m.If(self.row.valid & self.row.ready & self.row.payload.refetch):
+            m.d.sync += refetched.eq(refetched + 1)
+        with m.If(dram_err):
+            for s in range(2):
+                with m.If(on(bs, s) & (st[s] == RUN)):
+                    m.d.sync += [err[s].eq(1), code[s].eq(CoreError.DRAM)]
+
         waits = {name: Signal(32, name=f"w_{name}") for name in ("k", "q", "lsb", "v")}
         for name, w in waits.items():
             m.d.comb += getattr(self, f"wait_{name}").eq(w)
-        in_run = Signal()
-        q_seen_done = Signal()            # every query of the job was handed to the pipeline
-        m.d.comb += q_seen_done.eq(q_seen & ~fetching & (q_full == 0))
-        with m.If(in_run):
-            with m.If(att.q.ready & ~att.q.valid & ~q_seen_done):
-                m.d.sync += waits["q"].eq(waits["q"] + 1)
-            with m.If(att.lsb_needed):
-                m.d.sync += waits["lsb"].eq(waits["lsb"] + 1)
-            with m.If(att.v_stall):
-                m.d.sync += waits["v"].eq(waits["v"] + 1)
 
-        # ---------------------------------------------------------------- job control
         o = self.o
-        r_prefetch_v = Signal()           # no value pruning: every V row is needed, fetch now
-        idle_fetch = Signal()
-        m.d.comb += idle_fetch.eq(~co_k.busy & ~co_l.busy & ~co_v.busy
-                                  & ~_any([r.busy for r in readers]))
-        with m.FSM(name="job"):
+        bst = pick(st, bs)
+        scans_idle = Signal()             # no scan of the running job's slot is pending
+        m.d.comb += scans_idle.eq((pick(l_st, bs) != 1) & (pick(p_st, bs) != 1))
+        with m.FSM(name="back"):
             with m.State("IDLE"):
-                with m.If(self.survivors.valid | self.queries.valid):
-                    m.d.sync += [done.eq(0), error.eq(0), code.eq(CoreError.NONE),
-                                 cycles.eq(0), s_cnt.eq(0), s_prev.eq(0), s_bad.eq(0),
-                                 s_seen.eq(self.n == 0), q_seen.eq(0), resident.eq(0),
-                                 l_state.eq(0), v_lane.eq(0), v_end.eq(0), q_full.eq(0),
-                                 f_slot.eq(0), o_slot.eq(0), fetching.eq(0),
-                                 r_prefetch_v.eq(self.k_v >= self.n), *latch,
-                                 *[w.eq(0) for w in waits.values()]]
-                    with m.If(self.n == 0):
-                        m.d.sync += [error.eq(1), code.eq(CoreError.N_ZERO)]
-                        m.next = "DRAIN"
-                    with m.Elif(self.n > N):
-                        m.d.sync += [error.eq(1), code.eq(CoreError.N_OVER_CAPACITY)]
-                        m.next = "DRAIN"
-                    with m.Elif(mis):
-                        m.d.sync += [error.eq(1), code.eq(CoreError.MISALIGNED)]
-                        m.next = "DRAIN"
-                    with m.Else():
-                        m.next = "SURVIVORS"
-            with m.State("SURVIVORS"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += q_on.eq(1)
-                ok = Signal()
-                # the V and K LSB coalescers take the survivor too when their rows are all
-                # needed (no value pruning; no progressive quantization): one beat, all at once
-                rdy_v, rdy_l = Signal(), Signal()
-                m.d.comb += [ok.eq((sv.index >= s_prev) & (sv.index < r_stored) & ~s_bad),
-                             rdy_v.eq(~r_prefetch_v | co_v.i.ready),
-                             rdy_l.eq(r_pq | co_l.i.ready),
-                             self.survivors.ready.eq(Mux(ok, co_k.i.ready & rdy_v & rdy_l, 1)),
-                             co_k.i.valid.eq(self.survivors.valid & ok & rdy_v & rdy_l),
-                             co_k.i.payload.token.eq(sv.index),
-                             co_k.i.payload.pos.eq(s_cnt),
-                             co_k.i.payload.last.eq(sv.last | (s_cnt + 1 == r_n)),
-                             iw.addr.eq(s_cnt), iw.data.eq(sv.index)]
-                with m.If(~r_pq):
-                    m.d.comb += [co_l.i.valid.eq(self.survivors.valid & ok & co_k.i.ready
-                                                 & rdy_v),
-                                 co_l.i.payload.token.eq(sv.index),
-                                 co_l.i.payload.pos.eq(s_cnt),
-                                 co_l.i.payload.last.eq(sv.last | (s_cnt + 1 == r_n))]
-                with m.If(r_prefetch_v):
-                    m.d.comb += [co_v.i.valid.eq(self.survivors.valid & ok & co_k.i.ready
-                                                 & rdy_l),
-                                 co_v.i.payload.token.eq(sv.index),
-                                 co_v.i.payload.pos.eq(s_cnt),
-                                 co_v.i.payload.last.eq(sv.last | (s_cnt + 1 == r_n))]
-                with m.If(self.survivors.valid & self.survivors.ready):
-                    m.d.comb += iw.en.eq(ok)
-                    with m.If(r_prefetch_v & ok):
-                        m.d.sync += resident.bit_select(s_cnt, 1).eq(1)
-                    m.d.sync += [s_cnt.eq(s_cnt + 1), s_prev.eq(sv.index + 1),
-                                 s_seen.eq(sv.last)]
-                    with m.If(~ok | (sv.last & (s_cnt + 1 != r_n))
-                              | (~sv.last & (s_cnt + 1 == r_n))):
-                        m.d.sync += s_bad.eq(1)
-                    with m.If(sv.last | (s_cnt + 1 == r_n)):
-                        m.d.sync += l_state.eq(Mux(r_pq, 0, 2))   # 2: LSB rows on their way
-                        m.next = "K_WAIT"
-            with m.State("K_WAIT"):
-                m.d.comb += [self.busy.eq(1), q_on.eq(1)]
-                m.d.sync += [cycles.eq(cycles + 1), waits["k"].eq(waits["k"] + 1)]
-                with m.If(s_bad):
-                    m.d.sync += [error.eq(1), code.eq(CoreError.BAD_INDEX)]
-                    m.next = "DRAIN"
-                with m.Elif(~co_k.busy & ~rk.busy):
+                with m.If(bst == READY):
+                    for s in range(2):
+                        with m.If(on(bs, s)):
+                            m.d.sync += st[s].eq(RUN)
                     m.next = "RUN"
+                with m.Elif(bst == BAD):
+                    # Q rows fetched for it are dropped; then its error beat
+                    m.d.comb += leave.eq(head_full & (head_slot == bs))
+                    with m.If(pick(q_all, bs) & scans_idle & ~q_cmd_v
+                              & ((occ == 0) | (head_slot != bs))):
+                        m.next = "ERROR"
+                with m.Elif(bst == INTAKE):
+                    m.d.sync += waits["k"].eq(waits["k"] + 1)
             with m.State("RUN"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += l_start.eq(att.lsb_needed)
-                m.d.comb += [q_on.eq(1), q_offer.eq(1), in_run.eq(1)]
+                m.d.comb += [att.q.valid.eq(head_full & (head_slot == bs)),
+                             leave.eq(att.q.valid & att.q.ready)]
+                with m.If(att.q.ready & ~att.q.valid & ~(pick(q_all, bs) & (
+                        (occ == 0) | (head_slot != bs)))):
+                    m.d.sync += waits["q"].eq(waits["q"] + 1)
+                with m.If(att.lsb_needed):
+                    m.d.sync += waits["lsb"].eq(waits["lsb"] + 1)
+                with m.If(att.v_stall):
+                    m.d.sync += waits["v"].eq(waits["v"] + 1)
                 wiring.connect(m, att.o, wiring.flipped(o))
                 with m.If(o.valid & o.ready & o.payload.last):
-                    m.d.sync += done.eq(1)
-                    with m.If(o.payload.error):
-                        m.d.sync += [error.eq(1), code.eq(CoreError.ATTENTION)]
+                    m.d.sync += [jobs_done.eq(jobs_done + 1),
+                                 error.eq(pick(err, bs) | o.payload.error),
+                                 ecode.eq(Mux(o.payload.error, CoreError.ATTENTION,
+                                              pick(code, bs)))]
+                    m.next = "FREE"
+            with m.State("ERROR"):
+                m.d.comb += [o.valid.eq(1), o.payload.error.eq(1), o.payload.last.eq(1)]
+                with m.If(o.ready):
+                    m.d.sync += [jobs_done.eq(jobs_done + 1), error.eq(1),
+                                 ecode.eq(pick(code, bs))]
+                    m.next = "FREE"
+            with m.State("FREE"):
+                # the slot and its banks are free once no scan of it is running
+                with m.If(scans_idle):
+                    for s in range(2):
+                        with m.If(on(bs, s)):
+                            m.d.sync += [st[s].eq(FREE), use[s].eq(0)]
+                    m.d.sync += bs.eq(~bs)
                     m.next = "IDLE"
-                with m.If(_any([r.error for r in readers])):
-                    m.d.sync += [error.eq(1), code.eq(CoreError.DRAM)]
-            with m.State("DRAIN"):
-                # the rest of the job's survivors and queries are swallowed, what was fetched
-                # finishes, then one error beat
-                m.d.comb += [self.busy.eq(1), self.survivors.ready.eq(~s_seen),
-                             self.queries.ready.eq(~q_seen),
-                             co_k.flush.eq(1), co_l.flush.eq(1), co_v.flush.eq(1)]
-                with m.If(self.survivors.valid & self.survivors.ready & sv.last):
-                    m.d.sync += s_seen.eq(1)
-                with m.If(self.queries.valid & self.queries.ready & qs.payload.last):
-                    m.d.sync += q_seen.eq(1)
-                with m.If(s_seen & q_seen & idle_fetch):
-                    m.d.comb += [o.valid.eq(1), o.payload.error.eq(1), o.payload.last.eq(1)]
-                    with m.If(o.ready):
-                        m.d.sync += done.eq(1)
-                        m.next = "IDLE"
         wiring.connect(m, att.probs, wiring.flipped(self.probs))
         wiring.connect(m, att.row, wiring.flipped(self.row))
         return m

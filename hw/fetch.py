@@ -96,6 +96,10 @@ class PlaneReader(wiring.Component):
         Buffer writes, in order.
     busy : Out(1)
         A run is in the reader (accepted, its last write not yet transferred).
+    done : Out(1)
+        Pulses once per run with ``count != 0``, in order, when its last write has been
+        transferred (or, after an error beat, when its remaining beats have been swallowed);
+        a dropped run (bad base or d) does not pulse.
     error : Out(1)
         Sticky until reset: a run with a misaligned base or d out of range was dropped (no
         request), or a response beat had its error bit set (its run writes nothing more).
@@ -129,6 +133,7 @@ class PlaneReader(wiring.Component):
             "resp": In(stream.Signature(resp_layout(B))),
             "wr": Out(stream.Signature(write_layout(elems, bits, is_signed, depth))),
             "busy": Out(1),
+            "done": Out(1),
             "error": Out(1),
             "beats": Out(32),
         })
@@ -370,7 +375,7 @@ class PlaneReader(wiring.Component):
             m.d.sync += [loaded.eq(1), groups_left.eq(head.groups), e_pos.eq(head.dst_e)]
         fin = Signal()
         m.d.comb += fin.eq(loaded & ((groups_left == 0) | r_dead) & last_in & ~extra)
-        m.d.comb += info.r_en.eq(fin)
+        m.d.comb += [info.r_en.eq(fin), self.done.eq(fin)]
         with m.If(fin):
             m.d.sync += [loaded.eq(0), r_cnt.eq(0), r_bursts.eq(0), r_out.eq(0), r_dead.eq(0),
                          occ.eq(0), wslot.eq(0), cslot.eq(0)]

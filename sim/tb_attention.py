@@ -85,10 +85,15 @@ class Bench:
         """Load K and V (when given), run the queries, collect everything."""
         dut = self.dut
         q = np.asarray(job["q"], dtype=np.int64)
+        bank = int(job.get("bank", 0))
         if job.get("k") is not None:
-            await self.load.send(load_beats(job["k"], job["v"]))
+            beats = load_beats(job["k"], job["v"])
+            for b in beats:              # the upper bank starts at word capacity/2
+                b["addr"] += bank * (CFG.capacity // 2)
+            await self.load.send(beats)
         self.set_registers(job["n"], job["d"], job.get("k_v"), job.get("renorm", False),
                            job["params"])
+        dut.bank.value = bank
         self.q.send_nowait(query_beats(q))
         outs = await with_timeout(self.o.recv_packet(), dut, timeout)
         error = any(b["error"] for b in outs)
@@ -129,7 +134,7 @@ async def start(dut, idle=0.0, stall=0.0, seed=SEED) -> Bench:
     for name in ("load__valid", "q__valid", "o__ready", "probs__ready", "row__ready", "n",
                  "d_log2", "k_v", "renorm", "shift", "scale", "post_shift", "pq", "tau",
                  "fill_mid", "k_msb_wr__valid", "k_lsb_wr__valid", "v_wr__valid", "v_wait",
-                 "v_done"):
+                 "v_done", "bank"):
         getattr(dut, name).value = 0
     dut.lsb_ready.value = 1
     dut.kept__ready.value = 1
@@ -233,6 +238,8 @@ def edge_jobs(rng) -> list[tuple]:
         ("prune n-1 renorm", make_job(rng, min(cap, 17), dims[0], 3, k_v=16, renorm=True)),
         ("renorm no prune", make_job(rng, min(cap, 19), dims[-1], 2, renorm=True)),
         ("capacity prune", make_job(rng, cap, dims[-1], 2, k_v=cap // 3, renorm=True)),
+        ("upper bank", dict(make_job(rng, cap // 2, dims[-1], 3, k_v=cap // 5), bank=1)),
+        ("upper bank d=8", dict(make_job(rng, cap // 2, 8, 2), bank=1)),
     ]
     return jobs
 
@@ -293,6 +300,7 @@ async def errors_then_good(dut):
         ("BAD_HEAD_DIM", dict(d=4)),
         ("BAD_HEAD_DIM", dict(d=dmax * 2)),
         ("K_V_ZERO", dict(k_v=0)),
+        ("BAD_BANK", dict(bank=1, n=CFG.capacity // 2 + 1)),
     ]
     errs = []
     for case in bad_cases:

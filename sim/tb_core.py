@@ -2,11 +2,14 @@
 `sim/core_run.py`.
 
 Each job is one head group: a DRAM image (`golden.dram_image`) loaded through the model's
-``load`` port, a list of surviving tokens, queries of the group's query heads. Model:
-`golden.progressive.run_group`. Checker: every output (by tag, in the golden order), every row
-beat (tag, precision, refetch), every final probability, the refetch count, and the DRAM beats of
-each tensor (x B = `GroupResult.dram_bytes`), under DRAM latency, bandwidth limits and stalls and
-random stream gaps and backpressure; bad jobs end with their error code and a good job follows.
+``load`` port, a descriptor, a list of surviving tokens, queries of the group's query heads.
+Model: `golden.progressive.run_group`. Checker: every output (by tag, in the golden order), every
+row beat (tag, precision, refetch), every final probability, the refetch count, and the DRAM
+beats of each tensor (x B = `GroupResult.dram_bytes`), under DRAM latency, bandwidth limits and
+stalls and random stream gaps and backpressure; bad jobs end with their error code and a good
+job follows. Jobs are sent one at a time (the counters then belong to one job) and back to back
+(two in flight: the next job's fetch overlaps this one's compute; the counters are checked over
+the whole sequence).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from spatten.golden import attention as golden
 from spatten.golden.dram_image import ImageLayout, build_image
 from spatten.golden.progressive import TENSORS, group_planes, run_group, tau_fixed
 from spatten.hw.attention import output_layout, row_info_layout
-from spatten.hw.core import CoreError, query_cmd_layout, survivor_layout
+from spatten.hw.core import CoreError, job_layout, query_cmd_layout, survivor_layout
 from spatten.hw.rowstream import row_layout
 
 from .dram import image_beats
@@ -55,6 +58,8 @@ class Bench:
             "addr": range(DEPTH), "data": unsigned(8 * B)}))
         self.surv = StreamSource(dut, "survivors", clk, survivor_layout(TB), idle_prob=idle,
                                  rng=random.Random(rnd.random()))
+        self.job = StreamSource(dut, "job", clk, job_layout(CFG, G, TB, AW), idle_prob=idle,
+                                rng=random.Random(rnd.random()))
         self.queries = StreamSource(dut, "queries", clk, query_cmd_layout(TB, G),
                                     idle_prob=idle, rng=random.Random(rnd.random()))
         self.o = StreamSink(dut, "o", clk, output_layout(CFG), stall_prob=stall,
@@ -74,8 +79,9 @@ class Bench:
         await self.load.send([{"addr": a, "data": d} for a, d in enumerate(beats)])
         self.image = image
 
-    def send_job(self, survivors, queries):
-        """Queue a job's survivor beats (none for an empty list) and query beats."""
+    def send_job(self, desc, survivors, queries):
+        """Queue a job's descriptor, survivor beats (none for an empty list) and query beats."""
+        self.job.send_nowait([desc])
         if len(survivors):
             self.surv.send_nowait([{"index": int(t), "last": int(i == len(survivors) - 1)}
                                    for i, t in enumerate(survivors)])
@@ -87,9 +93,34 @@ class Bench:
         d = self.dut
         return {t: int(getattr(d, f"beats_{t}").value) for t in TENSORS}
 
+    def status(self):
+        """The status counters (since reset) and the last ended job's error."""
+        d = self.dut
+        return {"jobs_done": int(d.jobs_done.value), "refetched": int(d.refetched.value),
+                "busy_cycles": int(d.busy_cycles.value),
+                "wait": {w: int(getattr(d, f"wait_{w}").value) for w in ("k", "q", "lsb", "v")},
+                "error": int(d.error.value), "code": CoreError(int(d.error_code.value)).name}
+
+    async def collect(self, n_queries, timeout):
+        """One job's outputs (its ``o`` packet), and for a good job its row beats (up to the
+        n_queries-th final pass) and the final probabilities of each query."""
+        outs = await with_timeout(self.o.recv_packet(), self.dut, timeout)
+        rows, probs = [], []
+        if not outs[-1]["error"]:
+            finals = 0
+            while finals < n_queries:
+                r = await with_timeout(self.row.recv(), self.dut, timeout)
+                rows.append(r)
+                finals += not r["refetch"]
+            for _ in range(n_queries):
+                pk = await with_timeout(self.probs.recv_packet(), self.dut, timeout)
+                probs.append([int(x) for b in pk for x in b["data"][:b["count"]]])
+        return outs, rows, probs
+
 
 async def start(dut, idle=0.0, stall=0.0, seed=SEED) -> Bench:
-    for name in ("dram_load__valid", "survivors__valid", "queries__valid", "o__ready",
+    for name in ("dram_load__valid", "job__valid", "survivors__valid", "queries__valid",
+                 "o__ready",
                  "probs__ready", "row__ready", "dram_stall"):
         getattr(dut, name).value = 0
     dut.dram_latency.value = 1
@@ -118,56 +149,36 @@ def make_group(rng, *, n_stored, m_rows, d, spread=1.5):
             "params": golden.score_params(CFG, qs, ks, d), "d": d}
 
 
-def set_registers(dut, grp, n, *, k_v=None, renorm=False, tau=None, fill="mid", bases=None):
+def job_desc(grp, n, *, k_v=None, renorm=False, tau=None, fill="mid", bases=None,
+             d_log2=None):
+    """The job descriptor (`hw.core.job_layout`) of one head group of `make_group`."""
     lay = grp["layout"]
     planes = group_planes(lay, 0, 0)
-    dut.n.value = n
-    dut.n_stored.value = lay.n_max
     b = bases or {}
-    dut.k_msb_base.value = b.get("k_msb", planes.k_msb.base)
-    dut.k_lsb_base.value = b.get("k_lsb", planes.k_lsb.base)
-    dut.v_base.value = b.get("v", planes.v.base)
-    qb = 0
-    for h in range(G):
-        qb |= planes.q[h].base << (AW * h)
-    dut.q_base.value = qb
-    dut.d_log2.value = grp["d"].bit_length() - 1
-    dut.k_v.value = n if k_v is None else k_v
-    dut.renorm.value = int(renorm)
     p = grp["params"]
-    dut.shift.value, dut.scale.value, dut.post_shift.value = p.shift, p.scale, p.post_shift
-    dut.pq.value = int(tau is not None)
-    dut.tau.value = 0 if tau is None else tau_fixed(tau)
-    dut.fill_mid.value = int(fill == "mid")
+    return {"n": n, "n_stored": lay.n_max,
+            "k_msb_base": b.get("k_msb", planes.k_msb.base),
+            "k_lsb_base": b.get("k_lsb", planes.k_lsb.base),
+            "v_base": b.get("v", planes.v.base),
+            "q_base": [planes.q[h].base for h in range(G)],
+            "d_log2": grp["d"].bit_length() - 1 if d_log2 is None else d_log2,
+            "k_v": n if k_v is None else k_v, "renorm": int(renorm),
+            "shift": p.shift, "scale": p.scale, "post_shift": p.post_shift,
+            "pq": int(tau is not None), "tau": 0 if tau is None else tau_fixed(tau),
+            "fill_mid": int(fill == "mid")}
 
 
-async def run_job(bench, grp, survivors, queries, *, k_v=None, renorm=False, tau=None,
-                  fill="mid", timeout=400_000):
-    """Run one good job; returns the mismatches against the golden model."""
-    dut = bench.dut
-    await bench.load_image(grp["image"])
-    n = len(survivors)
-    set_registers(dut, grp, n, k_v=k_v, renorm=renorm, tau=tau, fill=fill)
-    ref = run_group(CFG, group_planes(grp["layout"], 0, 0), grp["k"], grp["v"],
-                    list(grp["q"]), survivors, queries, grp["params"], tau=tau, fill=fill,
-                    memory=MEM, k_v=k_v, renorm=renorm)
-    before = bench.counters()
-    bench.send_job(survivors, queries)
-    outs = await with_timeout(bench.o.recv_packet(), dut, timeout)
-    rows = [await with_timeout(bench.row.recv(), dut, timeout) for _ in ref.passes]
-    probs = []
-    for _ in queries:
-        pk = await with_timeout(bench.probs.recv_packet(), dut, timeout)
-        probs.append([int(x) for b in pk for x in b["data"][:b["count"]]])
-    await RisingEdge(dut.clk)
-    await ReadOnly()
-    after = bench.counters()
-    status = (int(dut.error.value), CoreError(int(dut.error_code.value)).name,
-              int(dut.refetched.value), int(dut.done.value), int(dut.cycles.value))
-    await RisingEdge(dut.clk)
+def reference(grp, survivors, queries, *, k_v=None, renorm=False, tau=None, fill="mid"):
+    return run_group(CFG, group_planes(grp["layout"], 0, 0), grp["k"], grp["v"],
+                     list(grp["q"]), survivors, queries, grp["params"], tau=tau, fill=fill,
+                     memory=MEM, k_v=k_v, renorm=renorm)
+
+
+def compare(grp, ref, queries, outs, rows, probs) -> list[str]:
+    """A good job's outputs, row beats and probabilities against the golden model."""
     errs = []
-    if status[0]:
-        return [f"error {status[1]}"]
+    if outs[-1]["error"]:
+        return ["an error beat"]
     d = grp["d"]
     tags = [int(b["tag"]) for b in outs]
     if tags != ref.order:
@@ -182,23 +193,45 @@ async def run_job(bench, grp, survivors, queries, *, k_v=None, renorm=False, tau
         errs.append(f"row beats {got} != golden {want}")
     if probs != ref.final_probs():
         errs.append("final probabilities differ")
-    if status[2] != int(ref.refetched.sum()):
-        errs.append(f"refetched {status[2]} != {int(ref.refetched.sum())}")
+    return errs
+
+
+async def run_job(bench, grp, survivors, queries, *, k_v=None, renorm=False, tau=None,
+                  fill="mid", timeout=400_000):
+    """Run one good job; returns the mismatches against the golden model."""
+    dut = bench.dut
+    await bench.load_image(grp["image"])
+    n = len(survivors)
+    ref = reference(grp, survivors, queries, k_v=k_v, renorm=renorm, tau=tau, fill=fill)
+    before, st0 = bench.counters(), bench.status()
+    bench.send_job(job_desc(grp, n, k_v=k_v, renorm=renorm, tau=tau, fill=fill),
+                   survivors, queries)
+    outs, rows, probs = await bench.collect(len(queries), timeout)
+    await RisingEdge(dut.clk)
+    await ReadOnly()
+    after, st1 = bench.counters(), bench.status()
+    await RisingEdge(dut.clk)
+    if st1["error"]:
+        return [f"error {st1['code']}"]
+    errs = compare(grp, ref, queries, outs, rows, probs)
+    refetched = st1["refetched"] - st0["refetched"]
+    if refetched != int(ref.refetched.sum()):
+        errs.append(f"refetched {refetched} != {int(ref.refetched.sum())}")
     got_bytes = {t: (after[t] - before[t]) * B for t in TENSORS}
     want_bytes = {t: v for t, v in ref.dram_bytes(B).items() if t != "total"}
     if got_bytes != want_bytes:
         errs.append(f"DRAM bytes {got_bytes} != golden {want_bytes}")
-    if not status[3]:
-        errs.append("done not set")
+    if st1["jobs_done"] != st0["jobs_done"] + 1:
+        errs.append(f"jobs_done went from {st0['jobs_done']} to {st1['jobs_done']}")
     return errs
 
 
 async def run_bad(bench, grp, survivors, queries, expect, **kw):
     dut = bench.dut
     await bench.load_image(grp["image"])
-    set_registers(dut, grp, kw.pop("n", len(survivors)), **kw)
+    desc = job_desc(grp, kw.pop("n", len(survivors)), **kw)
     before = bench.counters()
-    bench.send_job(survivors, queries)
+    bench.send_job(desc, survivors, queries)
     outs = await with_timeout(bench.o.recv_packet(), dut, 200_000)
     await RisingEdge(dut.clk)
     await ReadOnly()
@@ -208,7 +241,8 @@ async def run_bad(bench, grp, survivors, queries, expect, **kw):
     await RisingEdge(dut.clk)
     if not (flag and code == expect and outs[-1]["error"]):
         return [f"bad job: expected {expect}, got error={flag} {code}"]
-    if expect in ("N_ZERO", "N_OVER_CAPACITY", "MISALIGNED") and any(read.values()):
+    if expect in ("N_ZERO", "N_OVER_CAPACITY", "MISALIGNED", "BAD_HEAD_DIM", "K_V_ZERO") \
+            and any(read.values()):
         return [f"{expect}: the refused job read DRAM beats {read}"]
     return []
 
@@ -283,7 +317,9 @@ async def jobs_under_stress(dut):
 @cocotb.test(skip=HAS_JOBS)
 async def bad_jobs_then_good(dut):
     """Each bad job ends with one error beat and its code (no hang); an empty survivor list
-    (n = 0), a list over capacity and a misaligned base read nothing; a good job follows."""
+    (n = 0), a list over capacity, a misaligned base, a head dimension out of range and k_v = 0
+    read nothing; a query head outside the group runs as head 0 and flags the job; a good job
+    follows."""
     rng = np.random.default_rng(SEED + 2)
     bench = await start(dut)
     n_stored = 40
@@ -295,8 +331,81 @@ async def bad_jobs_then_good(dut):
     errs += await run_bad(bench, grp, [], q, "N_ZERO", n=0)                    # empty list
     errs += await run_bad(bench, grp, list(range(CFG.capacity + 1)), q, "N_OVER_CAPACITY")
     errs += await run_bad(bench, grp, [1, 2], q, "MISALIGNED", bases={"v": 8})
+    errs += await run_bad(bench, grp, [1, 2], q, "BAD_HEAD_DIM", d_log2=2)
+    errs += await run_bad(bench, grp, [1, 2], q, "K_V_ZERO", k_v=0)
+    # a query head outside the group: the job runs (as head 0) and ends flagged
+    bench.send_job(job_desc(grp, 2), [1, 2], [(G, 1)])
+    outs, _, _ = await bench.collect(1, 200_000)
+    await RisingEdge(dut.clk)
+    await ReadOnly()
+    st = bench.status()
+    await RisingEdge(dut.clk)
+    if not (st["error"] and st["code"] == "BAD_HEAD" and not outs[-1]["error"]):
+        errs.append(f"BAD_HEAD: got {st['code']} (error {st['error']}), outputs {len(outs)}")
     errs += [f"good after bad: {e}" for e in await run_job(bench, grp, [0, 4, 5, 6, 39], q,
                                                              tau=0.3)]
+    assert not errs, "\n".join(errs)
+
+
+@cocotb.test(skip=HAS_JOBS)
+async def jobs_back_to_back(dut):
+    """Jobs sent back to back, two in flight (the next job's survivors, K, V and Q rows are
+    fetched while this one computes, into the other bank when both fit in half the buffer):
+    every job's outputs, rows and probabilities against the golden model, the DRAM bytes of
+    each tensor over the whole sequence, with stream gaps, backpressure and DRAM latency; refused
+    jobs in the middle end with their error beat and the jobs after them are unaffected."""
+    rng = np.random.default_rng(SEED + 3)
+    dut._log.info(f"seed {SEED + 3}")
+    bench = await start(dut, idle=0.2, stall=0.2, seed=SEED + 7)
+    dut.dram_latency.value = 17
+    dims = [x for x in (8, 16, 32, 64) if x <= DMAX]
+    n_stored = min(3 * CFG.capacity // 2, 90)
+    half = CFG.capacity // 2
+    errs = []
+    for d in (dims[0], dims[-1]):
+        grp = make_group(rng, n_stored=n_stored, m_rows=5, d=d)
+        await bench.load_image(grp["image"])
+        jobs = []
+        for i in range(10):
+            size = [half // 2, half, CFG.capacity, half - 3, 3][i % 5]
+            surv = sorted(int(x) for x in rng.choice(n_stored, size=size, replace=False))
+            queries = [(int(rng.integers(0, G)), int(rng.integers(0, 5)))
+                       for _ in range(int(rng.integers(1, 5)))]
+            kw = {"k_v": [None, max(1, size // 3)][i % 2],
+                  "tau": [None, None, 0.15, 0.0, 1.0][(i * 3) % 5],
+                  "renorm": i % 3 == 0}
+            if i in (4, 7):       # refused at intake: nothing fetched, queries swallowed
+                bad = {4: {"bases": {"k_lsb": 8}}, 7: {"d_log2": 2}}[i]
+                jobs.append((surv, queries, None, job_desc(grp, size, **bad)))
+                continue
+            jobs.append((surv, queries, reference(grp, surv, queries, **kw),
+                         job_desc(grp, size, **kw)))
+        before, st0 = bench.counters(), bench.status()
+        for surv, queries, _, desc in jobs:
+            bench.send_job(desc, surv, queries)
+        for i, (surv, queries, ref, _) in enumerate(jobs):
+            outs, rows, probs = await bench.collect(len(queries) if ref else 0, 400_000)
+            if ref is None:
+                if not (len(outs) == 1 and outs[0]["error"]):
+                    errs.append(f"d={d} job {i}: expected one error beat, got {len(outs)}")
+                continue
+            errs += [f"d={d} job {i} n={len(surv)}: {e}"
+                     for e in compare(grp, ref, queries, outs, rows, probs)]
+        await RisingEdge(dut.clk)
+        await ReadOnly()
+        after, st1 = bench.counters(), bench.status()
+        await RisingEdge(dut.clk)
+        got = {t: (after[t] - before[t]) * B for t in TENSORS}
+        want = {t: sum(ref.dram_bytes(B)[t] for _, _, ref, _ in jobs if ref) for t in TENSORS}
+        if got != want:
+            errs.append(f"d={d}: DRAM bytes {got} != golden {want}")
+        refetched = sum(int(ref.refetched.sum()) for _, _, ref, _ in jobs if ref)
+        if st1["refetched"] - st0["refetched"] != refetched:
+            errs.append(f"d={d}: refetched {st1['refetched'] - st0['refetched']} != {refetched}")
+        if st1["jobs_done"] - st0["jobs_done"] != len(jobs):
+            errs.append(f"d={d}: jobs_done {st1['jobs_done'] - st0['jobs_done']} != {len(jobs)}")
+        dut._log.info(f"d={d}: {len(jobs)} jobs in {st1['busy_cycles'] - st0['busy_cycles']} "
+                      f"busy cycles, waits {st1['wait']}")
     assert not errs, "\n".join(errs)
 
 
@@ -308,45 +417,61 @@ async def run_jobs(dut):
 
     bench = await start(dut, _SET.get("idle", 0.0), _SET.get("stall", 0.0))
     results = []
-    for job in _SET["jobs"]:
-        await bench.load_image(Path(job["image"]).read_bytes())
-        dut.dram_latency.value = job.get("latency", 1)
-        dut.dram_bytes_per_cycle.value = job.get("bytes_per_cycle", B)
-        dut.dram_stall.value = job.get("stall", 0)
-        for name in ("n", "n_stored", "k_msb_base", "k_lsb_base", "v_base", "d_log2", "k_v",
-                     "renorm", "shift", "scale", "post_shift", "pq", "tau", "fill_mid"):
-            getattr(dut, name).value = int(job[name])
-        dut.q_base.value = sum(int(b) << (AW * h) for h, b in enumerate(job["q_base"]))
-        survivors, queries = job["survivors"], job["queries"]
-        before = bench.counters()
-        bench.send_job(survivors, queries)
-        timeout = job.get("timeout", 2_000_000)
-        outs = await with_timeout(bench.o.recv_packet(), dut, timeout)
-        error = bool(outs[-1]["error"])
-        rows, probs = [], []
-        if not error:
-            for _ in range(len(queries)):
-                pk = await with_timeout(bench.probs.recv_packet(), dut, timeout)
-                probs.append([int(x) for b in pk for x in b["data"][:b["count"]]])
-            rows = bench.row.drain()    # every pass's row beat (dropped MSB passes included)
+    jobs = _SET["jobs"]
+    batches = []                  # consecutive jobs of one batch go back to back
+    for i, job in enumerate(jobs):
+        key = job.get("batch", f"job{i}")
+        if batches and batches[-1][0] == key:
+            batches[-1][1].append(job)
+        else:
+            batches.append((key, [job]))
+    for _, batch in batches:
+        first = batch[0]
+        if any(j["image"] != first["image"] for j in batch):
+            raise ValueError("the jobs of one batch must share their DRAM image")
+        await bench.load_image(Path(first["image"]).read_bytes())
+        dut.dram_latency.value = first.get("latency", 1)
+        dut.dram_bytes_per_cycle.value = first.get("bytes_per_cycle", B)
+        dut.dram_stall.value = first.get("stall", 0)
+        before, st0 = bench.counters(), bench.status()
+        for job in batch:
+            desc = {name: int(job[name]) for name in (
+                "n", "n_stored", "k_msb_base", "k_lsb_base", "v_base", "d_log2", "k_v",
+                "renorm", "shift", "scale", "post_shift", "pq", "tau", "fill_mid")}
+            desc["q_base"] = [int(job["q_base"][h]) if h < len(job["q_base"]) else 0
+                              for h in range(G)]
+            bench.send_job(desc, job["survivors"], [tuple(q) for q in job["queries"]])
+        got = []
+        for job in batch:
+            timeout = job.get("timeout", 2_000_000)
+            outs, rows, probs = await bench.collect(len(job["queries"]), timeout)
+            await RisingEdge(dut.clk)
+            await ReadOnly()
+            st = bench.status()       # the error of the job that just ended
+            await RisingEdge(dut.clk)
+            got.append((outs, rows, probs, st))
         await RisingEdge(dut.clk)
         await ReadOnly()
-        after = bench.counters()
-        res = {
-            "tags": [int(b["tag"]) for b in outs],
-            "out": [[int(x) for x in b["data"]] for b in outs],
-            "error_beat": int(error),
-            "probs": probs,
-            "rows": [{k: int(r[k]) for k in ("tag", "full", "refetch", "p_max")} for r in rows],
-            "beats": {t: after[t] - before[t] for t in TENSORS},
-            "cycles": int(dut.cycles.value),
-            "memory_wait": {w: int(getattr(dut, f"wait_{w}").value)
-                            for w in ("k", "q", "lsb", "v")},
-            "refetched": int(dut.refetched.value),
-            "error": CoreError(int(dut.error_code.value)).name,
-            "error_flag": int(dut.error.value),
-            "dram_error": int(dut.dram_error.value),
-        }
+        after, st1 = bench.counters(), bench.status()
+        stats = {"jobs": len(batch), "beats": {t: after[t] - before[t] for t in TENSORS},
+                 "cycles": st1["busy_cycles"] - st0["busy_cycles"],
+                 "memory_wait": {w: st1["wait"][w] - st0["wait"][w] for w in st1["wait"]},
+                 "refetched": st1["refetched"] - st0["refetched"],
+                 "dram_error": int(dut.dram_error.value)}
         await RisingEdge(dut.clk)
-        results.append(res)
+        for outs, rows, probs, st in got:
+            # beats, cycles, memory_wait, refetched: of the job's batch (the job's own when it
+            # ran alone)
+            results.append({
+                "tags": [int(b["tag"]) for b in outs],
+                "out": [[int(x) for x in b["data"]] for b in outs],
+                "error_beat": int(bool(outs[-1]["error"])),
+                "probs": probs,
+                "rows": [{k: int(r[k]) for k in ("tag", "full", "refetch", "p_max")}
+                         for r in rows],
+                "error": st["code"] if st["error"] else "NONE",
+                "error_flag": st["error"],
+                "batch": stats, **{k: stats[k] for k in ("beats", "cycles", "memory_wait",
+                                                         "refetched", "dram_error")},
+            })
     Path(_SET["results"]).write_text(json.dumps(results))
