@@ -2,13 +2,15 @@
 
 `run_streams` is the one loop the unit tests share: it presents each source's beats with random
 idle cycles, takes each sink's beats under random backpressure, checks on every stalled beat that
-the sink's payload held (the stream rules), and stops when every sink has what it expects.
+the sink's payload held (the stream rules), and stops when every sink has what it expects (after
+a few quiet cycles in which no further beat may appear, when asked).
 Payloads are given and returned as plain Python values: ints, lists for arrays, dicts for
 structures (see `to_py`).
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Callable
 
@@ -42,20 +44,31 @@ def from_py(shape, value):
 
 
 def run_streams(dut, *, sources: dict, sinks: dict, gap: float = 0.0, stall: float = 0.0,
-                seed: int = 0, max_cycles: int = 100_000, setup: Callable | None = None,
-                watch: Callable | None = None, sinks_by_count: bool = True) -> dict:
+                seed: int = 0, rng: random.Random | None = None, max_cycles: int = 100_000,
+                setup: Callable | None = None, watch: Callable | None = None,
+                sideband: dict | None = None, quiet: int = 0, finish: Callable | None = None,
+                sinks_by_count: bool = True) -> dict:
     """Simulate ``dut`` (a component; its sync domain gets a clock).
 
     sources   {port name: list of payload values} presented in order on ``dut.<name>``
     sinks     {port name: number of beats to collect} from ``dut.<name>``
     gap       probability of an idle cycle before each source beat
     stall     probability that a sink's ready is low in a cycle
+    rng       the random source of gaps and stalls (default ``random.Random(seed)``); per cycle
+              it draws once per source that may start a beat, then once per sink
     setup     ``async setup(ctx)`` run first (set run-time inputs, fill memories)
-    watch     ``watch(ctx, cycle)`` called every cycle before the clock edge
+    watch     ``watch(ctx, cycle)`` called every cycle (quiet ones too) before the clock edge
+    sideband  {source name: [{dut attribute: value} per beat]}: plain inputs set together with
+              each beat of that source when it is first presented (held until the next one)
+    quiet     cycles simulated after every sink has its beats, in which no sink may be valid
+              (an extra beat is an error)
+    finish    ``async finish(ctx)`` run last (read counters, final checks)
 
     Returns {"beats": {sink: [payloads]}, "accepted": {source: [cycles]}, "seen": {sink:
-    [cycles]}, "cycles": cycles simulated}."""
-    rng = random.Random(seed)
+    [cycles]}, "cycles": cycles simulated until every sink had its beats}."""
+    rng = random.Random(seed) if rng is None else rng
+    side = {name: (sideband or {}).get(name) or [{}] * len(beats)
+            for name, beats in sources.items()}
     got = {name: [] for name in sinks}
     seen = {name: [] for name in sinks}
     accepted = {name: [] for name in sources}
@@ -67,14 +80,23 @@ def run_streams(dut, *, sources: dict, sinks: dict, gap: float = 0.0, stall: flo
         idx = {name: 0 for name in sources}
         presenting = {name: False for name in sources}
         held = {name: None for name in sinks}
-        for cycle in range(max_cycles):
-            if all(len(got[n]) >= want for n, want in sinks.items()):
-                result["cycles"] = cycle
-                return
+        done = None
+        for cycle in itertools.count():
+            if done is None and all(len(got[n]) >= want for n, want in sinks.items()):
+                done = result["cycles"] = cycle
+            if done is not None and cycle >= done + quiet:
+                break
+            if done is None and cycle >= max_cycles:
+                raise StreamTimeout(
+                    f"no result after {max_cycles} cycles: got "
+                    + ", ".join(f"{n} {len(got[n])}/{w}" for n, w in sinks.items())
+                    + "; sent " + ", ".join(f"{n} {idx[n]}/{len(b)}" for n, b in sources.items()))
             for name, beats in sources.items():
                 port = getattr(dut, name)
                 if not presenting[name] and idx[name] < len(beats) and rng.random() >= gap:
                     ctx.set(port.payload, from_py(port.payload.shape(), beats[idx[name]]))
+                    for attr, value in side[name][idx[name]].items():
+                        ctx.set(getattr(dut, attr), value)
                     presenting[name] = True
                 ctx.set(port.valid, presenting[name])
             readies = {}
@@ -87,6 +109,9 @@ def run_streams(dut, *, sources: dict, sinks: dict, gap: float = 0.0, stall: flo
             for name in sinks:
                 port = getattr(dut, name)
                 if ctx.get(port.valid):
+                    if done is not None:
+                        raise AssertionError(f"{name}: a beat after the last expected one, at "
+                                             f"cycle {cycle}")
                     payload = to_py(ctx.get(port.payload))
                     if held[name] is not None and held[name] != payload:
                         raise AssertionError(f"{name}: payload changed while stalled at cycle "
@@ -106,10 +131,8 @@ def run_streams(dut, *, sources: dict, sinks: dict, gap: float = 0.0, stall: flo
                     presenting[name] = False
                     idx[name] += 1
             await ctx.tick()
-        raise StreamTimeout(
-            f"no result after {max_cycles} cycles: got "
-            + ", ".join(f"{n} {len(got[n])}/{w}" for n, w in sinks.items())
-            + "; sent " + ", ".join(f"{n} {idx[n]}/{len(b)}" for n, b in sources.items()))
+        if finish is not None:
+            await finish(ctx)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

@@ -254,6 +254,7 @@ class StreamSource:
     others are in flight go out back to back, one per cycle when the design is ready and
     `idle_prob` is 0. With `idle_prob` p, before each beat the source stays idle (valid low) for a
     cycle with probability p, repeatedly (a geometric number of idle cycles, mean p/(1-p)).
+    `idle_prob` is read before each beat, so a test may change it between phases.
     Once valid is raised it stays high with the same payload until the transfer (stream rule).
 
     Beats may be given pre-packed as ints (raw bits) to save packing time. The payload keeps its
@@ -314,7 +315,7 @@ class StreamSource:
     async def _run(self):
         edge, settled = RisingEdge(self.clk), ReadOnly()
         valid, payload, ready, queue = self.valid, self.payload, self.ready, self._queue
-        idle_prob, rnd = self.idle_prob, self.rng.random
+        rnd = self.rng.random
         while True:
             if not queue:
                 valid.value = 0
@@ -324,6 +325,7 @@ class StreamSource:
                 await edge  # leave the caller's phase; resume right after an edge
                 continue
             bits = queue.popleft()
+            idle_prob = self.idle_prob     # read per beat: a test may change it between phases
             if idle_prob:
                 while rnd() < idle_prob:
                     valid.value = 0
@@ -345,6 +347,7 @@ class StreamSink:
     checks its contract.
 
     Each cycle ready is driven low with probability `stall_prob` (random backpressure), else high.
+    `stall_prob` is read every cycle, so a test may change it between phases.
     Every transferred beat is unpacked under `layout` (kept as the raw int with ``raw=True``),
     appended to `beats` and queued for `recv()`/`recv_packet()`, and passed to `callback` if given,
     right after the clock edge that transfers it (a phase in which the receiver may drive signals).
@@ -407,12 +410,14 @@ class StreamSink:
         edge, settled = RisingEdge(self.clk), ReadOnly()
         valid_rise = RisingEdge(self.valid) if self.valid is not None else None
         valid, payload, ready = self.valid, self.payload, self.ready
-        stall_prob, rnd = self.stall_prob, self.rng.random
+        rnd = self.rng.random
         r = 1 if ready is None else self._ready0
         held = None  # payload of a beat stalled in the previous cycle
         reroll = False
         await settled
         while True:
+            # read per cycle: a test may change it between phases
+            stall_prob = self.stall_prob if ready is not None else 0.0
             v = 1 if valid is None else valid.value == 1
             take = None
             if v:
@@ -450,6 +455,9 @@ class StreamSink:
             if stall_prob:
                 r = 0 if rnd() < stall_prob else 1
                 ready.value = r
+            elif not r:
+                r = 1
+                ready.value = 1
             await settled
 
     async def recv(self):

@@ -21,7 +21,8 @@ idle cycles when asked), monitor `StreamSink` on ``o`` (random backpressure when
 the stream rules), transaction-level model `spatten.golden.attention.pv` and
 `spatten.golden.pv_cycles.pv_schedule`, in-order checker per query. Without gaps and
 backpressure every query's ``t_out - t_in`` and the spacing of the ``o`` beats must equal the
-cycle model exactly.
+cycle model exactly. The buffer with its ``load`` stream and the bench plumbing are the shared
+ones of `spatten.sim.unit_top`.
 """
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.hdl import Mux, Signal
+from amaranth.lib import data, stream
 from amaranth.lib.fifo import SyncFIFOBuffered
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig
 from spatten.hw.pv import ProbV, input_layout, output_layout, v_depth, v_word_layout
+
+from .unit_top import (BufferedUnitTop, UnitBench, cocotb, random_elements, report, tb_config,
+                       words_of)
 
 __all__ = ["PvTop", "top_input_layout", "top_output_layout", "load_layout", "v_words",
            "query_beats", "make_query", "expected_beat", "STAMP_FIFO_DEPTH"]
@@ -66,41 +69,20 @@ def load_layout(cfg: AttentionConfig) -> data.StructLayout:
     return data.StructLayout({"data": v_word_layout(cfg), "last": 1})
 
 
-class PvTop(wiring.Component):
+class PvTop(BufferedUnitTop):
     """`ProbV` with its V buffer, a ``load`` stream into the buffer and cycle stamps on ``o``
     (see the module docstring)."""
 
     def __init__(self, config: AttentionConfig, init=None):
-        self.pv = ProbV(config=config)
         self.config = config
-        self.init = [] if init is None else list(init)
-        super().__init__({
-            "load": In(stream.Signature(load_layout(config))),
+        self.pv = ProbV(config=config)
+        super().__init__(self.pv, {
             "i": In(stream.Signature(top_input_layout(config))),
             "o": Out(stream.Signature(top_output_layout(config))),
-            "busy": Out(1),
-            "macs": Out(32),
-        })
+        }, name="pv", rd="v_rd", mem="vmem", init=init, framed=True)
 
-    def elaborate(self, platform):
-        m = Module()
-        cfg = self.config
-        m.submodules.pv = pv = self.pv
-        depth = v_depth(cfg)
-        m.submodules.vmem = mem = Memory(shape=v_word_layout(cfg), depth=depth, init=self.init)
-        wr = mem.write_port()
-        wiring.connect(m, pv.v_rd, mem.read_port())
-        waddr = Signal(range(depth))
-        m.d.comb += [
-            self.load.ready.eq(1),
-            wr.en.eq(self.load.valid),
-            wr.addr.eq(waddr),
-            wr.data.eq(self.load.payload.data),
-        ]
-        with m.If(self.load.valid):
-            m.d.sync += waddr.eq(Mux(self.load.payload.last | (waddr == depth - 1), 0,
-                                     waddr + 1))
-
+    def connect(self, m):
+        pv = self.pv
         ip = self.i.payload
         m.d.comb += [
             pv.i.valid.eq(self.i.valid),
@@ -111,8 +93,6 @@ class PvTop(wiring.Component):
             pv.i.payload.last.eq(ip.last),
             pv.d_log2.eq(ip.d_log2),
             pv.renorm.eq(ip.renorm),
-            self.busy.eq(pv.busy),
-            self.macs.eq(pv.macs),
         ]
 
         # cycle stamps
@@ -143,17 +123,12 @@ class PvTop(wiring.Component):
             op.t_in.eq(fifo.r_data),
             op.t_out.eq(t_out),
         ]
-        return m
 
 
 # ---------------------------------------------------------------------------------- models
 def v_words(cfg: AttentionConfig, flat) -> list[list[int]]:
     """The V buffer's words from its flat elements (zero-padded to whole words)."""
-    Mv = cfg.pv_mults
-    flat = np.asarray(flat, dtype=np.int64).reshape(-1)
-    words = -(-flat.size // Mv)
-    flat = np.concatenate([flat, np.zeros(words * Mv - flat.size, dtype=np.int64)])
-    return [[int(x) for x in flat[w * Mv:(w + 1) * Mv]] for w in range(words)]
+    return words_of(flat, cfg.pv_mults)
 
 
 def query_beats(cfg: AttentionConfig, kept, probs, d: int, renorm: bool,
@@ -229,67 +204,40 @@ def expected_beat(cfg: AttentionConfig, flat, query) -> dict:
 
 
 # ---------------------------------------------------------------------------------- cocotb
-try:
-    import cocotb
-    from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
-except ImportError:  # pragma: no cover - cocotb is a dependency
-    cocotb = None
-
 if cocotb is not None:
     from spatten.golden.pv_cycles import pv_schedule
 
-    from .streams import StreamSink, StreamSource, clock_and_reset
-    from .unit_run import tb_settings
-
-    _SETTINGS = tb_settings()
-    CFG = AttentionConfig(**_SETTINGS.get("config", {}))
-    SEED = int(_SETTINGS.get("seed", 1))
-    RUNS = int(_SETTINGS.get("runs", 6))
-    PERIOD = 10.0
+    CFG, SEED, _SETTINGS = tb_config(runs=6)
+    RUNS = int(_SETTINGS["runs"])
     DIMS = [d for d in CFG.head_dims if d <= CFG.pv_mults]
 
     def rows_of(d):
         """V rows of dimension d the buffer holds (every d: capacity words)."""
         return CFG.capacity
 
-    class Bench:
+    class Bench(UnitBench):
+        INPUTS = {"load__valid": 0, "i__valid": 0, "o__ready": 0}
+
         def __init__(self, dut, idle=0.0, stall=0.0, seed=SEED):
-            self.dut = dut
-            self.load = StreamSource(dut, "load", dut.clk, load_layout(CFG))
-            self.src = StreamSource(dut, "i", dut.clk, top_input_layout(CFG), idle_prob=idle,
-                                    rng=random.Random(seed + 1))
-            self.sink = StreamSink(dut, "o", dut.clk, top_output_layout(CFG), stall_prob=stall,
-                                   rng=random.Random(seed + 2))
+            super().__init__(dut, ("i", top_input_layout(CFG)), ("o", top_output_layout(CFG)),
+                             idle=idle, stall=stall, seed=seed, load=load_layout(CFG))
             self.rng = random.Random(seed + 3)
 
         async def load_v(self, flat):
-            words = v_words(CFG, flat)
-            beats = [{"data": w, "last": int(k == len(words) - 1)} for k, w in enumerate(words)]
-            await self.load.send(beats)
-            await RisingEdge(self.dut.clk)
+            await self.fill(v_words(CFG, flat))
 
         async def batch(self, flat, queries, timed=False) -> list[str]:
             """Run `queries` back to back on the loaded V; check every beat against the golden
             model (and the cycle stamps against the model when `timed`)."""
-            dut = self.dut
-            macs0 = int(dut.macs.value)
+            macs0 = int(self.dut.macs.value)
             beats = []
             for kept, probs, d, renorm in queries:
                 beats += query_beats(CFG, kept, probs, d, renorm, rng=self.rng)
-            self.src.send_nowait(beats)
-            errs = []
-            got = []
             limit = 200 + sum(4 * len(q[0]) + 2 * q[2] + 64 for q in queries) * 8
-            for i in range(len(queries)):
-                task = cocotb.start_soon(self.sink.recv())
-                waited = 0
-                while not task.done():
-                    await ClockCycles(dut.clk, 16)
-                    waited += 16
-                    if waited > limit:
-                        task.cancel()
-                        return errs + [f"query {i}: no output beat (hang)"]
-                got.append(task.result())
+            got = await self.exchange(beats, self.sink.recv, len(queries), limit)
+            if len(got) < len(queries):
+                return [f"query {len(got)}: no output beat (hang)"]
+            errs = []
             for i, (q, beat) in enumerate(zip(queries, got)):
                 want = expected_beat(CFG, flat, q)
                 if beat["data"] != want["data"] or beat["psum"] != want["psum"]:
@@ -298,17 +246,7 @@ if cocotb is not None:
                                 f"{beat['psum']} vs {want['psum']}, lanes {bad[:6]} differ: "
                                 f"{[beat['data'][j] for j in bad[:6]]} vs "
                                 f"{[want['data'][j] for j in bad[:6]]}")
-            await self.src.wait_idle()
-            await ClockCycles(dut.clk, 2)
-            await ReadOnly()
-            if int(dut.busy.value):
-                errs.append("busy after the last beat")
-            if int(dut.o__valid.value):
-                errs.append("extra output beat")
-            macs = (int(dut.macs.value) - macs0) % (1 << 32)
-            want_macs = sum(len(q[0]) * q[2] for q in queries)
-            if macs != want_macs:
-                errs.append(f"macs {macs} != {want_macs}")
+            errs += await self.settle(macs=(macs0, sum(len(q[0]) * q[2] for q in queries)))
             if timed:
                 model = pv_schedule(CFG, [(q[0], q[2], q[3]) for q in queries])
                 t0 = got[0]["t_in"]
@@ -317,26 +255,10 @@ if cocotb is not None:
                 if have != want:
                     k = next(j for j in range(len(want)) if have[j] != want[j])
                     errs.append(f"cycles of query {k}: (in, out) {have[k]} != model {want[k]}")
-            await RisingEdge(dut.clk)
             return errs
 
-    async def start(dut, idle=0.0, stall=0.0, seed=SEED) -> Bench:
-        dut.load__valid.value = 0
-        dut.i__valid.value = 0
-        dut.o__ready.value = 0
-        await clock_and_reset(dut, PERIOD)
-        return Bench(dut, idle, stall, seed)
-
     def random_flat(rng, kind="uniform"):
-        size = v_depth(CFG) * CFG.pv_mults
-        lo, hi = CFG.data_min, CFG.data_max
-        if kind == "min":
-            return np.full(size, lo)
-        if kind == "max":
-            return np.full(size, hi)
-        if kind == "mixed":
-            return rng.choice([lo, hi, 0, -1, 1], size)
-        return rng.integers(lo, hi + 1, size)
+        return random_elements(CFG, rng, v_depth(CFG) * CFG.pv_mults, kind)
 
     def edge_queries(rng):
         """Every d: dense, sparse, contiguous, single, empty, zero probabilities; each with and
@@ -360,26 +282,22 @@ if cocotb is not None:
             out.append(make_query(CFG, rng, d, n, kind, bool(rng.integers(0, 2))))
         return out
 
-    def _report(dut, errs, what):
-        dut._log.info("seed %d: %s", SEED, what)
-        assert not errs, f"seed {SEED}: {len(errs)} problems, first: " + "; ".join(errs[:5])
-
     @cocotb.test()
     async def test_edge_cases(dut):
         """Every d and kind of kept list, with and without renorm, back to back, cycles exact."""
-        bench = await start(dut)
+        bench = await Bench.start(dut)
         rng = np.random.default_rng(SEED)
         flat = random_flat(rng)
         await bench.load_v(flat)
         queries = edge_queries(rng)
         errs = await bench.batch(flat, queries, timed=True)
-        _report(dut, errs, f"{len(queries)} edge-case queries")
+        report(dut, SEED, errs, f"{len(queries)} edge-case queries")
 
     @cocotb.test()
     async def test_extremes(dut):
         """p = 65535 on every row of v = min / max (the accumulator's full width, saturation),
         with and without renorm, at d = 8 and the largest d (all capacity rows)."""
-        bench = await start(dut)
+        bench = await Bench.start(dut)
         rng = np.random.default_rng(SEED + 1)
         errs = []
         for kind in ("min", "max", "mixed"):
@@ -390,12 +308,12 @@ if cocotb is not None:
                 for renorm in (False, True):
                     queries.append(make_query(CFG, rng, d, rows_of(d), "max", renorm))
             errs += [f"{kind}: {e}" for e in await bench.batch(flat, queries, timed=True)]
-        _report(dut, errs, "extreme values")
+        report(dut, SEED, errs, "extreme values")
 
     @cocotb.test()
     async def test_random(dut):
         """Seeded random batches (d, kind, renorm change per query), cycles exact."""
-        bench = await start(dut)
+        bench = await Bench.start(dut)
         rng = np.random.default_rng(SEED + 2)
         errs = []
         for r in range(RUNS):
@@ -403,12 +321,12 @@ if cocotb is not None:
             await bench.load_v(flat)
             queries = random_queries(rng, int(rng.integers(1, 6)))
             errs += [f"batch {r}: {e}" for e in await bench.batch(flat, queries, timed=True)]
-        _report(dut, errs, f"{RUNS} random batches")
+        report(dut, SEED, errs, f"{RUNS} random batches")
 
     @cocotb.test()
     async def test_gaps_and_backpressure(dut):
         """Edge cases and random batches under random input gaps and output backpressure."""
-        bench = await start(dut, idle=0.3, stall=0.4, seed=SEED + 3)
+        bench = await Bench.start(dut, idle=0.3, stall=0.4, seed=SEED + 3)
         rng = np.random.default_rng(SEED + 3)
         flat = random_flat(rng)
         await bench.load_v(flat)
@@ -420,4 +338,4 @@ if cocotb is not None:
         errs += await bench.batch(flat, random_queries(rng, 4))
         if not (bench.src.idle_cycles and bench.sink.stall_cycles):
             errs.append("no gap or stall happened")
-        _report(dut, errs, "batches under gaps and backpressure")
+        report(dut, SEED, errs, "batches under gaps and backpressure")

@@ -18,12 +18,12 @@ backpressure when asked; they check the stream rules), transaction-level model
 `spatten.golden.attention.softmax`, in-order checker per row (probabilities, beat structure, the
 row beat; an error row must give ``error`` and one empty beat). Without gaps and backpressure
 the cycle of every row's first input beat and last output beat must equal
-`spatten.golden.softmax_cycles.softmax_cycle_model` exactly.
+`spatten.golden.softmax_cycles.softmax_cycle_model` exactly (`cycle_errors`, which the
+Amaranth-simulator tests use too). The bench plumbing is the shared one of `spatten.sim.unit_top`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import numpy as np
@@ -32,12 +32,15 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig
+from spatten.golden.softmax_cycles import softmax_cycle_model
 from spatten.hw.softmax import Softmax, dots_layout, probs_layout, row_info_layout
 
 from .runner import CocotbResult
-from .unit_run import cfg_tag, unit_selftest
+from .unit_top import (UnitBench, cocotb, cycle_now, lane_beats, report, tb_config,
+                       unit_test)
 
-__all__ = ["SoftmaxTop", "feed_layout", "softmax_selftest", "TOPLEVEL"]
+__all__ = ["SoftmaxTop", "feed_layout", "softmax_selftest", "beats_of", "make_rows",
+           "cycle_errors", "TOPLEVEL"]
 
 TOPLEVEL = "softmax"
 
@@ -80,22 +83,30 @@ def softmax_selftest(cfg: AttentionConfig, *, seed: int, random_rows: int = 12,
                      sim: str = "verilator", testcase=None) -> CocotbResult:
     """Build `SoftmaxTop` and run this module's self-checking tests; raises `CocotbFailure` when
     one fails."""
-    settings = {"config": dataclasses.asdict(cfg), "seed": seed, "random_rows": random_rows}
-    return unit_selftest(lambda: SoftmaxTop(cfg), name=TOPLEVEL, tag=cfg_tag(cfg),
-                         tb_module="spatten.sim.tb_softmax", settings=settings, sim=sim,
-                         testcase=testcase)
+    return unit_test(lambda: SoftmaxTop(cfg), cfg, name=TOPLEVEL,
+                     tb_module="spatten.sim.tb_softmax", sim=sim, testcase=testcase, seed=seed,
+                     random_rows=random_rows)
+
+
+def cycle_errors(cfg: AttentionConfig, model_rows, first_in, last_out) -> list[str]:
+    """Compare each row's (first input, last output) transfer cycles, relative to the first
+    row's first input, with `softmax_cycle_model(cfg, model_rows)`; return the problems found
+    (the first differing row)."""
+    t0 = first_in[0]
+    got = [(f - t0, z - t0) for f, z in zip(first_in, last_out)]
+    want = [(ev.first_in, ev.last_out) for ev in softmax_cycle_model(cfg, model_rows)]
+    if got == want:
+        return []
+    bad = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+    if bad is None:
+        return [f"cycles of {len(got)} rows for {len(want)} in the model"]
+    return [f"cycles of row {bad}: (first in, last out) {got[bad]} != model {want[bad]}"]
 
 
 # ---------------------------------------------------------------------------------- stimuli
 def beats_of(cfg: AttentionConfig, dots) -> list[dict]:
-    S = cfg.softmax_lanes
-    dots = [int(x) for x in dots]
-    out = []
-    for lo in range(0, len(dots), S):
-        chunk = dots[lo:lo + S]
-        out.append({"data": chunk + [0] * (S - len(chunk)), "count": len(chunk),
-                    "last": int(lo + S >= len(dots))})
-    return out
+    """The input beats of a row of dots."""
+    return lane_beats(dots, cfg.softmax_lanes)
 
 
 def _quantize(x, bits):
@@ -162,52 +173,29 @@ def make_rows(cfg: AttentionConfig, rng: np.random.Generator, kind: str, count: 
 
 
 # ---------------------------------------------------------------------------------- cocotb
-try:
-    import cocotb
-    from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
-    from cocotb.utils import get_sim_time
-except ImportError:  # pragma: no cover - cocotb is a dependency
-    cocotb = None
-
 if cocotb is not None:
     from spatten.golden.attention import softmax as golden_softmax
-    from spatten.golden.softmax_cycles import softmax_cycle_model
 
-    from .streams import StreamSink, StreamSource, clock_and_reset
-    from .unit_run import tb_settings
+    from .streams import StreamSink
 
-    _SETTINGS = tb_settings()
-    CFG = AttentionConfig(**_SETTINGS.get("config", {}))
-    SEED = int(_SETTINGS.get("seed", 1))
-    RANDOM_ROWS = int(_SETTINGS.get("random_rows", 12))
-    PERIOD = 10.0
+    CFG, SEED, _SETTINGS = tb_config(random_rows=12)
+    RANDOM_ROWS = int(_SETTINGS["random_rows"])
 
-    class Bench:
+    class Bench(UnitBench):
+        INPUTS = {"i__valid": 0, "o__ready": 0, "row__ready": 0}
+
         def __init__(self, dut, idle=0.0, stall=0.0, row_stall=0.0, seed=SEED):
-            self.dut = dut
             self.rng = random.Random(seed)
-            self.src = StreamSource(dut, "i", dut.clk, feed_layout(CFG), idle_prob=idle,
-                                    rng=random.Random(seed + 1))
             self.o_cycles: list[int] = []
-            self.sink = StreamSink(dut, "o", dut.clk, probs_layout(CFG), stall_prob=stall,
-                                   rng=random.Random(seed + 2), callback=self._o_beat)
+            super().__init__(dut, ("i", feed_layout(CFG)), ("o", probs_layout(CFG)), idle=idle,
+                             stall=stall, seed=seed, on_sink=self._o_beat)
             self.rows = StreamSink(dut, "row", dut.clk, row_info_layout(CFG),
                                    stall_prob=row_stall, rng=random.Random(seed + 3))
-            self.in_cycles: list[tuple[int, int]] = []
+            self.outputs.append("row")
 
         def _o_beat(self, beat):
             if beat["last"]:
-                self.o_cycles.append(round(get_sim_time("ns") / PERIOD))
-
-        async def _monitor(self):
-            dut = self.dut
-            edge, settled = RisingEdge(dut.clk), ReadOnly()
-            while True:
-                await settled
-                if dut.i__valid.value == 1 and dut.i__ready.value == 1:
-                    now = round(get_sim_time("ns") / PERIOD) + 1
-                    self.in_cycles.append(now)
-                await edge
+                self.o_cycles.append(cycle_now())
 
         def feed(self, rows) -> list[dict]:
             DW, SB = CFG.dot_width, CFG.scale_bits
@@ -226,46 +214,25 @@ if cocotb is not None:
         async def run(self, rows, timed=False) -> list[str]:
             """Send `rows` back to back, check every row in order (and the cycles when
             `timed`); return the problems found."""
-            dut = self.dut
-            mon = cocotb.start_soon(self._monitor()) if timed else None
-            self.in_cycles, self.o_cycles = [], []
-            self.src.send_nowait(self.feed(rows))
-            errs = []
+            log = self.log_transfers("i") if timed else None
+            self.o_cycles = []
             limit = 60 * sum(len(r[1]) + 1 for r in rows) + 400 * len(rows) + 2000
-            for ri, (label, beats, p, dots) in enumerate(rows):
-                task = cocotb.start_soon(self._row())
-                waited = 0
-                while not task.done():
-                    await ClockCycles(dut.clk, 16)
-                    waited += 16
-                    if waited > limit:
-                        task.cancel()
-                        return errs + [f"row {ri} ({label}): no output (hang)"]
-                packet, info = task.result()
+            got = await self.exchange(self.feed(rows), self._row, len(rows), limit)
+            errs = []
+            for ri, ((label, beats, p, dots), (packet, info)) in enumerate(zip(rows, got)):
                 errs += [f"row {ri} ({label}): {e}" for e in _check(beats, p, dots, packet,
                                                                        info)]
-            await self.src.wait_idle()
-            await ClockCycles(dut.clk, 2)
-            await ReadOnly()
-            if mon is not None:
-                mon.cancel()
-            if int(dut.o__valid.value) or int(dut.row__valid.value):
-                errs.append("an extra output beat")
+            if len(got) < len(rows):
+                return errs + [f"row {len(got)} ({rows[len(got)][0]}): no output (hang)"]
+            errs += await self.settle()
             if timed:
                 firsts, k = [], 0
                 for _, beats, _, _ in rows:
-                    firsts.append(self.in_cycles[k])
+                    firsts.append(log["i"][k])
                     k += len(beats)
-                model = softmax_cycle_model(
-                    CFG, [("error", len(b)) if d is None else int(d.size) for _, b, _, d in rows])
-                t0 = firsts[0]
-                got = [(f - t0, z - t0) for f, z in zip(firsts, self.o_cycles)]
-                want = [(ev.first_in, ev.last_out) for ev in model]
-                if got != want:
-                    bad = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
-                    errs.append(f"cycles of row {bad}: (first in, last out) {got[bad]} != "
-                                f"model {want[bad]}")
-            await RisingEdge(dut.clk)
+                model_rows = [("error", len(b)) if d is None else int(d.size)
+                              for _, b, _, d in rows]
+                errs += cycle_errors(CFG, model_rows, firsts, self.o_cycles)
             return errs
 
         async def _row(self):
@@ -296,45 +263,34 @@ if cocotb is not None:
             errs.append("lanes above count are not 0")
         return errs
 
-    async def start(dut, **kw) -> Bench:
-        dut.i__valid.value = 0
-        dut.o__ready.value = 0
-        dut.row__ready.value = 0
-        await clock_and_reset(dut, PERIOD)
-        return Bench(dut, **kw)
-
-    def _report(dut, errs, what):
-        dut._log.info("seed %d: %s", SEED, what)
-        assert not errs, f"seed {SEED}: {len(errs)} problems, first: " + "; ".join(errs[:5])
-
     @cocotb.test()
     async def test_edge_and_errors(dut):
         """Edge rows and error rows (each followed by a good row), back to back, cycles exact."""
-        bench = await start(dut)
+        bench = await Bench.start(dut)
         rng = np.random.default_rng(SEED)
         rows = make_rows(CFG, rng, "edge")
         for bad in make_rows(CFG, rng, "error"):
             rows += [bad] + make_rows(CFG, rng, "random", 1)
-        _report(dut, await bench.run(rows, timed=True), f"{len(rows)} edge and error rows")
+        report(dut, SEED, await bench.run(rows, timed=True), f"{len(rows)} edge and error rows")
 
     @cocotb.test()
     async def test_random_and_real(dut):
         """Seeded random rows and realistic rows (quantized Gaussian q, k), cycles exact."""
-        bench = await start(dut)
+        bench = await Bench.start(dut)
         rng = np.random.default_rng(SEED + 1)
         rows = make_rows(CFG, rng, "random", RANDOM_ROWS) + make_rows(CFG, rng, "real",
                                                                       RANDOM_ROWS)
-        _report(dut, await bench.run(rows, timed=True), f"{len(rows)} random and real rows")
+        report(dut, SEED, await bench.run(rows, timed=True), f"{len(rows)} random and real rows")
 
     @cocotb.test()
     async def test_gaps_and_backpressure(dut):
         """Random, edge and error rows under input gaps, o backpressure and a slow row
         consumer: nothing lost, duplicated or reordered."""
-        bench = await start(dut, idle=0.3, stall=0.4, row_stall=0.6, seed=SEED + 2)
+        bench = await Bench.start(dut, idle=0.3, stall=0.4, row_stall=0.6, seed=SEED + 2)
         rng = np.random.default_rng(SEED + 2)
         rows = make_rows(CFG, rng, "random", RANDOM_ROWS) + make_rows(CFG, rng, "edge")[::2]
         rows += make_rows(CFG, rng, "error") + make_rows(CFG, rng, "random", 2)
         errs = await bench.run(rows)
         if not (bench.src.idle_cycles and bench.sink.stall_cycles and bench.rows.stall_cycles):
             errs.append("no gap or stall happened")
-        _report(dut, errs, f"{len(rows)} rows under gaps and backpressure")
+        report(dut, SEED, errs, f"{len(rows)} rows under gaps and backpressure")

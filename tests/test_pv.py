@@ -12,8 +12,6 @@ default config; Icarus: small) repeat the checks through the ``load`` port (`sim
 Set SPATTEN_SEED to fix the seed of the random tests.
 """
 
-import dataclasses
-import os
 import random
 import re
 import time
@@ -21,14 +19,15 @@ import time
 import numpy as np
 import pytest
 from amaranth.hdl import Shape, signed, unsigned
-from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig, preset
 from spatten.golden import pv_cycles
 from spatten.golden.pv_cycles import pv_beat_ops, pv_cycle_model, pv_schedule
 from spatten.hw import pv as hw_pv
 from spatten.hw.pv import ProbV, input_layout, output_layout, pv_latency, v_depth
+from spatten.sim.amaranth_tb import run_streams
 from spatten.sim.tb_pv import PvTop, expected_beat, make_query, query_beats, v_words
+from spatten.sim.unit_top import pick_seed, random_elements, unit_test
 
 SMALL = AttentionConfig(pv_mults=16, qk_mults=16, capacity=64)
 DEFAULT = AttentionConfig()
@@ -47,9 +46,7 @@ KINDS = ("dense", "sparse", "contiguous", "single", "empty", "zero", "softmaxish
 
 @pytest.fixture
 def seed():
-    s = int(os.environ.get("SPATTEN_SEED", random.randrange(1 << 32)))
-    print(f"seed={s}")
-    return s
+    return pick_seed()
 
 
 def rows_of(cfg, d):
@@ -58,85 +55,41 @@ def rows_of(cfg, d):
 
 
 def random_flat(cfg, rng, kind="uniform"):
-    size = v_depth(cfg) * cfg.pv_mults
-    lo, hi = cfg.data_min, cfg.data_max
-    if kind == "min":
-        return np.full(size, lo)
-    if kind == "max":
-        return np.full(size, hi)
-    if kind == "mixed":
-        return rng.choice([lo, hi, 0, -1, 1], size)
-    return rng.integers(lo, hi + 1, size)
+    return random_elements(cfg, rng, v_depth(cfg) * cfg.pv_mults, kind)
 
 
 # ---------------------------------------------------------------------------------------------
 # Cycle-by-cycle harness
 
 
-def run_pv(cfg, flat, queries, *, seed=0, gap=0.0, stall=0.0, junk=True, max_cycles=None):
+def run_pv(cfg, flat, queries, *, seed=0, gap=0.0, stall=0.0, junk=True, patch=None, quiet=3,
+           max_cycles=None):
     """Simulate `PvTop` with the V buffer holding `flat` and offer the beats of `queries`
-    ((kept, probs, d, renorm) each) on ``i`` (idle with probability `gap` before each beat);
-    ``o.ready`` is low with probability `stall`. Checks the stream rules of ``o`` every cycle,
-    every output beat against the golden model, that nothing more comes out, that ``busy``
-    falls, and the ``macs`` counter. Returns the output beats (with their cycle stamps)."""
+    ((kept, probs, d, renorm) each; fields of `patch` overwritten in every beat) on ``i`` (idle
+    with probability `gap` before each beat); ``o.ready`` is low with probability `stall`.
+    Checks the stream rules of ``o`` every cycle, every output beat against the golden model,
+    that nothing more comes out in `quiet` cycles, that ``busy`` falls, and the ``macs``
+    counter. Returns the output beats (with their cycle stamps)."""
     rng = random.Random(seed)
     top = PvTop(cfg, init=v_words(cfg, flat))
     beats = []
     for q in queries:
-        beats += query_beats(cfg, *q, rng=rng if junk else None)
-    want = [expected_beat(cfg, flat, q) for q in queries]
+        beats += [dict(b, **(patch or {})) for b in query_beats(cfg, *q, rng=rng if junk else None)]
     work = sum(len(b["index"]) for b in beats) + 40 * len(queries) + sum(q[2] for q in queries)
-    max_cycles = max_cycles or int(200 + 2 * work * (1 + 10 * max(gap, stall)))
-    outs = []
     info = {}
 
-    async def tb(ctx):
-        bi, presenting, held = 0, False, None
-        for cycle in range(max_cycles):
-            if len(outs) == len(queries) and bi == len(beats):
-                break
-            if not presenting and bi < len(beats) and rng.random() >= gap:
-                ctx.set(top.i.payload, beats[bi])
-                presenting = True
-            ctx.set(top.i.valid, presenting)
-            ready = rng.random() >= stall
-            ctx.set(top.o.ready, ready)
-            valid = ctx.get(top.o.valid)
-            if held is not None:
-                assert valid, f"o.valid dropped while stalled in cycle {cycle}"
-            if valid:
-                p = ctx.get(top.o.payload)
-                beat = {"data": [int(x) for x in p.data], "psum": int(p.psum),
-                        "t_in": int(p.t_in), "t_out": int(p.t_out)}
-                if held is not None:
-                    assert beat == held, f"o.payload changed while stalled in cycle {cycle}"
-                held = None if ready else beat
-                if ready:
-                    k = len(outs)
-                    assert k < len(queries), f"extra output beat in cycle {cycle}"
-                    got = {"data": beat["data"], "psum": beat["psum"]}
-                    kept, _, d, renorm = queries[k]
-                    assert got == want[k], (
-                        f"query {k} (d={d}, renorm={renorm}, {len(kept)} kept) in cycle {cycle}:"
-                        f"\n got  {got}\n want {want[k]}")
-                    outs.append(beat)
-            if presenting and ctx.get(top.i.ready):
-                presenting = False
-                bi += 1
-            await ctx.tick()
-        else:
-            raise AssertionError(f"timeout: {bi}/{len(beats)} beats in, "
-                                 f"{len(outs)}/{len(queries)} out")
-        for _ in range(3):
-            assert not ctx.get(top.o.valid), "an output beat after the last expected one"
-            await ctx.tick()
+    async def finish(ctx):
         assert not ctx.get(top.busy), "busy after the last output"
         info["macs"] = ctx.get(top.macs)
 
-    sim = Simulator(top)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
+    res = run_streams(top, sources={"i": beats}, sinks={"o": len(queries)}, rng=rng, gap=gap,
+                      stall=stall, quiet=quiet, finish=finish,
+                      max_cycles=max_cycles or int(200 + 2 * work * (1 + 10 * max(gap, stall))))
+    outs = res["beats"]["o"]
+    for k, (out, q) in enumerate(zip(outs, queries)):
+        got, want = {"data": out["data"], "psum": out["psum"]}, expected_beat(cfg, flat, q)
+        assert got == want, (f"query {k} (d={q[2]}, renorm={q[3]}, {len(q[0])} kept) in cycle "
+                             f"{res['seen']['o'][k]}:\n got  {got}\n want {want}")
     macs = sum(len(q[0]) * q[2] for q in queries) % (1 << 32)
     assert info["macs"] == macs, f"macs {info['macs']} != {macs}"
     return outs
@@ -156,6 +109,17 @@ def check_cycles(cfg, queries, outs):
 
 def kind_queries(cfg, rng, d, n, kinds=KINDS):
     return [make_query(cfg, rng, d, n, kind, renorm) for kind in kinds for renorm in (False, True)]
+
+
+def random_queries(cfg, rng, count, kinds):
+    """`count` queries of random d, n, kind (from `kinds`) and renorm."""
+    queries = []
+    for _ in range(count):
+        d = int(rng.choice(cfg.head_dims))
+        n = int(rng.integers(1, rows_of(cfg, d) + 1))
+        kind = str(rng.choice(kinds))
+        queries.append(make_query(cfg, rng, d, n, kind, bool(rng.integers(0, 2))))
+    return queries
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,12 +214,8 @@ def test_random_back_to_back(seed):
     """Seeded random queries (d, kind, size, renorm random per query), back to back."""
     rng = np.random.default_rng(seed)
     flat = random_flat(SMALL, rng)
-    queries = []
-    for _ in range(30):
-        d = int(rng.choice(SMALL.head_dims))
-        n = int(rng.integers(1, rows_of(SMALL, d) + 1))
-        kind = str(rng.choice(["dense", "sparse", "sparse", "contiguous", "single", "empty"]))
-        queries.append(make_query(SMALL, rng, d, n, kind, bool(rng.integers(0, 2))))
+    queries = random_queries(SMALL, rng, 30, ["dense", "sparse", "sparse", "contiguous", "single",
+                                              "empty"])
     outs = run_pv(SMALL, flat, queries, seed=seed)
     check_cycles(SMALL, queries, outs)
 
@@ -266,12 +226,7 @@ def test_gaps_and_backpressure(gap, stall, seed):
     changed; the stream rules hold; outputs never earlier than the unstalled model."""
     rng = np.random.default_rng(seed)
     flat = random_flat(SMALL, rng)
-    queries = []
-    for _ in range(16):
-        d = int(rng.choice(SMALL.head_dims))
-        n = int(rng.integers(1, rows_of(SMALL, d) + 1))
-        kind = str(rng.choice(["dense", "sparse", "contiguous", "single", "empty"]))
-        queries.append(make_query(SMALL, rng, d, n, kind, bool(rng.integers(0, 2))))
+    queries = random_queries(SMALL, rng, 16, ["dense", "sparse", "contiguous", "single", "empty"])
     outs = run_pv(SMALL, flat, queries, seed=seed, gap=gap, stall=stall)
     model = pv_schedule(SMALL, [(q[0], q[2], q[3]) for q in queries])
     t0 = outs[0]["t_in"]
@@ -283,31 +238,8 @@ def test_d_log2_clamped():
     rng = np.random.default_rng(5)
     flat = random_flat(SMALL, rng)
     q = make_query(SMALL, rng, 8, 20, "sparse", False)
-    beats = query_beats(SMALL, *q)
-    top = PvTop(SMALL, init=v_words(SMALL, flat))
-    got = []
-
-    async def tb(ctx):
-        ctx.set(top.o.ready, 1)
-        for b in beats:
-            ctx.set(top.i.payload, dict(b, d_log2=1))
-            ctx.set(top.i.valid, 1)
-            while True:
-                taken = ctx.get(top.i.ready)
-                await ctx.tick()
-                if taken:
-                    break
-        ctx.set(top.i.valid, 0)
-        for _ in range(40):
-            if ctx.get(top.o.valid):
-                got.append([int(x) for x in ctx.get(top.o.payload.data)])
-            await ctx.tick()
-
-    sim = Simulator(top)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
-    assert got == [expected_beat(SMALL, flat, q)["data"]]
+    outs = run_pv(SMALL, flat, [q], junk=False, patch={"d_log2": 1}, quiet=40)
+    assert [o["data"] for o in outs] == [expected_beat(SMALL, flat, q)["data"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,15 +348,13 @@ def test_cocotb(name, cfg, runs, sim, seed):
     """The cocotb testbench (`sim/tb_pv.py`) through the ``load`` port; Icarus (4-state) also
     checks that no unknown value reaches an output after reset."""
     from spatten.sim.runner import available_simulators
-    from spatten.sim.unit_run import cfg_tag, unit_selftest
+    from spatten.sim.unit_run import cfg_tag
 
     if sim not in available_simulators():
         pytest.skip(f"{sim} is not installed")
     t = time.time()
-    res = unit_selftest(lambda: PvTop(cfg), name="pv", tag=f"{name}-{cfg_tag(cfg)}",
-                        tb_module="spatten.sim.tb_pv",
-                        settings={"config": dataclasses.asdict(cfg), "seed": seed % (1 << 31),
-                                  "runs": runs}, sim=sim)
+    res = unit_test(lambda: PvTop(cfg), cfg, name="pv", tag=f"{name}-{cfg_tag(cfg)}",
+                    tb_module="spatten.sim.tb_pv", sim=sim, seed=seed % (1 << 31), runs=runs)
     print(f"{name} on {sim}: {res.summary()} in {time.time() - t:.1f} s (built: {res.built}, "
           f"{res.build_seconds:.1f} s)")
     assert res.failed == 0 and res.passed == 4, res.summary()

@@ -9,21 +9,21 @@ run on Verilator repeats the checks through the ``load`` port (`sim/tb_qk.py`).
 Set SPATTEN_SEED to fix the seed of the random tests.
 """
 
-import os
 import random
 import time
 
 import numpy as np
 import pytest
 from amaranth.hdl import Shape
-from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig, TopKConfig, preset
 from spatten.golden.attention import qk as golden_qk
 from spatten.golden.qk_cycles import qk_cycle_model, qk_latency, qk_query_cycles, qk_schedule
 from spatten.hw.qk import QKArray, k_depth
 from spatten.hw.qk import qk_latency as hw_qk_latency
-from spatten.sim.tb_qk import QKTop, expected_beats
+from spatten.sim.amaranth_tb import run_streams
+from spatten.sim.tb_qk import QKTop, expected_beats, k_words
+from spatten.sim.unit_top import pick_seed, random_elements, unit_test
 
 SMALL = AttentionConfig(qk_mults=16, capacity=64, softmax_lanes=4)
 DEFAULT = AttentionConfig()
@@ -37,9 +37,7 @@ VARIANTS = {
 
 @pytest.fixture
 def seed():
-    s = int(os.environ.get("SPATTEN_SEED", random.randrange(1 << 32)))
-    print(f"seed={s}")
-    return s
+    return pick_seed()
 
 
 def max_keys(cfg, d):
@@ -57,89 +55,41 @@ def dims(cfg):
 
 def run_queries(cfg, flat, queries, *, rng=None, gap=0.0, stall=0.0, max_cycles=None):
     """Simulate `QKTop` with the K buffer holding the flat elements `flat` and offer `queries`
-    ((q beat of M elements, d, n) each) on ``q`` (idle with probability `gap` before each
-    beat); ``o.ready`` is low with probability `stall`. Checks the stream rules of ``o`` every
-    cycle and the dots of every query against the golden model. Returns a dict of the cycles
-    of the ``q`` and ``o`` transfers, the K reads, busy per cycle and the macs counter."""
-    rng = rng or random.Random(0)
-    M = cfg.qk_mults
-    depth = k_depth(cfg)
+    ((q beat of M elements, d, n) each, optionally followed by the d_log2 and n to drive) on
+    ``q`` (idle with probability `gap` before each beat); ``o.ready`` is low with probability
+    `stall`. Checks the stream rules of ``o`` every cycle, that nothing more comes out, and the
+    dots of every query against the golden model. Returns a dict of the cycles of the ``q`` and
+    ``o`` transfers, the K reads, busy per cycle and the macs counter."""
     flat = np.asarray(flat, dtype=np.int64)
-    assert flat.size == depth * M
-    words = [[int(x) for x in flat[w * M:(w + 1) * M]] for w in range(depth)]
+    assert flat.size == k_depth(cfg) * cfg.qk_mults
     want = []
     for qv, d, n, *_ in queries:
-        dots = golden_qk(cfg, np.asarray(qv[:d]), flat[:n * d].reshape(n, d))
-        want += expected_beats(cfg, dots)
-    total_out = len(want)
+        want += expected_beats(cfg, golden_qk(cfg, np.asarray(qv[:d]), flat[:n * d].reshape(n, d)))
     max_cycles = max_cycles or 200 + int(4 * (len(want) + sum(q[2] for q in queries))
                                          * (1 + 10 * max(gap, stall)))
-    top = QKTop(cfg, init=words)
-    res = {"q": [], "o": [], "reads": 0, "busy": [], "beats": [], "macs": None}
+    top = QKTop(cfg, init=k_words(cfg, flat))
+    res = {"reads": 0, "busy": []}
 
-    async def tb(ctx):
-        qi, presenting, held = 0, False, None
-        for cycle in range(max_cycles):
-            if len(res["beats"]) == total_out and qi == len(queries):
-                break
-            if not presenting and qi < len(queries) and rng.random() >= gap:
-                qv, d, n, *raw = queries[qi]        # raw: (d_log2, n) as driven
-                ctx.set(top.q.payload, qv)
-                ctx.set(top.d_log2, raw[0] if raw else d.bit_length() - 1)
-                ctx.set(top.n, raw[1] if raw else n)
-                presenting = True
-            ctx.set(top.q.valid, presenting)
-            ready = rng.random() >= stall
-            ctx.set(top.o.ready, ready)
-            valid = ctx.get(top.o.valid)
-            if held is not None:
-                assert valid, f"o.valid dropped while stalled in cycle {cycle}"
-            if valid:
-                p = ctx.get(top.o.payload)
-                beat = {"data": [int(x) for x in p.data], "count": int(p.count),
-                        "last": int(p.last)}
-                if held is not None:
-                    assert beat == held, f"o.payload changed while stalled in cycle {cycle}"
-                held = None if ready else beat
-                if ready:
-                    k = len(res["beats"])
-                    assert k < total_out, f"extra output beat {beat} in cycle {cycle}"
-                    assert beat == want[k], f"beat {k} in cycle {cycle}: {beat} != {want[k]}"
-                    res["beats"].append(beat)
-                    res["o"].append(cycle)
-            if presenting and ctx.get(top.q.ready):
-                res["q"].append(cycle)
-                presenting = False
-                qi += 1
-            res["reads"] += ctx.get(top.qk.k_rd.en)
-            res["busy"].append(ctx.get(top.busy))
-            await ctx.tick()
-        else:
-            raise AssertionError(f"timeout: {qi}/{len(queries)} queries in, "
-                                 f"{len(res['beats'])}/{total_out} beats out")
-        for _ in range(2):
-            res["busy"].append(ctx.get(top.busy))
-            await ctx.tick()
-        assert not ctx.get(top.o.valid), "an output beat after the last expected one"
+    def watch(ctx, cycle):
+        res["reads"] += ctx.get(top.qk.k_rd.en)
+        res["busy"].append(ctx.get(top.busy))
+
+    async def finish(ctx):
         res["macs"] = ctx.get(top.macs)
 
-    sim = Simulator(top)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
+    side = [{"d_log2": raw[0] if raw else d.bit_length() - 1, "n": raw[1] if raw else n}
+            for _, d, n, *raw in queries]
+    run = run_streams(top, sources={"q": [q[0] for q in queries]}, sinks={"o": len(want)},
+                      sideband={"q": side}, rng=rng or random.Random(0), gap=gap, stall=stall,
+                      max_cycles=max_cycles, watch=watch, quiet=3, finish=finish)
+    res.update(q=run["accepted"]["q"], o=run["seen"]["o"], beats=run["beats"]["o"])
+    for k, (beat, w) in enumerate(zip(res["beats"], want)):
+        assert beat == w, f"beat {k} in cycle {res['o'][k]}: {beat} != {w}"
     return res
 
 
 def random_flat(cfg, rng, kind="uniform"):
-    size = k_depth(cfg) * cfg.qk_mults
-    lo, hi = cfg.data_min, cfg.data_max
-    if kind == "min":
-        return np.full(size, lo)
-    if kind == "max":
-        return np.full(size, hi)
-    if kind == "mixed":
-        return rng.choice([lo, hi, 0, -1, 1], size)
-    return rng.integers(lo, hi + 1, size)
+    return random_elements(cfg, rng, k_depth(cfg) * cfg.qk_mults, kind)
 
 
 def q_beat(cfg, rng, d, kind="uniform"):
@@ -192,9 +142,17 @@ def edge_queries(cfg, rng, d, kind="uniform"):
     return [(q_beat(cfg, rng, d, kind), d, n) for n in ns]
 
 
-@pytest.mark.parametrize("cfg", [SMALL, DEFAULT], ids=["small", "default"])
-def test_every_d_back_to_back(cfg, seed):
-    """Every d; n = 1, odd, full buffer; dots exact, cycles and reads equal to the model."""
+def random_queries(cfg, rng, count):
+    """`count` queries of random d and n."""
+    queries = []
+    for _ in range(count):
+        d = int(rng.choice(dims(cfg)))
+        queries.append((q_beat(cfg, rng, d), d, int(rng.integers(1, max_keys(cfg, d) + 1))))
+    return queries
+
+
+def check_every_d(cfg, seed):
+    """Edge queries at every d over one buffer, back to back: exact, as modelled."""
     rng = np.random.default_rng(seed)
     flat = random_flat(cfg, rng)
     for d in dims(cfg):
@@ -202,19 +160,18 @@ def test_every_d_back_to_back(cfg, seed):
         res = run_queries(cfg, flat, queries, rng=random.Random(seed))
         check_unstalled(cfg, queries, res)
         check_common(cfg, queries, res)
+
+
+@pytest.mark.parametrize("cfg", [SMALL, DEFAULT], ids=["small", "default"])
+def test_every_d_back_to_back(cfg, seed):
+    """Every d; n = 1, odd, full buffer; dots exact, cycles and reads equal to the model."""
+    check_every_d(cfg, seed)
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_config_variants(name, seed):
     """S = 1, S > g, a K buffer depth that is not a power of two: every d, back to back."""
-    cfg = VARIANTS[name]
-    rng = np.random.default_rng(seed)
-    flat = random_flat(cfg, rng)
-    for d in dims(cfg):
-        queries = edge_queries(cfg, rng, d)
-        res = run_queries(cfg, flat, queries, rng=random.Random(seed))
-        check_unstalled(cfg, queries, res)
-        check_common(cfg, queries, res)
+    check_every_d(VARIANTS[name], seed)
 
 
 @pytest.mark.parametrize("cfg", [SMALL, DEFAULT], ids=["small", "default"])
@@ -244,10 +201,7 @@ def test_d_and_n_change_per_query(cfg, seed):
     buffer (read as keys of the query's d) is exact, with cycles equal to the model."""
     rng = np.random.default_rng(seed)
     flat = random_flat(cfg, rng)
-    queries = []
-    for _ in range(14):
-        d = int(rng.choice(dims(cfg)))
-        queries.append((q_beat(cfg, rng, d), d, int(rng.integers(1, max_keys(cfg, d) + 1))))
+    queries = random_queries(cfg, rng, 14)
     res = run_queries(cfg, flat, queries, rng=random.Random(seed))
     check_unstalled(cfg, queries, res)
     check_common(cfg, queries, res)
@@ -262,10 +216,7 @@ def test_gaps_and_backpressure(cfg, gap, stall, seed):
     rng = np.random.default_rng(seed)
     prng = random.Random(seed)
     flat = random_flat(cfg, rng)
-    queries = []
-    for _ in range(10):
-        d = int(rng.choice(dims(cfg)))
-        queries.append((q_beat(cfg, rng, d), d, int(rng.integers(1, max_keys(cfg, d) + 1))))
+    queries = random_queries(cfg, rng, 10)
     res = run_queries(cfg, flat, queries, rng=prng, gap=gap, stall=stall)
     check_common(cfg, queries, res)
     model = qk_cycle_model(cfg, [n for *_, n in queries], [d for _, d, _ in queries],
@@ -342,18 +293,13 @@ def test_bad_config(args, kwargs, exc, msg):
 
 @pytest.mark.parametrize("cfg,runs", [(SMALL, 16), (DEFAULT, 6)], ids=["small", "default"])
 def test_cocotb_verilator(cfg, runs, seed):
-    import dataclasses
-
     from spatten.sim.runner import available_simulators
-    from spatten.sim.unit_run import cfg_tag, unit_selftest
 
     if "verilator" not in available_simulators():
         pytest.skip("verilator is not installed")
     t0 = time.monotonic()
-    res = unit_selftest(lambda: QKTop(cfg), name="qk", tag=cfg_tag(cfg),
-                        tb_module="spatten.sim.tb_qk",
-                        settings={"config": dataclasses.asdict(cfg), "seed": seed % (1 << 31),
-                                  "runs": runs})
+    res = unit_test(lambda: QKTop(cfg), cfg, name="qk", tb_module="spatten.sim.tb_qk",
+                    seed=seed % (1 << 31), runs=runs)
     print(f"verilator: built={res.built} ({res.build_seconds:.1f} s), run {res.run_seconds:.1f} s,"
           f" total {time.monotonic() - t0:.1f} s; {res.summary()}")
     assert res.failed == 0 and res.passed == 3, res.summary()

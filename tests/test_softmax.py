@@ -24,6 +24,7 @@ from spatten.golden.attention import ScoreParams, score_params, softmax
 from spatten.golden.softmax_cycles import (softmax_cycle_model, softmax_interval,
                                            softmax_latency)
 from spatten.hw.softmax import Softmax
+from spatten.sim.tb_softmax import beats_of, cycle_errors, softmax_selftest
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 SMALL = AttentionConfig(qk_mults=16, capacity=64)
@@ -41,17 +42,6 @@ class Row:
     @property
     def model_row(self):
         return ("error", len(self.beats)) if self.dots is None else int(self.dots.size)
-
-
-def beats_of(cfg, dots) -> list[dict]:
-    S = cfg.softmax_lanes
-    dots = [int(x) for x in dots]
-    out = []
-    for lo in range(0, len(dots), S):
-        chunk = dots[lo:lo + S]
-        out.append({"data": chunk + [0] * (S - len(chunk)), "count": len(chunk),
-                    "last": int(lo + S >= len(dots))})
-    return out
 
 
 def good(cfg, dots, params, label="") -> Row:
@@ -317,14 +307,7 @@ def check(cfg, rows, run, *, cycles_exact=False) -> list[str]:
             errs.append(f"row {ri}: o started at {run.o_offered[ri]} before row {ri - 1}'s row "
                         f"beat was taken at {run.row_taken[ri - 1]}")
     if cycles_exact:
-        model = softmax_cycle_model(cfg, [r.model_row for r in rows])
-        t0 = run.first_in[0]
-        got = [(f - t0, z - t0) for f, z in zip(run.first_in, run.last_out)]
-        want = [(ev.first_in, ev.last_out) for ev in model]
-        if got != want:
-            bad = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
-            errs.append(f"cycles of row {bad}: (first in, last out) {got[bad]} != model "
-                        f"{want[bad]}")
+        errs += cycle_errors(cfg, [r.model_row for r in rows], run.first_in, run.last_out)
     return errs
 
 
@@ -479,7 +462,6 @@ def _cocotb_cases():
 def test_softmax_cocotb(name):
     """sim/tb_softmax.py on Verilator: seeded random and edge rows, exact cycles when unstalled,
     idle/stall, error rows."""
-    from spatten.sim.tb_softmax import softmax_selftest
     cfg = {"small": SMALL, "default": DEFAULT}[name]
     print(f"seed {SEED}, config {name}: {cfg}")
     res = softmax_selftest(cfg, seed=SEED, random_rows=12 if name == "small" else 4)
