@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from ..config import Config
-from ..sim.toolchain import TOOL_VARS, patched_environ, tool_env
+from ..sim.toolchain import TOOL_VARS, patched_environ, tool_env, venv_tool
 from . import report as rpt
 from .boards import board as get_board
 from .harness import BoardHarness
@@ -55,6 +55,11 @@ def tool_environment() -> dict:
     if missing:
         raise BuildError(f"YoWASP tools not found beside {sys.executable}: {', '.join(missing)}")
     env = {var: full[var] for var in TOOL_VARS}
+    # Yosys with a deeper wasm stack: the ECP5 mapping of the whole pipeline needs it
+    # (`spatten.sim.yosys`)
+    deep = venv_tool("spatten-yosys")
+    if deep is not None:
+        env["YOSYS"] = deep
     env["OPENFPGALOADER"] = "true"
     env["YOWASP_CACHE_DIR"] = full["YOWASP_CACHE_DIR"]
     return env

@@ -363,6 +363,9 @@ class Core(wiring.Component):
         m.submodules.co_k = co_k = Coalescer(token_bits=TB, capacity=N)
         wiring.connect(m, co_k.o, rk.cmd)
         m.d.comb += [rk.base.eq(fj.k_msb_base), rk.d_log2.eq(fj.d_log2)]
+        # DRAM priority (`DramArbiter.urgent`): what the pipeline waits for goes first: Q rows,
+        # the K MSB and LSB rows of the job it is about to run, the V rows of the running job;
+        # the next job's prefetches take the rest of the bandwidth
         wiring.connect(m, rk.wr, att.k_msb_wr)
         m.d.comb += att.k_msb_wr.payload.addr.eq(word(rk.wr.payload.addr, hi_of(fs)))
         s_cnt = Signal(range(N + 2))      # survivors of the job taken
@@ -690,7 +693,10 @@ class Core(wiring.Component):
         # the pipeline's run registers: the running job's
         for name in run_registers(att_cfg):
             m.d.comb += getattr(att, name).eq(getattr(bj, name))
-        m.d.comb += [att.n.eq(bj.n), att.bank.eq(hi_of(bs)), att.v_wait.eq(1),
+        # V rows are waited for per query unless the job's prefetch has brought them all in
+        # before its run starts (then prob x V streams the pairs as they come, no gating)
+        m.d.comb += [att.n.eq(bj.n), att.bank.eq(hi_of(bs)),
+                     att.v_wait.eq(pick(p_st, bs) != 2),
                      att.lsb_ready.eq(pick(l_st, bs) == 2)]
         with m.If(att.lsb_needed & (pick(l_st, bs) == 0)):
             for s in range(2):
@@ -770,6 +776,14 @@ class Core(wiring.Component):
                             m.d.sync += [st[s].eq(FREE), use[s].eq(0)]
                     m.d.sync += bs.eq(~bs)
                     m.next = "IDLE"
+        back_waits = Signal()             # the back end has nothing to run yet
+        m.d.comb += back_waits.eq(bst == INTAKE)
+        m.d.comb += arb.urgent.eq(Cat(
+            back_waits & (fs == bs),                                          # K MSB
+            (l_slot == bs) & (pick(l_st, bs) == 1),                           # K LSB
+            (bst == RUN) & ((od_runs != 0) | co_v.busy | v_rd_v | v_end
+                            | (pick(p_st, bs) == 1)),                         # V
+            1))                                                               # Q
         wiring.connect(m, att.probs, wiring.flipped(self.probs))
         wiring.connect(m, att.row, wiring.flipped(self.row))
         return m

@@ -11,7 +11,8 @@ buffer position p holds flat elements p*d .. p*d+d-1 of a buffer of M-element wo
 `golden.dram_image.PlaneLayout.run_requests` does (the B-aligned beat range of the run, cut into
 bursts of at most ``max_burst`` beats), and the returned beats into buffer writes: the beats are
 realigned by the run's skip (its first byte's offset in its beat), cut into chunks of two groups
-(16 elements, 2*bits bytes) through a buffer of lcm(B, 2*bits) bytes, and each chunk is written
+(16 elements, 2*bits bytes) through a ring of 2 lcm(B, 2*bits) bytes (two halves, so that a beat
+comes in while the chunks of the one before go out), and each chunk is written
 with group enables (8 elements a group) into its word; a chunk that straddles two words takes
 two writes. `DramArbiter` shares one DRAM port among several readers in round-robin order and
 returns each response to the reader that asked (responses come back in request order).
@@ -107,8 +108,10 @@ class PlaneReader(wiring.Component):
         Response beats received since reset (wrapping).
 
     Throughput: one request every cycle while a run's bursts are issued (3 cycles to set up a
-    run); one response beat a cycle when chunks are at most B bytes (bits <= 8) and no chunk
-    straddles a word; 2*bits bytes a cycle otherwise.
+    run); one chunk (2*bits bytes) written a cycle, so one response beat a cycle for bits = 8
+    (B = 16), a beat every other cycle for 4-bit planes, 24 bytes' worth a cycle for 12-bit ones
+    (then the beats, B bytes a cycle, are the limit); a chunk that straddles two words (d < 16)
+    takes two cycles.
     """
 
     def __init__(self, *, bits: int, is_signed: bool, elems: int, depth: int,
@@ -124,7 +127,9 @@ class PlaneReader(wiring.Component):
         self.addr_width, self.token_bits = addr_width, token_bits
         B = memory.beat_bytes
         self.chunk_bytes = 2 * bits
-        self.lcm_bytes = B * self.chunk_bytes // math.gcd(B, self.chunk_bytes)
+        # the chunk ring: twice the least common multiple of beat and chunk, so that a beat
+        # can come in while the last one's chunks go out (one beat a cycle when bits <= 8)
+        self.lcm_bytes = 2 * B * self.chunk_bytes // math.gcd(B, self.chunk_bytes)
         super().__init__({
             "cmd": In(stream.Signature(run_layout(token_bits, capacity))),
             "base": In(addr_width),
@@ -393,8 +398,9 @@ class DramArbiter(wiring.Component):
     ``req[i]``/``resp[i]`` face the requesters, ``dram_req``/``dram_resp`` the memory. A request
     is forwarded when the id FIFO (depth ``memory.max_outstanding``) has room: it records which
     port asked, so that the in-order responses go back to it (popped with each ``last`` beat).
-    Grants rotate: after port i, ports i+1, i+2, ... are preferred. ``dram_req`` comes from a
-    register stage: no path from ``dram_req.ready`` to a requester's ``ready``.
+    Grants rotate: after port i, ports i+1, i+2, ... are preferred; ports whose ``urgent`` bit
+    is set go before all others (rotating among themselves). ``dram_req`` comes from a register
+    stage: no path from ``dram_req.ready`` to a requester's ``ready``.
     """
 
     def __init__(self, *, ports: int, memory: MemoryConfig, addr_width: int = 32):
@@ -412,6 +418,7 @@ class DramArbiter(wiring.Component):
             members[f"resp{i}"] = Out(rs)
         members["dram_req"] = Out(rq)
         members["dram_resp"] = In(rs)
+        members["urgent"] = In(ports)
         super().__init__(members)
 
     def req(self, i):
@@ -432,12 +439,16 @@ class DramArbiter(wiring.Component):
         free = Signal()
         m.d.comb += free.eq((~o_v | self.dram_req.ready) & ids.w_rdy)
         last = Signal(IW, init=N - 1)
-        # choose the first valid port after `last`
+        # choose the first valid port after `last`, an urgent one if any
+        valid = Signal(N)
+        m.d.comb += valid.eq(Cat(*[self.req(i).valid for i in range(N)]))
+        cand = Signal(N)
+        m.d.comb += cand.eq(Mux((valid & self.urgent) != 0, valid & self.urgent, valid))
         grant = Signal(IW)
         any_v = Signal()
         for k in reversed(range(N)):        # rotation order: last+1, last+2, ...
             for i in range(N):
-                with m.If((last == i) & self.req((i + 1 + k) % N).valid):
+                with m.If((last == i) & cand[(i + 1 + k) % N]):
                     m.d.comb += [grant.eq((i + 1 + k) % N), any_v.eq(1)]
         with m.If(o_v & self.dram_req.ready):
             m.d.sync += o_v.eq(0)

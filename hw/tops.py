@@ -23,9 +23,17 @@ def _attention(cfg: Config):
     return Attention(config=cfg.attention)
 
 
+def _core(cfg: Config):
+    from .core import Core
+
+    # three query heads per K/V head, as in SmolLM2 (MiniLM uses one)
+    return Core(config=cfg, group=3)
+
+
 TOPS = {
     "topk": _topk,
     "attention": _attention,
+    "core": _core,
 }
 
 

@@ -540,73 +540,119 @@ def _rtl_groups(cfg: Config) -> list[dict]:
 def bench_rtl(cfg: Config, sim: str = "verilator") -> dict:
     """Cycles of real head groups through the memory side and pipeline RTL at each of
     `RTL_BANDWIDTHS` (DRAM latency `RTL_LATENCY`), full precision and tau 0.2, each checked
-    against `golden.progressive.run_group` (outputs and bytes)."""
+    against `golden.progressive.run_group` (outputs and bytes): every group alone (one job in
+    flight, the counters are its own), then each model's groups back to back (two in flight:
+    the next group's fetch overlaps this one's compute)."""
     from .core_run import job_for_group, run_core
 
     mem = cfg.memory
+    B = mem.beat_bytes
     groups = _rtl_groups(cfg)
     jobs, refs, meta = [], [], []
     tmp = Path("build/bench/rtl-images").resolve()
     tmp.mkdir(parents=True, exist_ok=True)
     depth = 4096
-    for gi, grp in enumerate(groups):
-        k, v, qs = grp["k"], grp["v"], grp["q"]
-        n, d = k.shape
-        m = max(a.shape[0] for a in qs)
-        layout = ImageLayout.from_config(cfg.attention, layers=1, kv_heads=1, q_heads=len(qs),
-                                         d=d, n_max=n, m_max=m, msb_bits=mem.msb_bits,
-                                         beat_bytes=mem.beat_bytes, align=mem.align)
-        qarr = np.zeros((len(qs), m, d), dtype=np.int64)
-        for h, a in enumerate(qs):
-            qarr[h, :a.shape[0]] = a
-        image = build_image(layout, k[None, None], v[None, None], qarr[None])
-        while depth * mem.beat_bytes < len(image):
+    by_model = {}
+    for grp in groups:
+        by_model.setdefault(grp["model"], []).append(grp)
+    for model, grps in by_model.items():
+        # one image per model: its groups as layers 0, 1, ... (one K/V head each)
+        n, d = grps[0]["k"].shape
+        if any(g["k"].shape != (n, d) for g in grps):
+            raise ValueError(f"{model}: the RTL groups must share n and d")
+        hq = len(grps[0]["q"])
+        m = max(a.shape[0] for g in grps for a in g["q"])
+        layout = ImageLayout.from_config(cfg.attention, layers=len(grps), kv_heads=1,
+                                         q_heads=hq, d=d, n_max=n, m_max=m,
+                                         msb_bits=mem.msb_bits, beat_bytes=B, align=mem.align)
+        qarr = np.zeros((len(grps), hq, m, d), dtype=np.int64)
+        for li, g in enumerate(grps):
+            for h, a in enumerate(g["q"]):
+                qarr[li, h, :a.shape[0]] = a
+        image = build_image(layout, np.stack([g["k"] for g in grps])[:, None],
+                            np.stack([g["v"] for g in grps])[:, None], qarr)
+        while depth * B < len(image):
             depth *= 2
-        path = tmp / f"group{gi}.bin"
+        path = tmp / f"{model.lower()}.bin"
         path.write_bytes(image)
-        planes = group_planes(layout, 0, 0)
         surv = list(range(n))
         for tau in RTL_TAUS:
-            ref = run_group(cfg, planes, k, v, [qarr[h] for h in range(len(qs))], surv,
-                            grp["queries"], grp["params"], tau=tau)
+            per_group = []
+            for li, g in enumerate(grps):
+                planes = group_planes(layout, li, 0)
+                ref = run_group(cfg, planes, g["k"], g["v"], list(qarr[li]), surv,
+                                g["queries"], g["params"], tau=tau)
+                per_group.append((g, planes, ref))
             for bw in RTL_BANDWIDTHS:
-                jobs.append(job_for_group(cfg, layout, path, planes, surv, grp["queries"],
-                                          grp["params"], tau=tau, latency=RTL_LATENCY,
-                                          bytes_per_cycle=bw))
-                refs.append(ref)
-                meta.append({"model": grp["model"], "layer": grp["layer"],
-                             "head": grp["head"], "n": n, "d": d,
-                             "queries": len(grp["queries"]), "tau": tau,
-                             "bytes_per_cycle": bw})
+                for batch in [None] + [f"{model}-{tau}-{bw}"]:
+                    for g, planes, ref in per_group:
+                        job = job_for_group(cfg, layout, path, planes, surv, g["queries"],
+                                            g["params"], tau=tau, latency=RTL_LATENCY,
+                                            bytes_per_cycle=bw)
+                        if batch:
+                            job["batch"] = batch
+                        jobs.append(job)
+                        refs.append(ref)
+                        meta.append({"model": model, "layer": g["layer"], "head": g["head"],
+                                     "n": n, "d": d, "queries": len(g["queries"]),
+                                     "tau": tau, "bytes_per_cycle": bw,
+                                     "in_flight": 2 if batch else 1, "batch": batch})
     group_size = max(len(g["q"]) for g in groups)
     print(f"RTL: {len(jobs)} jobs through the memory side on {sim} (builds once, a few "
           f"minutes)...", file=sys.stderr, flush=True)
     results = run_core(cfg, jobs, group=group_size, depth_beats=depth, sim=sim)
-    rows = []
+    rows, batches = [], {}
+    mults = cfg.attention.qk_mults + cfg.attention.pv_mults
     for job_meta, ref, res in zip(meta, refs, results):
-        B = mem.beat_bytes
-        got = {t: res["beats"][t] * B for t in TENSORS}
-        want = {t: b for t, b in ref.dram_bytes(B).items() if t != "total"}
         d = job_meta["d"]
         by_tag = {t: row[:d] for t, row in zip(res["tags"], res["out"])}
-        out_ok = all(by_tag.get(j) == ref.out[j].tolist() for j in range(len(ref.out)))
-        total = sum(got.values())
+        out_ok = (res["error"] == "NONE"
+                  and all(by_tag.get(j) == ref.out[j].tolist() for j in range(len(ref.out))))
         macs = len(ref.passes) * job_meta["n"] * d + sum(len(x) for x in ref.kept) * d
-        rows.append({**job_meta, "cycles": res["cycles"], "memory_wait": res["memory_wait"],
-                     "bytes": got, "total_bytes": total,
-                     "refetched": int(ref.refetched.sum()),
-                     "golden_match": bool(out_ok and got == want and res["error"] == "NONE"),
-                     "memory_cycles": -(-total // job_meta["bytes_per_cycle"]),
-                     "multiplier_utilization":
-                         macs / ((cfg.attention.qk_mults + cfg.attention.pv_mults)
-                                 * res["cycles"])})
+        want = {t: b for t, b in ref.dram_bytes(B).items() if t != "total"}
+        if job_meta["batch"] is None:
+            got = {t: res["beats"][t] * B for t in TENSORS}
+            total = sum(got.values())
+            rows.append({**job_meta, "cycles": res["cycles"], "memory_wait": res["memory_wait"],
+                         "bytes": got, "total_bytes": total,
+                         "refetched": int(ref.refetched.sum()),
+                         "golden_match": bool(out_ok and got == want),
+                         "memory_cycles": -(-total // job_meta["bytes_per_cycle"]),
+                         "multiplier_utilization": macs / (mults * res["cycles"])})
+            continue
+        b = batches.setdefault(job_meta["batch"], {
+            **{k: job_meta[k] for k in ("model", "n", "d", "queries", "tau",
+                                        "bytes_per_cycle")},
+            "groups": 0, "macs": 0, "want": {t: 0 for t in TENSORS}, "outputs_match": True,
+            "stats": res["batch"]})
+        b["groups"] += 1
+        b["macs"] += macs
+        b["outputs_match"] &= out_ok
+        for t in TENSORS:
+            b["want"][t] += want[t]
+    summary = []
+    for key, b in batches.items():
+        st = b.pop("stats")
+        got = {t: st["beats"][t] * B for t in TENSORS}
+        total = sum(got.values())
+        alone = sum(r["cycles"] for r in rows
+                    if (r["model"], r["tau"], r["bytes_per_cycle"])
+                    == (b["model"], b["tau"], b["bytes_per_cycle"]))
+        summary.append({**{k: v for k, v in b.items() if k not in ("want", "macs",
+                                                                    "outputs_match")},
+                        "in_flight": 2, "cycles": st["cycles"], "cycles_alone": alone,
+                        "memory_wait": st["memory_wait"], "bytes": got, "total_bytes": total,
+                        "golden_match": bool(b["outputs_match"] and got == b["want"]),
+                        "memory_cycles": -(-total // b["bytes_per_cycle"]),
+                        "multiplier_utilization": b["macs"] / (mults * st["cycles"])})
     return {"latency": RTL_LATENCY, "bandwidths": list(RTL_BANDWIDTHS), "sim": sim,
-            "rows": rows}
+            "rows": rows, "back_to_back": summary}
 
 
 def rtl_table(rtl: dict) -> str:
     lines = [f"RTL cycles (memory side + pipeline, DRAM latency {rtl['latency']} cycles; "
              f"memory-bound floor = bytes / bandwidth)", "",
+             "Each head group alone (one job in flight):", "",
              "| model | layer | group | n | queries | tau | B/cycle | KiB read | cycles | "
              "floor | waits K/Q/LSB/V | util | golden |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -618,6 +664,20 @@ def rtl_table(rtl: dict) -> str:
                      + "/".join(str(r["memory_wait"][w]) for w in ("k", "q", "lsb", "v"))
                      + f" | {r['multiplier_utilization']:.0%} | "
                      f"{'match' if r['golden_match'] else 'MISMATCH'} |")
+    if rtl.get("back_to_back"):
+        lines += ["", "The same groups back to back (two in flight: the next group's fetch "
+                  "overlaps this one's compute):", "",
+                  "| model | groups | tau | B/cycle | KiB read | cycles | alone | floor | "
+                  "waits K/Q/LSB/V | util | golden |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rtl["back_to_back"]:
+            lines.append(f"| {r['model']} | {r['groups']} | "
+                         f"{'-' if r['tau'] is None else r['tau']} | {r['bytes_per_cycle']} | "
+                         f"{r['total_bytes'] / 1024:.1f} | {r['cycles']} | "
+                         f"{r['cycles_alone']} | {r['memory_cycles']} | "
+                         + "/".join(str(r["memory_wait"][w]) for w in ("k", "q", "lsb", "v"))
+                         + f" | {r['multiplier_utilization']:.0%} | "
+                         f"{'match' if r['golden_match'] else 'MISMATCH'} |")
     return "\n".join(lines)
 
 
