@@ -649,6 +649,19 @@ def bench_rtl(cfg: Config, sim: str = "verilator") -> dict:
             "rows": rows, "back_to_back": summary}
 
 
+def _rtl_row(r: dict, first: list) -> str:
+    """A row of the RTL tables: the `first` cells, then tau, bandwidth, bytes, cycles (and the
+    groups' cycles alone, for a back-to-back row), floor, waits, utilization, golden."""
+    cells = [*first, "-" if r["tau"] is None else r["tau"], r["bytes_per_cycle"],
+             f"{r['total_bytes'] / 1024:.1f}", r["cycles"]]
+    if "cycles_alone" in r:
+        cells.append(r["cycles_alone"])
+    waits = "/".join(str(r["memory_wait"][w]) for w in ("k", "q", "lsb", "v"))
+    cells += [r["memory_cycles"], waits, f"{r['multiplier_utilization']:.0%}",
+              "match" if r["golden_match"] else "MISMATCH"]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def rtl_table(rtl: dict) -> str:
     lines = [f"RTL cycles (memory side + pipeline, DRAM latency {rtl['latency']} cycles; "
              f"memory-bound floor = bytes / bandwidth)", "",
@@ -656,28 +669,15 @@ def rtl_table(rtl: dict) -> str:
              "| model | layer | group | n | queries | tau | B/cycle | KiB read | cycles | "
              "floor | waits K/Q/LSB/V | util | golden |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rtl["rows"]:
-        lines.append(f"| {r['model']} | {r['layer']} | {r['head']} | {r['n']} | "
-                     f"{r['queries']} | {'-' if r['tau'] is None else r['tau']} | "
-                     f"{r['bytes_per_cycle']} | {r['total_bytes'] / 1024:.1f} | {r['cycles']} | "
-                     f"{r['memory_cycles']} | "
-                     + "/".join(str(r["memory_wait"][w]) for w in ("k", "q", "lsb", "v"))
-                     + f" | {r['multiplier_utilization']:.0%} | "
-                     f"{'match' if r['golden_match'] else 'MISMATCH'} |")
+    lines += [_rtl_row(r, [r["model"], r["layer"], r["head"], r["n"], r["queries"]])
+              for r in rtl["rows"]]
     if rtl.get("back_to_back"):
         lines += ["", "The same groups back to back (two in flight: the next group's fetch "
                   "overlaps this one's compute):", "",
                   "| model | groups | tau | B/cycle | KiB read | cycles | alone | floor | "
                   "waits K/Q/LSB/V | util | golden |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in rtl["back_to_back"]:
-            lines.append(f"| {r['model']} | {r['groups']} | "
-                         f"{'-' if r['tau'] is None else r['tau']} | {r['bytes_per_cycle']} | "
-                         f"{r['total_bytes'] / 1024:.1f} | {r['cycles']} | "
-                         f"{r['cycles_alone']} | {r['memory_cycles']} | "
-                         + "/".join(str(r["memory_wait"][w]) for w in ("k", "q", "lsb", "v"))
-                         + f" | {r['multiplier_utilization']:.0%} | "
-                         f"{'match' if r['golden_match'] else 'MISMATCH'} |")
+        lines += [_rtl_row(r, [r["model"], r["groups"]]) for r in rtl["back_to_back"]]
     return "\n".join(lines)
 
 
