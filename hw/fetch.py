@@ -10,9 +10,10 @@ buffer position p holds flat elements p*d .. p*d+d-1 of a buffer of M-element wo
 `PlaneReader` turns runs into DRAM burst requests exactly as
 `golden.dram_image.PlaneLayout.run_requests` does (the B-aligned beat range of the run, cut into
 bursts of at most ``max_burst`` beats), and the returned beats into buffer writes: the beats are
-realigned by the run's skip (its first byte's offset in its beat), cut into chunks of two groups
-(16 elements, 2*bits bytes) through a ring of 2 lcm(B, 2*bits) bytes (two halves, so that a beat
-comes in while the chunks of the one before go out), and each chunk is written
+realigned by the run's skip (its first byte's offset in its beat), cut into chunks of CG groups
+of 8 elements (CG*bits bytes: 2 groups of 8-bit and wider elements, 4 of 4-bit ones, at least a
+beat's worth where the word allows it) through a ring of 2 lcm(B, CG*bits) bytes (two halves, so
+that a beat comes in while the chunks of the one before go out), and each chunk is written
 with group enables (8 elements a group) into its word; a chunk that straddles two words takes
 two writes. `DramArbiter` shares one DRAM port among several readers in round-robin order and
 returns each response to the reader that asked (responses come back in request order).
@@ -108,10 +109,9 @@ class PlaneReader(wiring.Component):
         Response beats received since reset (wrapping).
 
     Throughput: one request every cycle while a run's bursts are issued (3 cycles to set up a
-    run); one chunk (2*bits bytes) written a cycle, so one response beat a cycle for bits = 8
-    (B = 16), a beat every other cycle for 4-bit planes, 24 bytes' worth a cycle for 12-bit ones
-    (then the beats, B bytes a cycle, are the limit); a chunk that straddles two words (d < 16)
-    takes two cycles.
+    run); one chunk written a cycle, at least a beat's worth (B = 16: 8- and 12-bit planes in
+    chunks of 2 groups, 4- to 7-bit planes in chunks of 4 when a word has 4 groups or more), so
+    one response beat a cycle; a chunk that runs past the end of a word takes two cycles.
     """
 
     def __init__(self, *, bits: int, is_signed: bool, elems: int, depth: int,
@@ -126,7 +126,14 @@ class PlaneReader(wiring.Component):
         self.memory, self.capacity = memory, capacity
         self.addr_width, self.token_bits = addr_width, token_bits
         B = memory.beat_bytes
-        self.chunk_bytes = 2 * bits
+        # a chunk: CG groups of 8 elements, at least a beat's worth when the word allows it
+        # (2 groups of 8-bit or wider elements, 4 of 4- to 7-bit ones, ...), at most a word
+        G = elems // 8
+        cg = 2
+        while cg * bits < B and 2 * cg <= G:
+            cg *= 2
+        self.chunk_groups = cg
+        self.chunk_bytes = self.chunk_groups * bits
         # the chunk ring: twice the least common multiple of beat and chunk, so that a beat
         # can come in while the last one's chunks go out (one beat a cycle when bits <= 8)
         self.lcm_bytes = 2 * B * self.chunk_bytes // math.gcd(B, self.chunk_bytes)
@@ -165,7 +172,8 @@ class PlaneReader(wiring.Component):
         bits, M = self.bits, self.elems
         LM = _log2(M)
         G = M // 8                              # groups of a word
-        CB = self.chunk_bytes                   # bytes of a chunk (2 groups, 16 elements)
+        CB = self.chunk_bytes                   # bytes of a chunk (CG groups)
+        CG = self.chunk_groups
         L = self.lcm_bytes
         NS, NC = L // B, L // CB                # beat slots, chunk slots of the chunk buffer
         AW = self.addr_width
@@ -337,39 +345,50 @@ class PlaneReader(wiring.Component):
             m.d.sync += wslot.eq(Mux(wslot == NS - 1, 0, wslot + 1))
 
         # ------------------------------------------------------------ writer
-        two = Signal()                          # the chunk holds two groups
+        # a chunk is `take` = min(CG, groups left) groups from group slot g0 of its word on; one
+        # that runs past the word's last group takes a second write into the next word
+        take = Signal(range(CG + 1))
         ch_ok = Signal()
-        m.d.comb += [two.eq(groups_left >= 2),
-                     ch_ok.eq(run_active & (groups_left != 0)
-                              & (occ >= Mux(two, CB, CB // 2)))]
+        m.d.comb += [take.eq(Mux(groups_left >= CG, CG, groups_left)),
+                     ch_ok.eq(run_active & (groups_left != 0) & (occ >= take * bits))]
         e_pos = Signal(EW)                      # element position of the chunk's first group
         second = Signal()                       # the second write of a straddling chunk
         w_addr = Signal(range(self.depth))
-        grp = Signal(range(G))
-        m.d.comb += [w_addr.eq((e_pos >> LM) + second), grp.eq(Mux(second, 0, e_pos[3:LM]))]
+        g0 = Signal(range(max(G, 2)))
+        if G > 1:
+            m.d.comb += g0.eq(e_pos[3:LM])
+        end = Signal(range(G + CG + 1))
+        m.d.comb += [w_addr.eq((e_pos >> LM) + second), end.eq(g0 + take)]
         straddle = Signal()
-        m.d.comb += straddle.eq(two & (e_pos[3:LM] == G - 1) if G > 1 else two)
+        m.d.comb += straddle.eq(end > G)
         wr = self.wr
-        par = Signal()
-        m.d.comb += par.eq(Mux(second, 1, grp[0] if G > 1 else 0))
+        # word slot s takes chunk group (s + rot) mod CG, rot = -g0 (first write) or G - g0
+        LCG = _log2(CG)
+        rot = Signal(LCG)
+        m.d.comb += rot.eq(Mux(second, G, 0) - g0)
+        groups = [chunk[8 * bits * k:8 * bits * (k + 1)] for k in range(CG)]
         for s in range(G):
-            src = Mux((Const(s & 1, 1) ^ par), chunk[8 * bits:16 * bits], chunk[:8 * bits])
+            src = Signal(8 * bits, name=f"src{s}")
+            with m.Switch((rot + s)[:LCG]):
+                for k in range(CG):
+                    with m.Case(k):
+                        m.d.comb += src.eq(groups[k])
             for i in range(8):
                 m.d.comb += wr.payload.data[8 * s + i].eq(src[i * bits:(i + 1) * bits])
         en = Signal(G)
         for s in range(G):
-            first_g = ~second & (grp == s)
-            second_g = Mux(second, s == 0, two & ~straddle & (grp + 1 == s))
+            first_g = ~second & (g0 <= s) & (s < end)
+            second_g = second & (s + G < end)
             m.d.comb += en[s].eq(first_g | second_g)
         m.d.comb += [wr.valid.eq(ch_ok), wr.payload.addr.eq(w_addr), wr.payload.en.eq(en)]
         done_chunk = Signal()
         m.d.comb += done_chunk.eq(wr.valid & wr.ready & (second | ~straddle))
         with m.If(wr.valid & wr.ready & straddle & ~second):
             m.d.sync += second.eq(1)
-        read_bytes = Mux(two, CB, CB // 2)
+        read_bytes = take * bits
         with m.If(done_chunk):
-            m.d.sync += [second.eq(0), e_pos.eq(e_pos + 16),
-                         groups_left.eq(groups_left - Mux(two, 2, 1)),
+            m.d.sync += [second.eq(0), e_pos.eq(e_pos + (take << 3)),
+                         groups_left.eq(groups_left - take),
                          cslot.eq(Mux(cslot == NC - 1, 0, cslot + 1))]
         # occupancy: + B per beat taken, - the chunk's bytes per chunk written
         m.d.sync += occ.eq(occ + Mux(ra_take, B, 0) - Mux(done_chunk, read_bytes, 0))

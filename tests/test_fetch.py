@@ -163,7 +163,7 @@ def _layout_image(d, msb_bits, n, seed):
 
 
 @pytest.mark.parametrize("d,msb_bits,elems", [(8, 8, 16), (16, 6, 16), (8, 6, 8), (32, 8, 64),
-                                              (64, 6, 64)])
+                                              (64, 6, 64), (8, 8, 64), (16, 6, 64)])
 def test_plane_readers(d, msb_bits, elems):
     seed = SEED + d + msb_bits + elems
     print(f"seed {seed}")
@@ -237,11 +237,12 @@ def test_arbiter_urgent_ports_first(urgent, want):
     assert grants == want
 
 
-@pytest.mark.parametrize("msb_bits,kind,cycles_per_beat", [(8, "k_msb", 1), (8, "k_lsb", 2),
-                                                           (6, "v", 1)])
-def test_reader_throughput(msb_bits, kind, cycles_per_beat):
-    """One long run, no DRAM latency to speak of: the reader takes a beat a cycle when a chunk
-    is a beat (8-bit plane) or more (12-bit V), every other cycle for the 4-bit LSB plane."""
+@pytest.mark.parametrize("msb_bits,kind", [(8, "k_msb"), (8, "k_lsb"), (6, "k_msb"),
+                                           (6, "k_lsb"), (6, "v")])
+def test_reader_throughput(msb_bits, kind):
+    """One long run, no DRAM latency to speak of: the reader takes a beat a cycle for every
+    plane width (chunks of 2 groups of 8- and 12-bit elements, 4 groups of 4- and 6-bit ones)."""
+    cycles_per_beat = 1
     d, n = 64, 96
     layout, image = _layout_image(d, msb_bits, n, seed=5)
     lists = {k: [] for k in KINDS}
