@@ -65,13 +65,15 @@ def run_streams(dut, *, sources: dict, sinks: dict, gap: float = 0.0, stall: flo
     finish    ``async finish(ctx)`` run last (read counters, final checks)
 
     Returns {"beats": {sink: [payloads]}, "accepted": {source: [cycles]}, "seen": {sink:
-    [cycles]}, "cycles": cycles simulated until every sink had its beats}."""
+    [cycles]}, "ready": {source: [its ready in every simulated cycle, quiet ones too]},
+    "cycles": cycles simulated until every sink had its beats}."""
     rng = random.Random(seed) if rng is None else rng
     side = {name: (sideband or {}).get(name) or [{}] * len(beats)
             for name, beats in sources.items()}
     got = {name: [] for name in sinks}
     seen = {name: [] for name in sinks}
     accepted = {name: [] for name in sources}
+    ready_log = {name: [] for name in sources}
     result = {}
 
     async def tb(ctx):
@@ -125,8 +127,9 @@ def run_streams(dut, *, sources: dict, sinks: dict, gap: float = 0.0, stall: flo
                 elif held[name] is not None:
                     raise AssertionError(f"{name}: valid dropped while stalled at cycle {cycle}")
             for name in sources:
-                port = getattr(dut, name)
-                if presenting[name] and ctx.get(port.ready):
+                ready = ctx.get(getattr(dut, name).ready)
+                ready_log[name].append(ready)
+                if presenting[name] and ready:
                     accepted[name].append(cycle)
                     presenting[name] = False
                     idx[name] += 1
@@ -138,4 +141,5 @@ def run_streams(dut, *, sources: dict, sinks: dict, gap: float = 0.0, stall: flo
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
     sim.run()
-    return {"beats": got, "accepted": accepted, "seen": seen, "cycles": result.get("cycles")}
+    return {"beats": got, "accepted": accepted, "seen": seen, "ready": ready_log,
+            "cycles": result.get("cycles")}

@@ -20,8 +20,7 @@ import time
 from collections import deque
 
 import pytest
-from amaranth.sim import Simulator
-
+from spatten.sim.amaranth_tb import run_streams
 from spatten.sim.dram import DramModel, expected_resp, image_beats, lfsr_bytes
 
 TAPS = 0x80200003
@@ -126,10 +125,10 @@ def simulate(dut, image, requests, *, knobs, gap=0.0, backpressure=0.0, seed=0, 
              idle_after=6, max_cycles=None):
     """Run `requests` ((byte address, beats) pairs) through `dut` (whose memory holds `image`,
     from ``init`` or, with ``load=True``, written through the ``load`` port first) and check
-    every output in every cycle against `Ref`. `knobs` is a dict {latency, bytes_per_cycle,
+    every output in every cycle against `Ref` (`run_streams` drives req and resp and checks
+    the stream rules on resp). `knobs` is a dict {latency, bytes_per_cycle,
     stall} or a function cycle -> that dict. Returns {accepted: [cycles], beats: [(cycle,
     payload)], cycles, final counters}."""
-    rng = random.Random(seed)
     ref = Ref(dut, image)
     want_beats = len(expected_resp(image, dut.beat_bytes, dut.depth_beats, dut.max_burst,
                                    requests))
@@ -137,72 +136,54 @@ def simulate(dut, image, requests, *, knobs, gap=0.0, backpressure=0.0, seed=0, 
     if max_cycles is None:
         slow = 1 + 4 * max(gap, backpressure)
         max_cycles = int(200 + (want_beats * 2 * dut.beat_bytes + 70 * len(requests)) * slow)
-    out = {"accepted": [], "beats": []}
     words = image_beats(image, dut.beat_bytes) if load else []
+    c0 = len(words)                             # the LFSR ran during the load
+    sent, n_beats, counters = 0, 0, None
 
-    async def tb(ctx):
+    async def setup(ctx):
         for k, w in enumerate(words):           # the load port: one beat per cycle
             ctx.set(dut.load.valid, 1)
             ctx.set(dut.load.payload, dut.load_layout.const({"addr": k, "data": w}))
             assert ctx.get(dut.load.ready) == 1
             await ctx.tick()
         ctx.set(dut.load.valid, 0)
-        c0 = len(words)                         # the LFSR ran during the load
-        idx, presenting, done_at, last_knobs = 0, False, None, None
-        for c in range(c0, c0 + max_cycles):
-            k = knob_fn(c)
-            if k != last_knobs:
-                ctx.set(dut.latency, k["latency"])
-                ctx.set(dut.bytes_per_cycle, k["bytes_per_cycle"])
-                ctx.set(dut.stall, k["stall"])
-                last_knobs = k
-            if not presenting and idx < len(requests) and rng.random() >= gap:
-                addr, beats = requests[idx]
-                ctx.set(dut.req.payload, dut.req_layout.const({"addr": addr, "beats": beats}))
-                presenting = True
-            ctx.set(dut.req.valid, presenting)
-            resp_ready = rng.random() >= backpressure
-            ctx.set(dut.resp.ready, resp_ready)
 
-            r_ready, r_valid, r_beat = ref.outputs(c, k["stall"])
-            where = f"cycle {c} (request {idx}/{len(requests)}, beat {len(out['beats'])})"
-            assert ctx.get(dut.req.ready) == r_ready, f"req.ready differs in {where}"
-            assert ctx.get(dut.resp.valid) == r_valid, f"resp.valid differs in {where}"
-            if r_valid:
-                p = ctx.get(dut.resp.payload)
-                got = {"data": int(p.data), "last": int(p.last), "error": int(p.error)}
-                assert got == r_beat, f"resp payload differs in {where}: {got} != {r_beat}"
-            counters = (ctx.get(dut.requests), ctx.get(dut.beats_served),
-                        ctx.get(dut.bytes_served), ctx.get(dut.outstanding), ctx.get(dut.busy),
-                        ctx.get(dut.error))
-            want = (ref.requests, ref.beats, ref.bytes, len(ref.queue), int(bool(ref.queue)),
-                    int(ref.error))
-            assert counters == want, f"(requests, beats, bytes, outstanding, busy, error) " \
-                                     f"{counters} != {want} in {where}"
-            accepted, xfer = ref.step(c, req=requests[idx] if presenting else None,
-                                      resp_ready=resp_ready, latency=k["latency"],
-                                      bpc=k["bytes_per_cycle"], stall=k["stall"])
-            if accepted:
-                out["accepted"].append(c - c0)
-                presenting = False
-                idx += 1
-            if xfer is not None:
-                out["beats"].append((c - c0, xfer))
-            if done_at is None and idx == len(requests) and len(out["beats"]) == want_beats:
-                done_at = c
-            if done_at is not None and c >= done_at + idle_after:
-                out["cycles"] = done_at + 1 - c0
-                out["counters"] = dict(zip(("requests", "beats", "bytes", "outstanding",
-                                            "busy", "error"), counters))
-                return
-            await ctx.tick()
-        raise AssertionError(f"not done after {max_cycles} cycles: {idx}/{len(requests)} "
-                             f"requests, {len(out['beats'])}/{want_beats} beats")
+    def watch(ctx, cycle):
+        nonlocal sent, n_beats, counters
+        c = c0 + cycle
+        k = knob_fn(c)
+        ctx.set(dut.latency, k["latency"])
+        ctx.set(dut.bytes_per_cycle, k["bytes_per_cycle"])
+        ctx.set(dut.stall, k["stall"])
+        r_ready, r_valid, r_beat = ref.outputs(c, k["stall"])
+        where = f"cycle {c} (request {sent}/{len(requests)}, beat {n_beats})"
+        assert ctx.get(dut.req.ready) == r_ready, f"req.ready differs in {where}"
+        assert ctx.get(dut.resp.valid) == r_valid, f"resp.valid differs in {where}"
+        if r_valid:
+            p = ctx.get(dut.resp.payload)
+            got = {"data": int(p.data), "last": int(p.last), "error": int(p.error)}
+            assert got == r_beat, f"resp payload differs in {where}: {got} != {r_beat}"
+        counters = (ctx.get(dut.requests), ctx.get(dut.beats_served), ctx.get(dut.bytes_served),
+                    ctx.get(dut.outstanding), ctx.get(dut.busy), ctx.get(dut.error))
+        want = (ref.requests, ref.beats, ref.bytes, len(ref.queue), int(bool(ref.queue)),
+                int(ref.error))
+        assert counters == want, f"(requests, beats, bytes, outstanding, busy, error) " \
+                                 f"{counters} != {want} in {where}"
+        accepted, xfer = ref.step(c, req=requests[sent] if ctx.get(dut.req.valid) else None,
+                                  resp_ready=ctx.get(dut.resp.ready), latency=k["latency"],
+                                  bpc=k["bytes_per_cycle"], stall=k["stall"])
+        sent += accepted
+        n_beats += xfer is not None
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
+    res = run_streams(dut, sources={"req": [{"addr": a, "beats": n} for a, n in requests]},
+                      sinks={"resp": want_beats}, rng=random.Random(seed), gap=gap,
+                      stall=backpressure, setup=setup, watch=watch, quiet=idle_after,
+                      max_cycles=max_cycles)
+    assert sent == len(requests), f"{sent}/{len(requests)} requests in after the last beat"
+    names = ("requests", "beats", "bytes", "outstanding", "busy", "error")
+    out = {"accepted": res["accepted"]["req"], "cycles": res["cycles"],
+           "beats": list(zip(res["seen"]["resp"], res["beats"]["resp"])),
+           "counters": dict(zip(names, counters))}
     # the beats, checked against the image independently of the cycle model
     B = dut.beat_bytes
     padded = bytes(image).ljust(dut.depth_beats * B, b"\0")

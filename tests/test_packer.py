@@ -5,8 +5,9 @@ import random
 
 import pytest
 from amaranth.hdl import signed, unsigned
-from amaranth.sim import Simulator
 from spatten.hw.packer import BeatPacker
+
+from spatten.sim.amaranth_tb import run_streams, to_py
 
 ALL_LANES = (1, 2, 4, 8, 16, 32)
 
@@ -96,54 +97,34 @@ class PipelinedCycleModel:
 
 
 def run_packer(dut, beats, *, rng, gap=0.0, stall=0.0):
-    """Feeds `beats`; checks every cycle against CycleModel (i.ready, o.valid, o.payload) and the
-    stream rules on o. Returns ([(cycle, payload)] taken from o, [i.ready per cycle])."""
+    """Feeds `beats` through `run_streams` (which checks the stream rules on o); checks every
+    cycle against the cycle model (i.ready, o.valid, o.payload) and the beats taken from o
+    against `pack`. Returns ([(cycle, payload)] taken from o, [i.ready per cycle])."""
     lanes = dut.lanes
     n_out = len(pack(beats, lanes))
     model = PipelinedCycleModel(lanes)
-    outputs, ready_log = [], []
-    max_cycles = 50 + 3 * (len(beats) + n_out) * (1 + int(10 * max(gap, stall)))
+    sent = 0                    # beats dut.i has taken
 
-    async def tb(ctx):
-        idx, presenting, prev = 0, False, None
-        for cycle in range(max_cycles):
-            if len(outputs) == n_out and idx == len(beats):
-                break
-            if not presenting and idx < len(beats) and rng.random() >= gap:
-                ctx.set(dut.i.payload, beats[idx])
-                presenting = True
-            ctx.set(dut.i.valid, presenting)
-            o_ready = rng.random() >= stall
-            ctx.set(dut.o.ready, o_ready)
-            i_ready, o_valid = ctx.get(dut.i.ready), ctx.get(dut.o.valid)
-            p = ctx.get(dut.o.payload)
-            payload = {"data": [int(x) for x in p.data], "count": int(p.count),
-                       "last": int(p.last)}
-            m_ready, m_out = model.outputs(o_ready)
-            assert i_ready == m_ready, f"cycle {cycle}: i.ready {i_ready}, model {m_ready}"
-            assert o_valid == (m_out is not None), f"cycle {cycle}: o.valid {o_valid}"
-            if o_valid:
-                assert payload == m_out, f"cycle {cycle}: o {payload}, model {m_out}"
-            if prev is not None and prev[0] and not prev[1]:
-                assert o_valid and payload == prev[2], f"cycle {cycle}: stream rule broken"
-            prev = (o_valid, o_ready, payload)
-            ready_log.append(i_ready)
-            model.step(beats[idx] if presenting else None, o_ready)
-            if presenting and i_ready:
-                presenting = False
-                idx += 1
-            if o_valid and o_ready:
-                outputs.append((cycle, payload))
-            await ctx.tick()
-        else:
-            raise AssertionError(f"timeout: {idx}/{len(beats)} in, {len(outputs)}/{n_out} out")
+    def watch(ctx, cycle):
+        nonlocal sent
+        i_ready, o_valid, o_ready = (ctx.get(dut.i.ready), ctx.get(dut.o.valid),
+                                     ctx.get(dut.o.ready))
+        m_ready, m_out = model.outputs(o_ready)
+        assert i_ready == m_ready, f"cycle {cycle}: i.ready {i_ready}, model {m_ready}"
+        assert o_valid == (m_out is not None), f"cycle {cycle}: o.valid {o_valid}"
+        if o_valid:
+            payload = to_py(ctx.get(dut.o.payload))
+            assert payload == m_out, f"cycle {cycle}: o {payload}, model {m_out}"
+        presenting = ctx.get(dut.i.valid)
+        model.step(beats[sent] if presenting else None, o_ready)
+        sent += presenting and i_ready
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
-    assert [p for _, p in outputs] == pack(beats, lanes)
-    return outputs, ready_log
+    res = run_streams(dut, sources={"i": beats}, sinks={"o": n_out}, rng=rng, gap=gap,
+                      stall=stall, watch=watch,
+                      max_cycles=50 + 3 * (len(beats) + n_out) * (1 + int(10 * max(gap, stall))))
+    assert sent == len(beats), f"{sent}/{len(beats)} beats in after the last output"
+    assert res["beats"]["o"] == pack(beats, lanes)
+    return list(zip(res["seen"]["o"], res["beats"]["o"])), res["ready"]["i"]
 
 
 def mk(lanes, counts_lasts, rng, width=8):

@@ -10,6 +10,7 @@ from amaranth.sim import Simulator
 from spatten.hw.zero_elim import PrefixCount, ZeroEliminator
 
 from spatten.config import zero_eliminator_latency
+from spatten.sim.amaranth_tb import run_streams
 
 ALL_LANES = (1, 2, 4, 8, 16, 32)
 
@@ -38,50 +39,15 @@ def expected_outputs(beats, lanes):
 
 def run_stream(dut, beats, n_out, *, rng=None, gap=0.0, stall=0.0, max_cycles=None):
     """Feeds `beats` into dut.i (random idle cycles with probability `gap`), takes `n_out` beats
-    from dut.o (ready low with probability `stall`). Checks the stream rules on dut.o on every
-    cycle. Returns (accept cycles, [(cycle, payload dict)], [i.ready per cycle])."""
+    from dut.o (ready low with probability `stall`), through `run_streams`, which checks the
+    stream rules on dut.o on every cycle. Returns (accept cycles, [(cycle, payload dict)],
+    [i.ready per cycle])."""
     rng = rng or random.Random(0)
     max_cycles = max_cycles or 20 + 4 * (len(beats) + n_out) * (1 + int(10 * max(gap, stall)))
-    accepted, outputs, ready_log = [], [], []
-
-    async def tb(ctx):
-        idx, presenting, prev = 0, False, None
-        for cycle in range(max_cycles):
-            if len(outputs) == n_out and idx == len(beats):
-                break
-            if not presenting and idx < len(beats) and rng.random() >= gap:
-                ctx.set(dut.i.payload, beats[idx])
-                presenting = True
-            ctx.set(dut.i.valid, presenting)
-            o_ready = rng.random() >= stall
-            ctx.set(dut.o.ready, o_ready)
-            i_ready = ctx.get(dut.i.ready)
-            o_valid = ctx.get(dut.o.valid)
-            p = ctx.get(dut.o.payload)
-            payload = {"data": [int(x) for x in p.data], "count": int(p.count),
-                       "last": int(p.last)}
-            if prev is not None and prev[0] and not prev[1]:
-                assert o_valid, f"o.valid dropped without a transfer in cycle {cycle}"
-                assert payload == prev[2], f"o.payload changed while stalled in cycle {cycle}"
-            prev = (o_valid, o_ready, payload)
-            ready_log.append(i_ready)
-            if presenting and i_ready:
-                accepted.append(cycle)
-                presenting = False
-                idx += 1
-            if o_valid and o_ready:
-                assert len(outputs) < n_out, f"unexpected extra output beat {payload}"
-                outputs.append((cycle, payload))
-            await ctx.tick()
-        else:
-            raise AssertionError(f"timeout: {idx}/{len(beats)} beats in, "
-                                 f"{len(outputs)}/{n_out} out after {max_cycles} cycles")
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
-    return accepted, outputs, ready_log
+    res = run_streams(dut, sources={"i": beats}, sinks={"o": n_out}, rng=rng, gap=gap,
+                      stall=stall, max_cycles=max_cycles)
+    assert len(res["accepted"]["i"]) == len(beats), "outputs complete before every input went in"
+    return res["accepted"]["i"], list(zip(res["seen"]["o"], res["beats"]["o"])), res["ready"]["i"]
 
 
 def random_beats(rng, lanes, n, width=8, keep_p=None):
