@@ -6,9 +6,54 @@ Each entry makes the unit's top `wiring.Component` from a whole `Config`; the co
 
 from __future__ import annotations
 
+from amaranth.hdl import Cat, Module, Signal, Value
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
 from spatten.config import Config
 
-__all__ = ["TOPS", "make_top"]
+__all__ = ["TOPS", "make_top", "Fed"]
+
+
+class Fed(wiring.Component):
+    """A unit whose wide inputs come from inside, for synthesis in its real surroundings.
+
+    Every input port or input-stream payload wider than `narrow` bits is driven from one shift
+    register that takes ``beat`` (``width`` bits) whenever ``beat_valid`` is high (as the fetch
+    unit's realigners and buffers do, rather than from thousands of device pins or harness bits);
+    every other member of the unit is a member of this top under the same name (``load`` becomes
+    ``load__valid`` and ``load__ready``, and so on)."""
+
+    def __init__(self, unit: wiring.Component, *, width: int = 128, narrow: int = 64):
+        self.unit, self.width, self.narrow = unit, width, narrow
+        members = {"beat": In(width), "beat_valid": In(1)}
+        self._wide = []            # (path, value) driven from the shift register
+        self._pass = []            # (name, flow, value)
+        for path, member, value in unit.signature.flatten(unit):
+            name = "__".join(str(p) for p in path)
+            if member.flow == In and len(Value.cast(value)) > narrow:
+                self._wide.append(value)
+            else:
+                members[name] = (In if member.flow == In else Out)(member.shape)
+                self._pass.append((name, member.flow, value))
+        self.wide_bits = max((len(Value.cast(v)) for v in self._wide), default=1)
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit = self.unit
+        sr = Signal(max(self.wide_bits, self.width))
+        with m.If(self.beat_valid):
+            m.d.sync += sr.eq(Cat(sr[self.width:], self.beat))
+        for value in self._wide:
+            m.d.comb += value.eq(sr[:len(Value.cast(value))])
+        for name, flow, value in self._pass:
+            mine = getattr(self, name)
+            if flow == In:
+                m.d.comb += value.eq(mine)
+            else:
+                m.d.comb += mine.eq(value)
+        return m
 
 
 def _topk(cfg: Config):
@@ -30,9 +75,15 @@ def _core(cfg: Config):
     return Core(config=cfg, group=3)
 
 
+def _attention_fed(cfg: Config):
+    # the pipeline with its buffer writes, load words and queries filled 128 bits a cycle
+    return Fed(_attention(cfg))
+
+
 TOPS = {
     "topk": _topk,
     "attention": _attention,
+    "attention_fed": _attention_fed,
     "core": _core,
 }
 

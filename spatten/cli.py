@@ -308,7 +308,7 @@ def build_parser():
 
     p = sub.add_parser("verilog", help="emit a unit's Verilog",
                        description="Emit the Verilog of one unit (DIR/TOP.v).")
-    p.add_argument("--top", required=True, help="unit to emit: topk, attention, core")
+    p.add_argument("--top", required=True, help="unit to emit: topk, attention, attention_fed, core")
     _add_config(p)
     p.add_argument("-o", "--output", default="build/verilog", metavar="DIR",
                    help="output folder (default: build/verilog)")
@@ -382,7 +382,7 @@ def build_parser():
                                    "amaranth-boards platform and the YoWASP tools; write "
                                    "report.json beside the bitstream.")
     p.add_argument("--board", required=True, choices=["ulx3s-85f", "icebreaker"])
-    p.add_argument("--top", required=True, help="unit to build: topk, attention, core")
+    p.add_argument("--top", required=True, help="unit to build: topk, attention, attention_fed, core")
     _add_config(p)
     p.add_argument("--seed", type=int, default=None,
                    help="nextpnr placer seed (default: the board's, 3 for ulx3s-85f, 2 for "
