@@ -3,7 +3,9 @@
 - `parse_nextpnr(report, log)`: Fmax per clock, utilization per cell type and, per clock, the
   critical path as a few readable lines;
 - `parse_yosys_stat(log)`: the cell counts of Yosys' last `stat` (the synthesized netlist);
-- `format_table(report)`: the table `spatten.fpga.build` prints, from the dict it returns.
+- `format_table(report)`: the table `spatten.fpga.build` prints, from the dict it returns;
+- `congestion_by_unit(csv_text, depth)`: nextpnr router2's congestion-by-net heatmap
+  (``--router2-heatmap PREFIX`` writes ``PREFIX_congestion_by_net_N.csv``) summed per unit.
 
 In nextpnr's log the "Max frequency" line appears twice (after placement and after routing);
 the last one is the result.
@@ -15,7 +17,7 @@ from pathlib import Path
 
 __all__ = ["IMPORTANT_CELLS", "parse_nextpnr", "parse_fmax_log", "critical_path_from_json",
            "critical_path_from_log", "parse_yosys_stat", "synth_summary", "format_table",
-           "load_json"]
+           "load_json", "congestion_by_unit"]
 
 #: Cell types worth a row in the table, per family, in this order.
 IMPORTANT_CELLS = {
@@ -200,3 +202,18 @@ def format_table(report: dict) -> str:
     if report.get("bitstream"):
         out.append(f"bitstream: {report['bitstream']}  ({report.get('build_seconds', 0):.1f} s)")
     return "\n".join(out)
+
+
+def congestion_by_unit(csv_text: str, depth: int = 3) -> list[tuple[str, int, float]]:
+    """Overuse of a router2 congestion-by-net file (lines ``net,overuse``) summed per unit: the
+    first `depth` dotted parts of each net name (``dut.unit.pv.F3[2]`` -> ``dut.unit.pv`` at
+    depth 3; Yosys' ``$``-suffixes dropped). Returns (unit, overuse, share), largest first."""
+    totals: dict[str, int] = {}
+    for line in csv_text.splitlines():
+        name, _, value = line.rpartition(",")
+        if not value.strip().isdigit():
+            continue
+        unit = ".".join(re.sub(r"\$.*", "", name).split(".")[:depth])
+        totals[unit] = totals.get(unit, 0) + int(value)
+    whole = sum(totals.values()) or 1
+    return sorted(((u, v, v / whole) for u, v in totals.items()), key=lambda t: -t[1])

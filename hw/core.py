@@ -347,7 +347,8 @@ class Core(wiring.Component):
             return pick(use, sel) == 0b10
 
         def base_of(sel):
-            return Mux(pick(use, sel) == 0b10, HALF, 0)
+            """first index-buffer position of the job in slot `sel`"""
+            return Mux(hi_of(sel), HALF, 0)
 
         fj, bj = pick(regs, fs), pick(regs, bs)
 

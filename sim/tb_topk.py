@@ -26,6 +26,7 @@ from spatten.golden import topk as golden
 from spatten.hw.topk import ErrorCode, Mode, input_layout, output_layout
 
 from .streams import StreamSink, StreamSource, clock_and_reset, with_timeout
+from .unit_top import lane_beats
 
 _SETTINGS = json.loads(open(os.environ["TOPK_TB"]).read()) if os.environ.get("TOPK_TB") else {}
 CFG = TopKConfig(**_SETTINGS.get("config", {}))
@@ -39,13 +40,7 @@ TIMEOUT_CYCLES = 40 * (CFG.capacity // CFG.lanes + 8) * CFG.digits + 2000
 # ------------------------------------------------------------------------------ the driver side
 def beats_of(values) -> list[dict]:
     """Input beats for a value array: P per beat, the last one partial."""
-    values = [int(x) for x in values]
-    out = []
-    for lo in range(0, len(values), P):
-        chunk = values[lo:lo + P]
-        out.append({"data": chunk + [0] * (P - len(chunk)), "count": len(chunk),
-                    "last": int(lo + P >= len(values))})
-    return out
+    return lane_beats(values, P)
 
 
 class Bench:

@@ -243,6 +243,14 @@ def test_critical_path_from_log():
     assert rpt.parse_nextpnr(no_paths, LOG)["critical_paths"]["clk"] == lines
 
 
+def test_congestion_by_unit():
+    text = ("dut.unit.pv.F3[2],30\ndut.unit.pv.mul1.port$5$7,10\ndut.unit.qk.p[1],40\n"
+            "rst,20\nnot,a number\n")
+    assert rpt.congestion_by_unit(text) == [("dut.unit.pv", 40, 0.4), ("dut.unit.qk", 40, 0.4),
+                                            ("rst", 20, 0.2)]
+    assert rpt.congestion_by_unit(text, depth=4)[0] == ("dut.unit.qk.p[1]", 40, 0.4)
+
+
 def test_yosys_stat_and_summary():
     cells = rpt.parse_yosys_stat(YOSYS_STAT)
     assert cells["SB_LUT4"] == 241 and cells["SB_DFFESR"] == 76 and "$scopeinfo" not in cells
