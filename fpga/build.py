@@ -114,7 +114,8 @@ def _tail(path: Path, lines: int = 25) -> str:
 def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
           progress: bool = True,
           config: Config | None = None, config_name: str | None = None,
-          mhz: float | None = None, router: str = "router1") -> dict:
+          mhz: float | None = None, router: str = "router1",
+          bels: dict[str, str] | None = None) -> dict:
     """Build `make_dut()` inside `BoardHarness` for `board`; return (and write) the report.
 
     Parameters:
@@ -130,6 +131,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         mhz       target clock overriding the config's
         router    nextpnr's router: "router1" (its default) or "router2" (converges on congested
                   designs where router1 keeps ripping up)
+        bels      {hierarchical cell name: BEL} of cells to pin (ECP5 only; see
+                  `floorplan.attention_bels`); a name that matches no cell fails the build
 
     The clock is made by the board's PLL at the frequency closest to the target, and nextpnr
     derives the `sync` constraint from it. Timing failure does not raise (nextpnr runs with
@@ -153,6 +156,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         raise TypeError(f"config must be a Config or None, not {config!r}")
     if router not in ("router1", "router2"):
         raise ValueError(f"router must be 'router1' or 'router2', not {router!r}")
+    if bels and b.family != "ecp5":
+        raise ValueError(f"bels pin cells on the ECP5 only, not on {b.name}")
     if config_name is not None and not isinstance(config_name, str):
         raise TypeError(f"config_name must be a string or None, not {config_name!r}")
     out_dir = Path(out_dir).resolve()
@@ -180,6 +185,16 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         # flattened harness + top-k engine; flattening and purging dangling wires before
         # synth_ecp5 avoids it and changes nothing else.
         overrides["script_after_read"] = f"hierarchy -top {name}\nflatten\nopt_clean -purge"
+    if bels:
+        # nextpnr places a cell with a BEL attribute there; the count check makes a name that
+        # matches nothing an error instead of a silent no-op
+        pins = []
+        for cell, bel in sorted(bels.items()):
+            if not re.fullmatch(r"[A-Za-z0-9_.]+", cell) or not re.fullmatch(r"[A-Za-z0-9_/]+", bel):
+                raise ValueError(f"bad cell or BEL name in bels: {cell!r}: {bel!r}")
+            pins += [f"select -assert-count 1 {name}/{cell}",
+                     f'setattr -set BEL "{bel}" {name}/{cell}']
+        overrides["script_after_synth"] = "\n".join(pins)
 
     env = tool_environment()
     failure = []

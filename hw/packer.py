@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Shape, Signal, Value
+from amaranth.hdl import Module, Mux, ResetSignal, Shape, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .fanout import copies
 from .zero_elim import check_lanes, check_payload_shape, compact_layout
 
 __all__ = ["BeatPacker"]
@@ -116,7 +117,13 @@ class BeatPacker(wiring.Component):
         for j in range(lanes):
             m.d.comb += Value.cast(o.payload.data[j]).eq(o_data[j])
 
-        # S: barrel shift of the beat by fill_s into a 2*lanes window (zeros shifted in).
+        # S: barrel shift of the beat by fill_s into a 2*lanes window (zeros shifted in). Each
+        # group of 4 window positions takes its selects from a copy of fill_s of its own (fill_s
+        # would otherwise reach every multiplexer of the shifter); the copies load fill_s's next
+        # value, 0 in a reset as fill_s.
+        fill_nx = Signal.like(fill_s)
+        groups = (2 * lanes + 3) // 4
+        fill_c = copies(m, platform, Mux(ResetSignal("sync"), 0, fill_nx), groups, "fill_c")
         shifted = []
         for j in range(lanes):
             item = Value.cast(i.payload.data[j])
@@ -129,7 +136,7 @@ class BeatPacker(wiring.Component):
             for k in range(2 * lanes):
                 sig = Signal(width, name=f"sh{b}_{k}")
                 below = shifted[k - dist] if k >= dist else 0
-                m.d.comb += sig.eq(Mux(fill_s[b], below, shifted[k]))
+                m.d.comb += sig.eq(Mux(fill_c[k // 4][b], below, shifted[k]))
                 level.append(sig)
             shifted = level
         total = Signal(cnt_w)
@@ -141,13 +148,17 @@ class BeatPacker(wiring.Component):
                 m.d.sync += [s_hi[j].eq(shifted[lanes + j]) for j in range(lanes)]
                 m.d.sync += [s_total.eq(total), s_split.eq(total > lanes),
                              s_last.eq(i.payload.last)]
-                # the residual after M has taken this beat (0 after a packet's end)
-                with m.If(i.payload.last):
-                    m.d.sync += fill_s.eq(0)
-                with m.Elif(total > lanes):
-                    m.d.sync += fill_s.eq(total - lanes)
-                with m.Else():
-                    m.d.sync += fill_s.eq(total)
+
+        # the residual after M has taken the beat entering S (0 after a packet's end)
+        m.d.comb += fill_nx.eq(fill_s)
+        with m.If(adv_s & i.valid):
+            with m.If(i.payload.last):
+                m.d.comb += fill_nx.eq(0)
+            with m.Elif(total > lanes):
+                m.d.comb += fill_nx.eq(total - lanes)
+            with m.Else():
+                m.d.comb += fill_nx.eq(total)
+        m.d.sync += fill_s.eq(fill_nx)
 
         # M: the residual is zero from its fill up and s_lo zero below it: an OR merges them.
         window_lo = [Signal(width, name=f"window_{j}") for j in range(lanes)]

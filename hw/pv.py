@@ -14,7 +14,7 @@ Shared layouts (also used by the query pipeline and the testbenches):
 
 from __future__ import annotations
 
-from amaranth.hdl import (Array, Cat, ClockSignal, Const, Instance, Module, Mux, ResetSignal,
+from amaranth.hdl import (Array, Cat, Const, Module, Mux, ResetSignal,
                           Shape, Signal, Value, signed, unsigned)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort
@@ -23,6 +23,7 @@ from amaranth.lib.wiring import In, Out
 from spatten.config import AttentionConfig
 
 from .dsp import mult18x18d
+from .fanout import copies
 
 __all__ = ["ProbV", "input_layout", "output_layout", "v_word_layout", "v_depth", "pv_latency",
            "RECIP_READY", "lane_depth", "GRANT_LOOKAHEAD"]
@@ -113,31 +114,6 @@ def _sat_inc(v, inc, width: int):
     return Mux(fits,
                Mux(at_max & inc, Const(hi, signed(width)), (low + inc)[:width].as_signed()),
                Mux(v[-1], Const(lo, signed(width)), Const(hi, signed(width))))
-
-
-def _copies(m: Module, platform, value, n: int, name: str, init: int = 0) -> list:
-    """`n` registers, each holding `value` of the previous cycle (initial value `init`).
-
-    One copy next to each group of loads keeps a control net that fans out across the whole
-    array short. On an ECP5 platform they are TRELLIS_FF instances, which Yosys does not merge
-    (it merges equal registers inferred from the design, however they are named or kept)."""
-    value = Value.cast(value)
-    ecp5 = getattr(platform, "family", None) == "ecp5"
-    outs = []
-    for k in range(n):
-        if ecp5:
-            q = Signal(len(value), name=f"{name}{k}")
-            for i in range(len(value)):
-                m.submodules[f"{name}{k}_ff{i}"] = Instance(
-                    "TRELLIS_FF", p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK",
-                    p_LSRMUX="LSR", p_REGSET="SET" if (init >> i) & 1 else "RESET",
-                    p_SRMODE="LSR_OVER_CE",
-                    i_CLK=ClockSignal("sync"), i_LSR=0, i_CE=1, i_DI=value[i], o_Q=q[i])
-        else:
-            q = Signal(len(value), name=f"{name}{k}", init=init, reset_less=True)
-            m.d.sync += q.eq(value)
-        outs.append(q)
-    return outs
 
 
 class _Mul(wiring.Component):
@@ -583,8 +559,8 @@ class ProbV(wiring.Component):
         # them for F, and after a reset
         # (the copies of r2_last take it from a register of their own, so that their loads across
         # the array do not pull r2_last away from the issue logic)
-        r2_last_fan = _copies(m, platform, r1_last, 1, "r2_last_fan")[0]
-        acc_clr = _copies(m, platform, r2_last_fan | ResetSignal("sync"), Mv, "acc_clr", init=1)
+        r2_last_fan = copies(m, platform, r1_last, 1, "r2_last_fan")[0]
+        acc_clr = copies(m, platform, r2_last_fan | ResetSignal("sync"), Mv, "acc_clr", init=1)
         sums = []
         for e in range(Mv):
             sm = Signal(signed(AW), name=f"accsum{e}")
@@ -605,8 +581,8 @@ class ProbV(wiring.Component):
             f_lvl_nx.eq(Mux(r3_last, 0, Mux(folding, f_lvl + 1, f_lvl))),
             f_dl_nx.eq(Mux(r3_last, r3_dl, f_dl)),
         ]
-        f_load = _copies(m, platform, r2_last_fan, Mv, "f_load")
-        f_fold = _copies(m, platform, folding_nx, Mv // 2, "f_fold")
+        f_load = copies(m, platform, r2_last_fan, Mv, "f_load")
+        f_fold = copies(m, platform, folding_nx, Mv // 2, "f_fold")
         fold_add = []
         for e in range(Mv // 2):
             steps = [k for k in range(GB) if e < Mv >> (k + 1)]
@@ -616,7 +592,7 @@ class ProbV(wiring.Component):
                 continue
             m.d.comb += fa.eq(F[e + (Mv >> (steps[-1] + 1))])
             if len(steps) > 1:
-                sel = _copies(m, platform, Cat(f_lvl_nx == k for k in steps[:-1]), 1,
+                sel = copies(m, platform, Cat(f_lvl_nx == k for k in steps[:-1]), 1,
                               f"f_step{e}_")[0]
                 for i, k in reversed(list(enumerate(steps[:-1]))):
                     with m.If(sel[i]):
@@ -702,13 +678,16 @@ class ProbV(wiring.Component):
             m.d.sync += [dv_psum.eq(r1_psum), dv_s.eq(clz), dv_ph.eq(PH_NORM)]
 
         # ------------------------------------------------------------ renormalisation lane
+        ap_j_nx = Signal.like(ap_j)
+        m.d.comb += ap_j_nx.eq(Mux(ap_start, 0, Mux(ap_v, ap_j + 1, ap_j)))
+        m.d.sync += ap_j.eq(ap_j_nx)
         with m.If(ap_start):
             m.d.sync += [
-                ap_v.eq(1), ap_j.eq(0), ap_rem.eq(f_cm1),
+                ap_v.eq(1), ap_rem.eq(f_cm1),
                 lane_s.eq(dv_s), lane_recip.eq(dv_recip), lane_psum.eq(f_psum),
             ]
         with m.If(ap_v):
-            m.d.sync += [ap_j.eq(ap_j + 1), ap_rem.eq(ap_rem - 1)]
+            m.d.sync += ap_rem.eq(ap_rem - 1)
             with m.If(ap_rem == 0):
                 m.d.sync += ap_v.eq(0)
         m.d.sync += [lv[0].eq(ap_v), llast[0].eq(ap_v & (ap_rem == 0)), lj[0].eq(ap_j)]
@@ -721,11 +700,16 @@ class ProbV(wiring.Component):
         for k in range((LMV + 1) // 2):
             bits = min(2, rem)
             rem -= bits
-            sel = (ap_j if k == 0 else lj[k - 1])[rem:rem + bits]
             regs = [Signal(signed(AW), name=f"lm{k}_{g}", reset_less=True)
                     for g in range(1 << rem)]
+            if k == 0:
+                # the first level's selects: a copy of ap_j's top bits per multiplexer (they
+                # sit with the lanes they read, across the array)
+                sels = copies(m, platform, ap_j_nx[rem:rem + bits], len(regs), "ap_j_sel")
+            else:
+                sels = [lj[k - 1][rem:rem + bits]] * len(regs)
             m.d.sync += [r.eq(Array(vals[g + (t << rem)] for t in range(1 << bits))[sel])
-                         for g, r in enumerate(regs)]
+                         for g, (r, sel) in enumerate(zip(regs, sels))]
             vals = regs
         l1_x = vals[0]
         # the column sum normalised by the sum's leading zeros (exact, see the docstring), into
@@ -765,19 +749,19 @@ class ProbV(wiring.Component):
         lane_dl = Signal(range(LMV + 1))
         with m.If(ap_start):
             m.d.sync += lane_dl.eq(f_dl)
-        o_q_l = _copies(m, platform, o_pre_q, Mv, "o_pre_q")
-        ap_q_l = _copies(m, platform, ap_pre_q, Mv, "ap_pre_q")
-        rl_l = [_copies(m, platform, f_load[e], 1, f"f_loaded{e}_")[0] for e in range(Mv)]
+        o_q_l = copies(m, platform, o_pre_q, Mv, "o_pre_q")
+        ap_q_l = copies(m, platform, ap_pre_q, Mv, "ap_pre_q")
+        rl_l = [copies(m, platform, f_load[e], 1, f"f_loaded{e}_")[0] for e in range(Mv)]
         o_v_nx = Signal()
         m.d.comb += o_v_nx.eq(Mux(o_ld, 1, Mux(ap_start, 0, Mux(lv[-1] & llast[-1], 1,
                                                                  o_v & ~self.o.ready))))
         m.d.sync += o_v.eq(o_v_nx)
-        o_v_l = _copies(m, platform, o_v_nx, Mv, "o_valid")
+        o_v_l = copies(m, platform, o_v_nx, Mv, "o_valid")
         for e in range(Mv):
             b = e.bit_length()
-            keep = (_copies(m, platform, f_dl_nx >= b, 1, f"o_keep{e}_")[0]
+            keep = (copies(m, platform, f_dl_nx >= b, 1, f"o_keep{e}_")[0]
                     if b > MIN_D_LOG2 else Const(1))
-            top = (_copies(m, platform, lane_dl == b, 1, f"o_top{e}_")[0]
+            top = (copies(m, platform, lane_dl == b, 1, f"o_top{e}_")[0]
                    if b >= MIN_D_LOG2 and e == (1 << b) - 1 else Const(0))
             ld_e = Signal(name=f"o_ld{e}")
             ap_e = Signal(name=f"ap_start{e}")

@@ -272,8 +272,16 @@ def cmd_synth(args):
     if args.top not in TOPS:
         raise UserError(f"unknown top {args.top!r}; choose one of: {', '.join(TOPS)}")
     out_dir = Path(args.output or f"build/synth/{args.board}-{args.top}-{cfg.name}")
+    bels = {}
+    if not args.no_floorplan:
+        from spatten.fpga.floorplan import top_bels
+
+        try:
+            bels = top_bels(args.top, cfg.attention, args.board)
+        except ValueError as exc:
+            raise UserError(f"{exc} (build with --no-floorplan to let the placer choose)")
     report = build(args.board, lambda: make_top(args.top, cfg), name=args.top, out_dir=out_dir,
-                   seed=args.seed, config=cfg, router=args.router)
+                   seed=args.seed, config=cfg, router=args.router, bels=bels)
     print(format_table(report))
     print(f"report: {out_dir / 'report.json'}")
     return 0
@@ -389,6 +397,10 @@ def build_parser():
                         "icebreaker)")
     p.add_argument("--router", choices=["router1", "router2"], default="router1",
                    help="nextpnr router (default router1; router2 copes better with congestion)")
+    p.add_argument("--no-floorplan", action="store_true",
+                   help="let the placer choose the multiplier sites (by default the query "
+                        "pipeline's arrays are pinned to rows of their own on the ULX3S-85F; "
+                        "see fpga/floorplan.py)")
     p.add_argument("-o", "--output", metavar="DIR", help="build folder "
                    "(default: build/synth/BOARD-TOP-CONFIG)")
     p.set_defaults(func=cmd_synth)

@@ -4,6 +4,7 @@ Fast tests run by default; `-m synth` selects the two real builds (a few seconds
 YoWASP tools are compiled into their cache; the first run compiles them, about 90 s).
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from amaranth.back import rtlil
-from amaranth.hdl import Module
+from amaranth.hdl import Module, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -425,3 +426,83 @@ def test_build_topk_small_on_icebreaker():
     lc = report["utilization"]["ICESTORM_LC"]
     assert 1000 < lc["used"] <= lc["available"]
     assert report["utilization"]["ICESTORM_RAM"]["used"] >= 3   # buffers A, B, C
+
+
+# ---------------------------------------------------------------------------------------------
+# Floorplan: the query pipeline's multipliers on the ECP5-85F
+
+def test_attention_floorplan_pins_each_array_in_its_own_rows():
+    from spatten.fpga.floorplan import (ECP5_85F_DSP_ROWS, attention_bels, dsp_sites,
+                                        pv_lane_order, top_bels)
+
+    cfg = Config().attention
+    bels = attention_bels(cfg, "dut.unit")
+    every_site = [s for y in ECP5_85F_DSP_ROWS for s in dsp_sites(y)]
+    assert len(every_site) == len(set(every_site)) == 156
+    assert len(set(bels.values())) == len(bels) and set(bels.values()) <= set(every_site)
+    qk = {int(k.split(".")[-2][3:]): v for k, v in bels.items() if ".qk.mul" in k}
+    pv = {int(k.split(".")[-2][3:]): v for k, v in bels.items() if ".pv.mul" in k}
+    lane = [v for k, v in bels.items() if ".pv.lane_mul" in k]
+    assert sorted(qk) == list(range(cfg.qk_mults)) and sorted(pv) == list(range(cfg.pv_mults))
+    assert len(lane) == 3              # chunks of 17 bits of the 38-bit sum
+
+    def row(site):
+        return int(site.split("/")[1][1:])
+
+    def col(site):
+        return int(site.split("/")[0][1:])
+    # Q.K: 48 lanes (three whole 16-lane subtrees) in row 10 in lane order, 16 in row 34
+    assert [row(qk[e]) for e in range(64)] == [10] * 48 + [34] * 16
+    assert all(col(qk[e]) < col(qk[e + 1]) for e in range(47))
+    # prob x V: each fold group {g, g + 8, .., g + 56} on 8 neighbouring sites of one row,
+    # six groups in row 58, two in row 34, away from the Q.K lanes there
+    order = pv_lane_order(64)
+    assert sorted(order) == list(range(64)) and order[:8] == list(range(0, 64, 8))
+    for g in range(8):
+        sites = [pv[g + 8 * t] for t in range(8)]
+        assert len({row(s) for s in sites}) == 1
+        assert max(map(col, sites)) - min(map(col, sites)) <= 20
+    assert sorted({row(pv[e]) for e in range(64)}) == [34, 58]
+    assert min(col(pv[e]) for e in range(64) if row(pv[e]) == 34) > max(
+        col(qk[e]) for e in range(48, 64))
+    assert top_bels("attention", cfg, "ulx3s-85f") == attention_bels(cfg, "dut")
+    assert top_bels("attention", cfg, "icebreaker") == {} and top_bels("topk", cfg,
+                                                                       "ulx3s-85f") == {}
+    with pytest.raises(ValueError, match="do not fit"):
+        attention_bels(dataclasses.replace(cfg, qk_mults=128, pv_mults=128), "dut")
+    with pytest.raises(ValueError, match="multiplier rows"):
+        dsp_sites(11)
+
+
+class OneMult(wiring.Component):
+    """Tiny DUT: one registered MULT18X18D (`hw.dsp`)."""
+
+    def __init__(self):
+        super().__init__({"a": In(signed(12)), "b": In(signed(12)), "p": Out(signed(24))})
+
+    def elaborate(self, platform):
+        from spatten.hw.dsp import mult18x18d
+
+        m = Module()
+        m.submodules.mul = mul = Module()
+        mult18x18d(mul, self.a, self.b, self.p)
+        return m
+
+
+@pytest.mark.synth
+def test_build_pins_cells_and_refuses_unknown_names():
+    from spatten.fpga.build import BuildError
+
+    out = _out_dir("ulx3s-85f-pin")
+    report = build("ulx3s-85f", OneMult, name="one_mult", out_dir=out, progress=False,
+                   bels={"dut.mul.dsp": "X119/Y58/MULT18_5"})
+    assert report["utilization"]["MULT18X18D"]["used"] == 1
+    netlist = json.loads((out / "one_mult.json").read_text())
+    cells = netlist["modules"]["one_mult"]["cells"]
+    assert cells["dut.mul.dsp"]["attributes"]["BEL"] == "X119/Y58/MULT18_5"
+    with pytest.raises(BuildError, match="one_mult"):
+        build("ulx3s-85f", OneMult, name="one_mult", out_dir=out, progress=False,
+              bels={"dut.no_such_cell": "X119/Y58/MULT18_5"})
+    with pytest.raises(ValueError, match="ECP5 only"):
+        build("icebreaker", OneMult, name="one_mult", out_dir=out, progress=False,
+              bels={"dut.mul.dsp": "X119/Y58/MULT18_5"})
