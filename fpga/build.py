@@ -115,7 +115,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
           progress: bool = True,
           config: Config | None = None, config_name: str | None = None,
           mhz: float | None = None, router: str = "router1",
-          bels: dict[str, str] | None = None) -> dict:
+          bels: dict[str, str] | None = None, density: float | None = None) -> dict:
     """Build `make_dut()` inside `BoardHarness` for `board`; return (and write) the report.
 
     Parameters:
@@ -133,6 +133,9 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
                   designs where router1 keeps ripping up)
         bels      {hierarchical cell name: BEL} of cells to pin (ECP5 only; see
                   `floorplan.attention_bels`); a name that matches no cell fails the build
+        density   the placer's maximum local density (nextpnr --placer-heap-beta, 0.9 when
+                  None): lower spreads the cells over more of the device, leaving more
+                  routing to each
 
     The clock is made by the board's PLL at the frequency closest to the target, and nextpnr
     derives the `sync` constraint from it. Timing failure does not raise (nextpnr runs with
@@ -156,6 +159,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         raise TypeError(f"config must be a Config or None, not {config!r}")
     if router not in ("router1", "router2"):
         raise ValueError(f"router must be 'router1' or 'router2', not {router!r}")
+    if density is not None and not (isinstance(density, (int, float)) and 0.3 <= density <= 1):
+        raise ValueError(f"density must be a number from 0.3 to 1, not {density!r}")
     if bels and b.family != "ecp5":
         raise ValueError(f"bels pin cells on the ECP5 only, not on {b.name}")
     if config_name is not None and not isinstance(config_name, str):
@@ -177,7 +182,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         (out_dir / stale).unlink(missing_ok=True)
 
     overrides = {"nextpnr_opts": f"--report nextpnr_report.json --seed {seed} "
-                                 f"--timing-allow-fail --router {router}"}
+                                 f"--timing-allow-fail --router {router}"
+                                 + (f" --placer-heap-beta {density}" if density else "")}
     if b.synth_opts:
         overrides["synth_opts"] = b.synth_opts
     if b.family == "ecp5":

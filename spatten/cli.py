@@ -281,7 +281,8 @@ def cmd_synth(args):
         except ValueError as exc:
             raise UserError(f"{exc} (build with --no-floorplan to let the placer choose)")
     report = build(args.board, lambda: make_top(args.top, cfg), name=args.top, out_dir=out_dir,
-                   seed=args.seed, config=cfg, router=args.router, bels=bels)
+                   seed=args.seed, config=cfg, router=args.router, bels=bels,
+                   density=args.density)
     print(format_table(report))
     print(f"report: {out_dir / 'report.json'}")
     return 0
@@ -397,6 +398,10 @@ def build_parser():
                         "icebreaker)")
     p.add_argument("--router", choices=["router1", "router2"], default="router1",
                    help="nextpnr router (default router1; router2 copes better with congestion)")
+    p.add_argument("--density", type=float, default=None,
+                   help="the placer's maximum local density, 0.3 to 1 (nextpnr's "
+                        "--placer-heap-beta, default 0.9): lower spreads the design over more "
+                        "of the device, with more routing for each cell")
     p.add_argument("--no-floorplan", action="store_true",
                    help="let the placer choose the multiplier sites (by default the query "
                         "pipeline's arrays are pinned to rows of their own on the ULX3S-85F; "
