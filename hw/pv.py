@@ -231,9 +231,11 @@ class ProbV(wiring.Component):
 
     On an ECP5 platform (``platform.family == "ecp5"``) every multiplier is a MULT18X18D with
     its own input and output registers, and the controls that reach every lane (F's load and
-    fold step, the accumulators' clear, the output register's load) are registered once per lane
-    (TRELLIS_FF instances next to their loads), so that no path crosses the array through more
-    than one long net; elsewhere the same registers are inferred.
+    fold step, the accumulators' clear, the output register's load) are registered once per lane,
+    the multipliers' load enable once per fold group and the renormalisation lane's first read
+    select once per multiplexer (TRELLIS_FF instances next to their loads, `hw.fanout.copies`),
+    so that no path crosses the array through more than one long net; elsewhere the same
+    registers are inferred.
 
     Backpressure: ``o`` may stall at will; the pipeline behind a word read never stalls (the last
     word of a query waits for its fold slot instead); ``i.ready`` depends on no output and on no
@@ -348,7 +350,6 @@ class ProbV(wiring.Component):
         # r*_last: the query's last word (set only for an issued word); r1_bp is zero in cycles
         # without a word, so the products (and what the accumulators add) are zero then
         r1_v, r1_last, r1_rn = Signal(), Signal(), Signal()
-        r1_rd = Signal()                      # a V word is being read (data next cycle)
         r1_dl = Signal(range(LMV + 1))
         r1_psum = Signal(PW)
         # the probability of each block of 8 multipliers (block b: row-slot b >> (d_log2 - 3))
@@ -533,7 +534,10 @@ class ProbV(wiring.Component):
         m.d.comb += self.macs.eq(macs)
 
         # ------------------------------------------------------------ R1: the issued word
-        m.d.sync += [r1_v.eq(issue), r1_last.eq(issue & last_op), r1_rd.eq(issue & any_match)]
+        m.d.sync += [r1_v.eq(issue), r1_last.eq(issue & last_op)]
+        # the multipliers' load enables (a V word is being read, its data next cycle): a copy per
+        # fold group (lanes of equal e mod 8, neighbours on the FPGA: fpga/floorplan.py)
+        r1_rd_g = copies(m, platform, issue & any_match, min(8, Mv), "r1_rd_g")
         m.d.sync += [r1_bp[b].eq(Mux(issue, bp_now[b], 0)) for b in range(GMAX)]
         with m.If(issue):
             m.d.sync += [r1_dl.eq(c_dl), r1_rn.eq(c_rn), r1_psum.eq(psum_q)]
@@ -546,7 +550,7 @@ class ProbV(wiring.Component):
         r3_p = []
         for e in range(Mv):
             mul = m.submodules[f"mul{e}"] = _Mul(signed(W), unsigned(PB))
-            m.d.comb += [mul.a.eq(self.v_rd.data[e]), mul.a_en.eq(r1_rd),
+            m.d.comb += [mul.a.eq(self.v_rd.data[e]), mul.a_en.eq(r1_rd_g[e % 8]),
                          mul.b.eq(r1_bp[e >> MIN_D_LOG2])]
             r3_p.append(mul.p)
 
