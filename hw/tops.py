@@ -18,11 +18,12 @@ __all__ = ["TOPS", "make_top", "Fed"]
 class Fed(wiring.Component):
     """A unit whose wide inputs come from inside, for synthesis in its real surroundings.
 
-    Every input port or input-stream payload wider than `narrow` bits is driven from one shift
-    register that takes ``beat`` (``width`` bits) whenever ``beat_valid`` is high (as the fetch
-    unit's realigners and buffers do, rather than from thousands of device pins or harness bits);
-    every other member of the unit is a member of this top under the same name (``load`` becomes
-    ``load__valid`` and ``load__ready``, and so on)."""
+    Every input port or input-stream payload wider than `narrow` bits is driven from a shift
+    register of its own that takes ``beat`` (``width`` bits) whenever ``beat_valid`` is high (as
+    the fetch unit's realigners do for each buffer, rather than from thousands of device pins or
+    harness bits; one register shared by all of them would be a bus to every buffer of the unit
+    at once); every other member of the unit is a member of this top under the same name
+    (``load`` becomes ``load__valid`` and ``load__ready``, and so on)."""
 
     def __init__(self, unit: wiring.Component, *, width: int = 128, narrow: int = 64):
         self.unit, self.width, self.narrow = unit, width, narrow
@@ -42,11 +43,12 @@ class Fed(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.unit = self.unit
-        sr = Signal(max(self.wide_bits, self.width))
-        with m.If(self.beat_valid):
-            m.d.sync += sr.eq(Cat(sr[self.width:], self.beat))
-        for value in self._wide:
-            m.d.comb += value.eq(sr[:len(Value.cast(value))])
+        for k, value in enumerate(self._wide):
+            bits = len(Value.cast(value))
+            sr = Signal(max(bits, self.width), name=f"sr{k}")
+            with m.If(self.beat_valid):
+                m.d.sync += sr.eq(Cat(sr[self.width:], self.beat))
+            m.d.comb += value.eq(sr[:bits])
         for name, flow, value in self._pass:
             mine = getattr(self, name)
             if flow == In:

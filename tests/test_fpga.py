@@ -299,20 +299,23 @@ def test_harness_elaborates_on_each_board(name):
 
 
 def test_fed_drives_wide_inputs_from_its_shift_register():
-    """`hw.tops.Fed`: a payload wider than `narrow` is the low bits of a shift register that
-    takes `beat` when `beat_valid` is high; narrow members stay ports under their names."""
+    """`hw.tops.Fed`: a payload wider than `narrow` is the low bits of a shift register of its
+    own that takes `beat` when `beat_valid` is high; narrow members stay ports under their
+    names."""
     from amaranth.sim import Simulator
 
     from spatten.hw.tops import Fed
 
     class Wide(wiring.Component):
         i: In(stream.Signature(40))
+        w: In(24)
         o: Out(40)
+        p: Out(24)
         k: In(3)
 
         def elaborate(self, platform):
             m = Module()
-            m.d.comb += self.o.eq(self.i.payload)
+            m.d.comb += [self.o.eq(self.i.payload), self.p.eq(self.w)]
             return m
 
     top = Fed(Wide(), width=16, narrow=8)
@@ -328,6 +331,7 @@ def test_fed_drives_wide_inputs_from_its_shift_register():
         ctx.set(top.beat_valid, 0)
         await ctx.tick()
         seen.append(ctx.get(top.unit.o))
+        seen.append(ctx.get(top.unit.p))
 
     sim = Simulator(top)
     sim.add_clock(1e-8)
@@ -335,7 +339,8 @@ def test_fed_drives_wide_inputs_from_its_shift_register():
     sim.run()
     # a 40-bit register shifted right by 16 three times: 0x3333 on top, 0x2222 below it, then
     # the top 8 bits of 0x1111
-    assert seen == [(0x3333 << 24) | (0x2222 << 8) | 0x11]
+    # the 24-bit input has a 24-bit register of its own: 0x3333 on top of 0x2222's top byte
+    assert seen == [(0x3333 << 24) | (0x2222 << 8) | 0x11, (0x3333 << 8) | 0x22]
 
 
 def test_harness_rejects_bad_duts():
