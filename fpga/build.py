@@ -115,7 +115,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
           progress: bool = True,
           config: Config | None = None, config_name: str | None = None,
           mhz: float | None = None, router: str = "router1",
-          bels: dict[str, str] | None = None, density: float | None = None) -> dict:
+          bels: dict[str, str] | None = None, density: float | None = None,
+          heatmaps: bool = False) -> dict:
     """Build `make_dut()` inside `BoardHarness` for `board`; return (and write) the report.
 
     Parameters:
@@ -136,6 +137,9 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         density   the placer's maximum local density (nextpnr --placer-heap-beta, 0.9 when
                   None): lower spreads the cells over more of the device, leaving more
                   routing to each
+        heatmaps  router2 only: write its congestion heatmaps (by net, wire type and tile) of
+                  every iteration as out_dir/heatmap/heat_*.csv (see
+                  `report.congestion_by_unit`)
 
     The clock is made by the board's PLL at the frequency closest to the target, and nextpnr
     derives the `sync` constraint from it. Timing failure does not raise (nextpnr runs with
@@ -161,6 +165,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         raise ValueError(f"router must be 'router1' or 'router2', not {router!r}")
     if density is not None and not (isinstance(density, (int, float)) and 0.3 <= density <= 1):
         raise ValueError(f"density must be a number from 0.3 to 1, not {density!r}")
+    if heatmaps and router != "router2":
+        raise ValueError("heatmaps come from router2 only: pass router='router2'")
     if bels and b.family != "ecp5":
         raise ValueError(f"bels pin cells on the ECP5 only, not on {b.name}")
     if config_name is not None and not isinstance(config_name, str):
@@ -176,6 +182,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
     target = b.target_mhz(config) if mhz is None else float(mhz)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    if heatmaps:
+        (out_dir / "heatmap").mkdir(exist_ok=True)
     bit_name = f"{name}.bit" if b.family == "ecp5" else f"{name}.bin"
     for stale in (bit_name, f"{name}.tim", f"{name}.rpt", "nextpnr_report.json", "report.json",
                   f"{name}.config", f"{name}.asc"):
@@ -183,7 +191,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
 
     overrides = {"nextpnr_opts": f"--report nextpnr_report.json --seed {seed} "
                                  f"--timing-allow-fail --router {router}"
-                                 + (f" --placer-heap-beta {density}" if density else "")}
+                                 + (f" --placer-heap-beta {density}" if density else "")
+                                 + (" --router2-heatmap heatmap/heat" if heatmaps else "")}
     if b.synth_opts:
         overrides["synth_opts"] = b.synth_opts
     if b.family == "ecp5":

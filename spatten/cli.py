@@ -282,7 +282,7 @@ def cmd_synth(args):
             raise UserError(f"{exc} (build with --no-floorplan to let the placer choose)")
     report = build(args.board, lambda: make_top(args.top, cfg), name=args.top, out_dir=out_dir,
                    seed=args.seed, config=cfg, router=args.router, bels=bels,
-                   density=args.density)
+                   density=args.density, heatmaps=args.heatmaps)
     print(format_table(report))
     print(f"report: {out_dir / 'report.json'}")
     return 0
@@ -402,6 +402,10 @@ def build_parser():
                    help="the placer's maximum local density, 0.3 to 1 (nextpnr's "
                         "--placer-heap-beta, default 0.9): lower spreads the design over more "
                         "of the device, with more routing for each cell")
+    p.add_argument("--heatmaps", action="store_true",
+                   help="with --router router2: write its congestion heatmaps of every "
+                        "iteration under DIR/heatmap/ (summed per unit by "
+                        "spatten.fpga.report.congestion_by_unit)")
     p.add_argument("--no-floorplan", action="store_true",
                    help="let the placer choose the multiplier sites (by default the query "
                         "pipeline's arrays are pinned to rows of their own on the ULX3S-85F; "

@@ -361,6 +361,9 @@ def test_build_rejects_tmp_and_bad_names(tmp_path):
         build("icebreaker", LaneAdder, name="x", out_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="letters"):
         build("icebreaker", LaneAdder, name="a-b", out_dir=BUILD_ROOT / "x", progress=False)
+    with pytest.raises(ValueError, match="router2"):
+        build("icebreaker", LaneAdder, name="x", out_dir=BUILD_ROOT / "x", progress=False,
+              heatmaps=True)
     for density in (0.1, 1.5, "0.7"):
         with pytest.raises(ValueError, match="density"):
             build("icebreaker", LaneAdder, name="x", out_dir=BUILD_ROOT / "x", progress=False,
