@@ -115,7 +115,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
           progress: bool = True,
           config: Config | None = None, config_name: str | None = None,
           mhz: float | None = None, router: str = "router1",
-          bels: dict[str, str] | None = None, density: float | None = None,
+          pins: dict | None = None, density: float | None = None,
           heatmaps: bool = False) -> dict:
     """Build `make_dut()` inside `BoardHarness` for `board`; return (and write) the report.
 
@@ -132,8 +132,10 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         mhz       target clock overriding the config's
         router    nextpnr's router: "router1" (its default) or "router2" (converges on congested
                   designs where router1 keeps ripping up)
-        bels      {hierarchical cell name: BEL} of cells to pin (ECP5 only; see
-                  `floorplan.attention_bels`); a name that matches no cell fails the build
+        pins      cells to pin (ECP5 only): ``{"bels": {cell: BEL}, "rows": [...]}`` as
+                  `pins` (``spatten-nextpnr-ecp5``) applies them between Yosys and nextpnr;
+                  see `floorplan.attention_pins`. A name or rule that matches no cell fails
+                  the build
         density   the placer's maximum local density (nextpnr --placer-heap-beta, 0.9 when
                   None): lower spreads the cells over more of the device, leaving more
                   routing to each
@@ -167,8 +169,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         raise ValueError(f"density must be a number from 0.3 to 1, not {density!r}")
     if heatmaps and router != "router2":
         raise ValueError("heatmaps come from router2 only: pass router='router2'")
-    if bels and b.family != "ecp5":
-        raise ValueError(f"bels pin cells on the ECP5 only, not on {b.name}")
+    if pins and b.family != "ecp5":
+        raise ValueError(f"pins place cells on the ECP5 only, not on {b.name}")
     if config_name is not None and not isinstance(config_name, str):
         raise TypeError(f"config_name must be a string or None, not {config_name!r}")
     out_dir = Path(out_dir).resolve()
@@ -200,18 +202,17 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         # flattened harness + top-k engine; flattening and purging dangling wires before
         # synth_ecp5 avoids it and changes nothing else.
         overrides["script_after_read"] = f"hierarchy -top {name}\nflatten\nopt_clean -purge"
-    if bels:
-        # nextpnr places a cell with a BEL attribute there; the count check makes a name that
-        # matches nothing an error instead of a silent no-op
-        pins = []
-        for cell, bel in sorted(bels.items()):
-            if not re.fullmatch(r"[A-Za-z0-9_.]+", cell) or not re.fullmatch(r"[A-Za-z0-9_/]+", bel):
-                raise ValueError(f"bad cell or BEL name in bels: {cell!r}: {bel!r}")
-            pins += [f"select -assert-count 1 {name}/{cell}",
-                     f'setattr -set BEL "{bel}" {name}/{cell}']
-        overrides["script_after_synth"] = "\n".join(pins)
 
     env = tool_environment()
+    if pins:
+        # nextpnr through `fpga.pins`, which sets the pinned cells' BEL attributes first
+        pins_file = out_dir / "pins.json"
+        pins_file.write_text(json.dumps(pins, indent=1) + "\n")
+        wrapper = venv_tool("spatten-nextpnr-ecp5")
+        if wrapper is None:
+            raise BuildError(f"spatten-nextpnr-ecp5 not found beside {sys.executable}: "
+                             f"reinstall the project (pip install -e .)")
+        env = {**env, "NEXTPNR_ECP5": wrapper, "SPATTEN_PINS": str(pins_file)}
     failure = []
 
     def run():

@@ -23,15 +23,18 @@ from __future__ import annotations
 
 from spatten.config import AttentionConfig
 
-__all__ = ["ECP5_85F_DSP_ROWS", "ATTENTION_PATHS", "dsp_sites", "qk_lane_order",
-           "pv_lane_order", "attention_bels", "top_bels"]
+__all__ = ["ECP5_85F_DSP_ROWS", "ECP5_85F_EBR_ROWS", "ATTENTION_PATHS", "dsp_sites",
+           "ebr_sites", "qk_lane_order", "pv_lane_order", "attention_bels", "attention_pins",
+           "top_pins"]
 
 #: where the `hw.attention.Attention` sits inside the board harness, per `hw.tops` name
 ATTENTION_PATHS = {"attention": "dut", "attention_fed": "dut.unit"}
 
 #: rows of MULT18X18D sites on the LFE5U-85F
 ECP5_85F_DSP_ROWS = (10, 34, 58)
-#: first column of each DSP tile (sites at x, x+1, x+4, x+5; the clock spine sits at 64-68)
+#: rows of DP16KD (block RAM) sites on the LFE5U-85F
+ECP5_85F_EBR_ROWS = (22, 46, 70, 82)
+#: first column of each DSP tile (and of each block-RAM tile, whose sites are x, x+2, x+4, x+6) (sites at x, x+1, x+4, x+5; the clock spine sits at 64-68)
 _TILE_X = (4, 13, 22, 31, 40, 49, 58, 69, 78, 87, 96, 105, 114)
 _SITE = ((0, "MULT18_0"), (1, "MULT18_1"), (4, "MULT18_4"), (5, "MULT18_5"))
 SITES_PER_ROW = len(_TILE_X) * len(_SITE)
@@ -42,6 +45,13 @@ def dsp_sites(row: int) -> list[str]:
     if row not in ECP5_85F_DSP_ROWS:
         raise ValueError(f"the LFE5U-85F has multiplier rows {ECP5_85F_DSP_ROWS}, not {row!r}")
     return [f"X{x + dx}/Y{row}/{bel}" for x in _TILE_X for dx, bel in _SITE]
+
+
+def ebr_sites(row: int) -> list[str]:
+    """The 52 DP16KD BELs of a block-RAM row of the LFE5U-85F, left to right."""
+    if row not in ECP5_85F_EBR_ROWS:
+        raise ValueError(f"the LFE5U-85F has block-RAM rows {ECP5_85F_EBR_ROWS}, not {row!r}")
+    return [f"X{x + 2 * k}/Y{row}/EBR{k}" for x in _TILE_X for k in range(4)]
 
 
 def qk_lane_order(m: int) -> list[int]:
@@ -93,9 +103,43 @@ def attention_bels(cfg: AttentionConfig, prefix: str) -> dict[str, str]:
     return bels
 
 
-def top_bels(top: str, cfg: AttentionConfig, board: str) -> dict[str, str]:
-    """The pins `spatten synth` uses for `top` on `board`: `attention_bels` for the tops that
-    hold the query pipeline on the ULX3S-85F, nothing otherwise."""
+def _column(bel: str) -> int:
+    return int(bel.split("/")[0][1:])
+
+
+def attention_pins(cfg: AttentionConfig, prefix: str) -> dict:
+    """The pins of the `hw.attention.Attention` at `prefix` for `fpga.pins`: the multipliers
+    (`attention_bels`) and the block RAMs.
+
+    - The V buffer in the block-RAM row between prob x V's two rows (46), each block near the
+      lanes its bits feed; the K planes in the row between the Q.K array's (22), likewise.
+    - The softmax's blocks in row 70, the top-k engine's and the kept-pair FIFO's in row 82 at
+      the middle: the rows below prob x V, which the placer otherwise leaves empty (it packs
+      everything around the pinned multipliers), so that the two units take that room.
+    """
+    bels = attention_bels(cfg, prefix)
+    qk_x = [_column(bels[f"{prefix}.qk.mul{e}.dsp"]) for e in range(cfg.qk_mults)]
+    pv_x = [_column(bels[f"{prefix}.pv.mul{e}.dsp"]) for e in range(cfg.pv_mults)]
+    middle = list(range(30, 100, 5))
+    esc = prefix.replace(".", r"\.")
+    return {
+        "bels": bels,
+        "rows": [
+            {"regex": rf"{esc}\.vmem\.0\.(\d+)", "row": 46, "targets": pv_x},
+            {"regex": rf"{esc}\.kmsb\.0\.(\d+)", "row": 22, "targets": qk_x},
+            {"regex": rf"{esc}\.klsb\.0\.(\d+)", "row": 22, "targets": qk_x},
+            {"regex": rf"{esc}\.softmax\.(?:scores|ebanks|exp_rom)\.\d+\.(\d+)",
+             "row": 70, "targets": middle},
+            {"regex": rf"{esc}\.topk\.mem\.0\.(\d+)", "row": 82, "targets": middle},
+            {"regex": rf"{esc}\.kept_fifo\.storage\.0\.(\d+)", "row": 82,
+             "targets": middle},
+        ],
+    }
+
+
+def top_pins(top: str, cfg: AttentionConfig, board: str) -> dict:
+    """The pins `spatten synth` uses for `top` on `board`: `attention_pins` for the tops that
+    hold the query pipeline on the ULX3S-85F, none otherwise."""
     if board != "ulx3s-85f" or top not in ATTENTION_PATHS:
         return {}
-    return attention_bels(cfg, ATTENTION_PATHS[top])
+    return attention_pins(cfg, ATTENTION_PATHS[top])

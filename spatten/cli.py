@@ -272,16 +272,16 @@ def cmd_synth(args):
     if args.top not in TOPS:
         raise UserError(f"unknown top {args.top!r}; choose one of: {', '.join(TOPS)}")
     out_dir = Path(args.output or f"build/synth/{args.board}-{args.top}-{cfg.name}")
-    bels = {}
+    pins = {}
     if not args.no_floorplan:
-        from spatten.fpga.floorplan import top_bels
+        from spatten.fpga.floorplan import top_pins
 
         try:
-            bels = top_bels(args.top, cfg.attention, args.board)
+            pins = top_pins(args.top, cfg.attention, args.board)
         except ValueError as exc:
             raise UserError(f"{exc} (build with --no-floorplan to let the placer choose)")
     report = build(args.board, lambda: make_top(args.top, cfg), name=args.top, out_dir=out_dir,
-                   seed=args.seed, config=cfg, router=args.router, bels=bels,
+                   seed=args.seed, config=cfg, router=args.router, pins=pins,
                    density=args.density, heatmaps=args.heatmaps)
     print(format_table(report))
     print(f"report: {out_dir / 'report.json'}")
@@ -407,9 +407,9 @@ def build_parser():
                         "iteration under DIR/heatmap/ (summed per unit by "
                         "spatten.fpga.report.congestion_by_unit)")
     p.add_argument("--no-floorplan", action="store_true",
-                   help="let the placer choose the multiplier sites (by default the query "
-                        "pipeline's arrays are pinned to rows of their own on the ULX3S-85F; "
-                        "see fpga/floorplan.py)")
+                   help="let the placer choose every site (by default the query pipeline's "
+                        "multipliers and block RAMs are pinned on the ULX3S-85F, each array "
+                        "in rows of its own: fpga/floorplan.py)")
     p.add_argument("-o", "--output", metavar="DIR", help="build folder "
                    "(default: build/synth/BOARD-TOP-CONFIG)")
     p.set_defaults(func=cmd_synth)

