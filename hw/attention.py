@@ -272,13 +272,19 @@ class Attention(wiring.Component):
             # in a power-of-two buffer the bank's offset is one address bit above every
             # address of the run (n*d/M <= n <= offset): an OR, no carry chain on the address
             return (addr | off) if pow2 else (addr + off)
-        vrp = vmem.read_port()
+        # The buffers' read ports are transparent for their write ports: a word read while it
+        # is written (the fetch unit fills a V row of a word whose other rows are in use) gives
+        # the new bytes, which no run reads before they are complete anyway. Yosys builds the
+        # old-data behaviour of a non-transparent port out of block RAM by delaying every write
+        # a cycle in the fabric (two flip-flops and a multiplexer per bit, on the path into the
+        # multipliers); transparency costs it about half of that.
+        vrp = vmem.read_port(transparent_for=(vw,))
         m.d.comb += [vrp.addr.eq(at(pv.v_rd.addr, v_off)), vrp.en.eq(pv.v_rd.en),
                      pv.v_rd.data.eq(vrp.data)]
 
         # K read: the MSB plane with the LSB plane (full-precision pass) or the fill
-        krm = kmsb.read_port()
-        krl = klsb.read_port()
+        krm = kmsb.read_port(transparent_for=(kmw,))
+        krl = klsb.read_port(transparent_for=(klw,))
         pass_full = Signal()        # the pass the Q.K array is reading K for
         full_d = Signal()           # ... one cycle later, aligned with the read data
         m.d.sync += full_d.eq(pass_full)

@@ -118,12 +118,11 @@ class BeatPacker(wiring.Component):
             m.d.comb += Value.cast(o.payload.data[j]).eq(o_data[j])
 
         # S: barrel shift of the beat by fill_s into a 2*lanes window (zeros shifted in). Each
-        # group of 4 window positions takes its selects from a copy of fill_s of its own (fill_s
-        # would otherwise reach every multiplexer of the shifter); the copies load fill_s's next
+        # window position takes its selects from a copy of fill_s of its own (fill_s would
+        # otherwise reach every multiplexer of the shifter); the copies load fill_s's next
         # value, 0 in a reset as fill_s.
         fill_nx = Signal.like(fill_s)
-        groups = (2 * lanes + 3) // 4
-        fill_c = copies(m, platform, Mux(ResetSignal("sync"), 0, fill_nx), groups, "fill_c")
+        fill_c = copies(m, platform, Mux(ResetSignal("sync"), 0, fill_nx), 2 * lanes, "fill_c")
         shifted = []
         for j in range(lanes):
             item = Value.cast(i.payload.data[j])
@@ -136,7 +135,7 @@ class BeatPacker(wiring.Component):
             for k in range(2 * lanes):
                 sig = Signal(width, name=f"sh{b}_{k}")
                 below = shifted[k - dist] if k >= dist else 0
-                m.d.comb += sig.eq(Mux(fill_c[k // 4][b], below, shifted[k]))
+                m.d.comb += sig.eq(Mux(fill_c[k][b], below, shifted[k]))
                 level.append(sig)
             shifted = level
         total = Signal(cnt_w)
