@@ -354,6 +354,10 @@ PRESETS: dict[str, Config] = {
                     attention=AttentionConfig(qk_mults=8, pv_mults=8, capacity=128,
                                               softmax_lanes=1, y_frac_bits=8, topk_lanes=4,
                                               topk_digit_bits=3)),
+    # The default pipeline with half the multipliers (32 in the Q.K array, 32 in prob x V):
+    # a point of comparison for the FPGA builds of the whole pipeline.
+    "half": Config(name="half", topk=TopKConfig(lanes=16, value_width=16, capacity=1024),
+                   attention=AttentionConfig(qk_mults=32, pv_mults=32)),
     # The default engine with room for 4096 values (benchmarks at n = 4096).
     "large": Config(name="large", topk=TopKConfig(lanes=16, value_width=16, capacity=4096)),
 }
