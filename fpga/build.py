@@ -116,7 +116,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
           config: Config | None = None, config_name: str | None = None,
           mhz: float | None = None, router: str = "router1",
           pins: dict | None = None, density: float | None = None,
-          heatmaps: bool = False) -> dict:
+          heatmaps: bool = False, nextpnr_opts: str = "") -> dict:
     """Build `make_dut()` inside `BoardHarness` for `board`; return (and write) the report.
 
     Parameters:
@@ -139,6 +139,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         density   the placer's maximum local density (nextpnr --placer-heap-beta, 0.9 when
                   None): lower spreads the cells over more of the device, leaving more
                   routing to each
+        nextpnr_opts  more nextpnr options, appended (for experiments: --no-tmdriv, ...)
         heatmaps  router2 only: write its congestion heatmaps (by net, wire type and tile) of
                   every iteration as out_dir/heatmap/heat_*.csv (see
                   `report.congestion_by_unit`)
@@ -167,6 +168,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         raise ValueError(f"router must be 'router1' or 'router2', not {router!r}")
     if density is not None and not (isinstance(density, (int, float)) and 0.3 <= density <= 1):
         raise ValueError(f"density must be a number from 0.3 to 1, not {density!r}")
+    if not isinstance(nextpnr_opts, str) or any(c in nextpnr_opts for c in ";|&$`\n"):
+        raise ValueError(f"nextpnr_opts must be plain options, not {nextpnr_opts!r}")
     if heatmaps and router != "router2":
         raise ValueError("heatmaps come from router2 only: pass router='router2'")
     if pins and b.family != "ecp5":
@@ -194,7 +197,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
     overrides = {"nextpnr_opts": f"--report nextpnr_report.json --seed {seed} "
                                  f"--timing-allow-fail --router {router}"
                                  + (f" --placer-heap-beta {density}" if density else "")
-                                 + (" --router2-heatmap heatmap/heat" if heatmaps else "")}
+                                 + (" --router2-heatmap heatmap/heat" if heatmaps else "")
+                                 + (f" {nextpnr_opts}" if nextpnr_opts else "")}
     if b.synth_opts:
         overrides["synth_opts"] = b.synth_opts
     if b.family == "ecp5":

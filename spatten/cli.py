@@ -282,7 +282,8 @@ def cmd_synth(args):
             raise UserError(f"{exc} (build with --no-floorplan to let the placer choose)")
     report = build(args.board, lambda: make_top(args.top, cfg), name=args.top, out_dir=out_dir,
                    seed=args.seed, config=cfg, router=args.router, pins=pins,
-                   density=args.density, heatmaps=args.heatmaps)
+                   density=args.density, heatmaps=args.heatmaps,
+                   nextpnr_opts=args.nextpnr_opts)
     print(format_table(report))
     print(f"report: {out_dir / 'report.json'}")
     return 0
@@ -402,6 +403,9 @@ def build_parser():
                    help="the placer's maximum local density, 0.3 to 1 (nextpnr's "
                         "--placer-heap-beta, default 0.9): lower spreads the design over more "
                         "of the device, with more routing for each cell")
+    p.add_argument("--nextpnr-opts", default="", metavar="OPTS",
+                   help="more nextpnr options, appended as they are (for experiments, "
+                        "e.g. \"--no-tmdriv\")")
     p.add_argument("--heatmaps", action="store_true",
                    help="with --router router2: write its congestion heatmaps of every "
                         "iteration under DIR/heatmap/ (summed per unit by "

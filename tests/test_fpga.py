@@ -364,6 +364,9 @@ def test_build_rejects_tmp_and_bad_names(tmp_path):
     with pytest.raises(ValueError, match="router2"):
         build("icebreaker", LaneAdder, name="x", out_dir=BUILD_ROOT / "x", progress=False,
               heatmaps=True)
+    with pytest.raises(ValueError, match="plain options"):
+        build("icebreaker", LaneAdder, name="x", out_dir=BUILD_ROOT / "x", progress=False,
+              nextpnr_opts="--seed 1; rm -rf x")
     for density in (0.1, 1.5, "0.7"):
         with pytest.raises(ValueError, match="density"):
             build("icebreaker", LaneAdder, name="x", out_dir=BUILD_ROOT / "x", progress=False,
