@@ -243,7 +243,10 @@ class Attention(wiring.Component):
         klw = klsb.write_port(granularity=8)
         vw = vmem.write_port(granularity=8)
         qw = qring.write_port()
-        qr = qring.read_port()
+        # the ring is read asynchronously from a registered address (`rd_addr`, set as a pass is
+        # issued, read the next cycle: the same timing as a synchronous port addressed by the
+        # issue logic, without that logic's comparisons on the path into every LUT-RAM cell)
+        qr = qring.read_port(domain="comb")
 
         # ---------------------------------------------------------------- units
         m.submodules.qk = qk = QKArray(config=cfg)
@@ -363,6 +366,8 @@ class Attention(wiring.Component):
         m.submodules.dec = dec = SyncFIFOBuffered(width=1, depth=4)   # refetch decisions
         rd_pend, rd_full = Signal(), Signal()
         rd_tag = Signal(TAG_BITS)
+        rd_addr = Signal(2)
+        m.d.comb += qr.addr.eq(rd_addr)
         iq_v, iq_full = Signal(), Signal()
         iq_tag = Signal(TAG_BITS)
         iq_data = Signal.like(qr.data)
@@ -431,17 +436,15 @@ class Attention(wiring.Component):
                                          & ~(q_last_seen & (m_next == q_in)))
                     with m.If(m_due):
                         with m.If(free & (m_next < q_in)):
-                            m.d.comb += [qr.addr.eq(m_next[:2]), qr.en.eq(1)]
                             m.d.sync += [rd_pend.eq(1), rd_full.eq(0), rd_tag.eq(m_next),
-                                         m_next.eq(m_next + 1)]
+                                         rd_addr.eq(m_next[:2]), m_next.eq(m_next + 1)]
                     with m.Elif(dec.r_rdy):
                         with m.If(dec.r_data[0]):
                             m.d.comb += self.lsb_needed.eq(~self.lsb_ready)
                             with m.If(free & self.lsb_ready):
-                                m.d.comb += [dec.r_en.eq(1), qr.addr.eq(f_next[:2]),
-                                             qr.en.eq(1)]
+                                m.d.comb += dec.r_en.eq(1)
                                 m.d.sync += [rd_pend.eq(1), rd_full.eq(1), rd_tag.eq(f_next),
-                                             f_next.eq(f_next + 1)]
+                                             rd_addr.eq(f_next[:2]), f_next.eq(f_next + 1)]
                         with m.Else():
                             m.d.comb += dec.r_en.eq(1)
                             m.d.sync += f_next.eq(f_next + 1)
@@ -449,9 +452,8 @@ class Attention(wiring.Component):
                     with m.If(free & (m_next < q_in)):
                         m.d.comb += self.lsb_needed.eq(~self.lsb_ready)
                         with m.If(self.lsb_ready):
-                            m.d.comb += [qr.addr.eq(m_next[:2]), qr.en.eq(1)]
                             m.d.sync += [rd_pend.eq(1), rd_full.eq(1), rd_tag.eq(m_next),
-                                         m_next.eq(m_next + 1)]
+                                         rd_addr.eq(m_next[:2]), m_next.eq(m_next + 1)]
                 # outputs
                 final = Signal()
                 m.d.comb += [

@@ -404,8 +404,8 @@ def build_parser():
                         "--placer-heap-beta, default 0.9): lower spreads the design over more "
                         "of the device, with more routing for each cell")
     p.add_argument("--nextpnr-opts", default="", metavar="OPTS",
-                   help="more nextpnr options, appended as they are (for experiments, "
-                        "e.g. \"--no-tmdriv\")")
+                   help="more nextpnr options, appended as they are (for experiments; "
+                        "give them with '=': --nextpnr-opts=--no-tmdriv)")
     p.add_argument("--heatmaps", action="store_true",
                    help="with --router router2: write its congestion heatmaps of every "
                         "iteration under DIR/heatmap/ (summed per unit by "
