@@ -166,9 +166,10 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         raise TypeError(f"config must be a Config or None, not {config!r}")
     if router not in ("router1", "router2"):
         raise ValueError(f"router must be 'router1' or 'router2', not {router!r}")
-    if density is not None and not (isinstance(density, (int, float)) and 0.3 <= density <= 1):
+    if density is not None and (isinstance(density, bool) or not isinstance(density, (int, float))
+                                or not 0.3 <= density <= 1):
         raise ValueError(f"density must be a number from 0.3 to 1, not {density!r}")
-    if not isinstance(nextpnr_opts, str) or any(c in nextpnr_opts for c in ";|&$`\n"):
+    if not isinstance(nextpnr_opts, str) or not re.fullmatch(r"[-\w.=/:, ]*", nextpnr_opts):
         raise ValueError(f"nextpnr_opts must be plain options, not {nextpnr_opts!r}")
     if heatmaps and router != "router2":
         raise ValueError("heatmaps come from router2 only: pass router='router2'")
@@ -189,9 +190,11 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     if heatmaps:
         (out_dir / "heatmap").mkdir(exist_ok=True)
+        for stale in (out_dir / "heatmap").glob("heat_*.csv"):
+            stale.unlink()
     bit_name = f"{name}.bit" if b.family == "ecp5" else f"{name}.bin"
     for stale in (bit_name, f"{name}.tim", f"{name}.rpt", "nextpnr_report.json", "report.json",
-                  f"{name}.config", f"{name}.asc"):
+                  f"{name}.config", f"{name}.asc", "pins.placed.json"):
         (out_dir / stale).unlink(missing_ok=True)
 
     overrides = {"nextpnr_opts": f"--report nextpnr_report.json --seed {seed} "
@@ -298,6 +301,11 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         "build_dir": str(out_dir),
         "build_seconds": round(seconds, 2),
         "seed": seed,
+        "router": router,
+        "pinned_cells": (len(json.loads((out_dir / "pins.placed.json").read_text()))
+                         if pins and (out_dir / "pins.placed.json").exists() else 0),
+        "density": density,
+        "nextpnr_opts": nextpnr_opts,
         "tools": _versions(yosys_log),
     }
     if not met:

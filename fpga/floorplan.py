@@ -1,4 +1,4 @@
-"""Where the query pipeline's multipliers go on the ECP5-85F.
+"""Where the query pipeline's multipliers and block RAMs go on the ECP5-85F.
 
 The LFE5U-85F has its 156 MULT18X18D sites in three rows (Y = 10, 34, 58) of 13 DSP tiles, four
 multipliers a tile, across the whole width of the die. The pipeline at the default
@@ -14,9 +14,14 @@ rows of its own, in the order its wiring wants:
   of equal e mod 8, each group on neighbouring sites: whole groups in row 58, the rest from the
   right end of row 34, the lane's own multipliers just left of them.
 
-The other multipliers (the softmax's) take what is left. `attention_bels` returns the BEL of
-each pinned multiplier, by hierarchical cell name; `fpga.build.build(bels=...)` sets them as
-``BEL`` attributes after synthesis, which nextpnr honours (it fails if a site does not exist).
+The other multipliers (the softmax's) take what is left. The block RAMs go to the rows between
+(`attention_pins`): the K planes between the Q.K array's rows, the V buffer between prob x V's,
+each block near the lanes its bits feed (approximately: a block holds bits of about three
+neighbouring lanes, which are in different fold groups), the softmax's and the top-k engine's
+below prob x V. `attention_bels` returns the BEL of each pinned multiplier by hierarchical cell
+name, `attention_pins` those and the block-RAM rules; `fpga.build.build(pins=...)` hands them to
+`fpga.pins` (``spatten-nextpnr-ecp5``), which sets them as ``BEL`` attributes in the netlist
+between Yosys and nextpnr (nextpnr fails if a site does not exist).
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ ATTENTION_PATHS = {"attention": "dut", "attention_fed": "dut.unit"}
 ECP5_85F_DSP_ROWS = (10, 34, 58)
 #: rows of DP16KD (block RAM) sites on the LFE5U-85F
 ECP5_85F_EBR_ROWS = (22, 46, 70, 82)
-#: first column of each DSP tile (and of each block-RAM tile, whose sites are x, x+2, x+4, x+6) (sites at x, x+1, x+4, x+5; the clock spine sits at 64-68)
+#: first column of each DSP tile (sites at x, x+1, x+4, x+5) and of each block-RAM tile (sites
+#: at x, x+2, x+4, x+6); the clock spine sits at columns 64-68
 _TILE_X = (4, 13, 22, 31, 40, 49, 58, 69, 78, 87, 96, 105, 114)
 _SITE = ((0, "MULT18_0"), (1, "MULT18_1"), (4, "MULT18_4"), (5, "MULT18_5"))
 SITES_PER_ROW = len(_TILE_X) * len(_SITE)

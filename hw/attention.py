@@ -366,7 +366,7 @@ class Attention(wiring.Component):
         m.submodules.dec = dec = SyncFIFOBuffered(width=1, depth=4)   # refetch decisions
         rd_pend, rd_full = Signal(), Signal()
         rd_tag = Signal(TAG_BITS)
-        rd_addr = Signal(2)
+        rd_addr = Signal(range(RING))
         m.d.comb += qr.addr.eq(rd_addr)
         iq_v, iq_full = Signal(), Signal()
         iq_tag = Signal(TAG_BITS)

@@ -19,7 +19,8 @@ class Fed(wiring.Component):
     """A unit whose wide inputs come from inside, for synthesis in its real surroundings.
 
     Every input port or input-stream payload wider than `narrow` bits is driven from a shift
-    register of its own that takes ``beat`` (``width`` bits) whenever ``beat_valid`` is high (as
+    register of its own (the k-th of them in the order of the signature) that takes ``beat``
+    (``width`` bits) rotated left by 7k bits whenever ``beat_valid`` is high (as
     the fetch unit's realigners do for each buffer, rather than from thousands of device pins or
     harness bits; one register shared by all of them would be a bus to every buffer of the unit
     at once); every other member of the unit is a member of this top under the same name
@@ -46,8 +47,11 @@ class Fed(wiring.Component):
         for k, value in enumerate(self._wide):
             bits = len(Value.cast(value))
             sr = Signal(max(bits, self.width), name=f"sr{k}")
+            # register k takes the beat rotated by 7k bits: registers fed the same bits would be
+            # merged into one by the synthesis tools (equal flip-flops), undoing the point
+            beat = self.beat.rotate_left(7 * k % self.width)
             with m.If(self.beat_valid):
-                m.d.sync += sr.eq(Cat(sr[self.width:], self.beat))
+                m.d.sync += sr.eq(Cat(sr[self.width:], beat))
             m.d.comb += value.eq(sr[:bits])
         for name, flow, value in self._pass:
             mine = getattr(self, name)

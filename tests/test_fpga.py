@@ -300,8 +300,8 @@ def test_harness_elaborates_on_each_board(name):
 
 def test_fed_drives_wide_inputs_from_its_shift_register():
     """`hw.tops.Fed`: a payload wider than `narrow` is the low bits of a shift register of its
-    own that takes `beat` when `beat_valid` is high; narrow members stay ports under their
-    names."""
+    own that takes `beat` (the k-th register: rotated left by 7k bits) when `beat_valid` is high;
+    narrow members stay ports under their names."""
     from amaranth.sim import Simulator
 
     from spatten.hw.tops import Fed
@@ -339,8 +339,11 @@ def test_fed_drives_wide_inputs_from_its_shift_register():
     sim.run()
     # a 40-bit register shifted right by 16 three times: 0x3333 on top, 0x2222 below it, then
     # the top 8 bits of 0x1111
-    # the 24-bit input has a 24-bit register of its own: 0x3333 on top of 0x2222's top byte
-    assert seen == [(0x3333 << 24) | (0x2222 << 8) | 0x11, (0x3333 << 8) | 0x22]
+    # the 24-bit input has a 24-bit register of its own, fed the beat rotated left by 7 bits:
+    # 0x3333 on top of 0x2222's top byte
+    def rot(x):
+        return ((x << 7) | (x >> 9)) & 0xFFFF
+    assert seen == [(0x3333 << 24) | (0x2222 << 8) | 0x11, (rot(0x3333) << 8) | (rot(0x2222) >> 8)]
 
 
 def test_harness_rejects_bad_duts():
@@ -367,7 +370,10 @@ def test_build_rejects_tmp_and_bad_names(tmp_path):
     with pytest.raises(ValueError, match="plain options"):
         build("icebreaker", LaneAdder, name="x", out_dir=BUILD_ROOT / "x", progress=False,
               nextpnr_opts="--seed 1; rm -rf x")
-    for density in (0.1, 1.5, "0.7"):
+    with pytest.raises(ValueError, match="plain options"):
+        build("icebreaker", LaneAdder, name="x", out_dir=BUILD_ROOT / "x", progress=False,
+              nextpnr_opts="--log > /etc/x")
+    for density in (0.1, 1.5, "0.7", True):
         with pytest.raises(ValueError, match="density"):
             build("icebreaker", LaneAdder, name="x", out_dir=BUILD_ROOT / "x", progress=False,
                   density=density)
@@ -554,6 +560,16 @@ def test_pins_put_block_rams_near_their_columns_in_order():
         {"regex": r"u\.mem\.0\.([0-9])", "row": 22, "targets": [60]},
         {"regex": r"u\.mem\.0\.(\d\d)", "row": 22, "targets": [60]}]})
     assert len(placed) == 30 and len(set(placed.values())) == 30
+    # blocks ranked by index, then name: equal indices (copies of a memory per read port, or
+    # several memories under one rule) still spread over the targets; a pinned cell keeps its site
+    net = netlist(1)
+    net["modules"]["top"]["cells"]["u.rom.1.0"] = {"type": "DP16KD"}
+    net["modules"]["top"]["cells"]["u.rom.0.0"] = {"type": "DP16KD"}
+    placed = apply_pins(net, {"bels": {"u.mem.0.0": "X4/Y70/EBR0"}, "rows": [
+        {"regex": r"u\.(?:rom|mem)\.\d\.(\d+)", "row": 70, "targets": [10, 110]}]})
+    assert placed["u.mem.0.0"] == "X4/Y70/EBR0"
+    assert abs(int(placed["u.rom.0.0"].split("/")[0][1:]) - 10) <= 2
+    assert abs(int(placed["u.rom.1.0"].split("/")[0][1:]) - 110) <= 2
     with pytest.raises(ValueError, match="no cell named"):
         apply_pins(netlist(2), {"bels": {"u.nope": "X4/Y10/MULT18_0"}})
     with pytest.raises(ValueError, match="no block RAM matches"):
