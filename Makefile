@@ -58,7 +58,7 @@ synth: $(STAMP)
 	$(SPATTEN) synth --board ulx3s-85f --top topk --config default
 	$(SPATTEN) synth --board icebreaker --top topk --config small
 	# the query pipeline, fed as the fetch unit feeds it: at half the multipliers it routes
-	# (about 10 minutes); the default configuration does not route yet (README, "ECP5-85F")
+	# (10 to 30 minutes); the default configuration does not route yet (README, "ECP5-85F")
 	$(SPATTEN) synth --board ulx3s-85f --top attention_fed --config half --router router2
 
 demo: $(STAMP)

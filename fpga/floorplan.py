@@ -119,14 +119,16 @@ def attention_pins(cfg: AttentionConfig, prefix: str) -> dict:
 
     - The V buffer in the block-RAM row between prob x V's two rows (46), each block near the
       lanes its bits feed; the K planes in the row between the Q.K array's (22), likewise.
-    - The softmax's blocks in row 70, the top-k engine's and the kept-pair FIFO's in row 82 at
-      the middle: the rows below prob x V, which the placer otherwise leaves empty (it packs
-      everything around the pinned multipliers), so that the two units take that room.
+    - The softmax's blocks in row 70, the top-k engine's and the kept-pair FIFO's in row 82,
+      each unit's together at the middle: the rows below prob x V, which the placer otherwise
+      leaves empty (it packs everything around the pinned multipliers), so that the two units
+      take that room.
     """
     bels = attention_bels(cfg, prefix)
     qk_x = [_column(bels[f"{prefix}.qk.mul{e}.dsp"]) for e in range(cfg.qk_mults)]
     pv_x = [_column(bels[f"{prefix}.pv.mul{e}.dsp"]) for e in range(cfg.pv_mults)]
-    middle = list(range(30, 100, 5))
+    # a unit's own block RAMs close together (spread out, they pull its logic apart)
+    middle = list(range(56, 76, 4))
     esc = prefix.replace(".", r"\.")
     return {
         "bels": bels,
