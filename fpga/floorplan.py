@@ -29,8 +29,8 @@ from __future__ import annotations
 from spatten.config import AttentionConfig
 
 __all__ = ["ECP5_85F_DSP_ROWS", "ECP5_85F_EBR_ROWS", "ATTENTION_PATHS", "dsp_sites",
-           "ebr_sites", "qk_lane_order", "pv_lane_order", "attention_bels", "attention_pins",
-           "top_pins"]
+           "ebr_sites", "bel_column", "qk_lane_order", "pv_lane_order", "attention_bels",
+           "attention_pins", "top_pins"]
 
 #: where the `hw.attention.Attention` sits inside the board harness, per `hw.tops` name
 ATTENTION_PATHS = {"attention": "dut", "attention_fed": "dut.unit"}
@@ -109,7 +109,8 @@ def attention_bels(cfg: AttentionConfig, prefix: str) -> dict[str, str]:
     return bels
 
 
-def _column(bel: str) -> int:
+def bel_column(bel: str) -> int:
+    """The column (X) of a BEL name such as ``X13/Y46/EBR0``."""
     return int(bel.split("/")[0][1:])
 
 
@@ -125,8 +126,8 @@ def attention_pins(cfg: AttentionConfig, prefix: str) -> dict:
       take that room.
     """
     bels = attention_bels(cfg, prefix)
-    qk_x = [_column(bels[f"{prefix}.qk.mul{e}.dsp"]) for e in range(cfg.qk_mults)]
-    pv_x = [_column(bels[f"{prefix}.pv.mul{e}.dsp"]) for e in range(cfg.pv_mults)]
+    qk_x = [bel_column(bels[f"{prefix}.qk.mul{e}.dsp"]) for e in range(cfg.qk_mults)]
+    pv_x = [bel_column(bels[f"{prefix}.pv.mul{e}.dsp"]) for e in range(cfg.pv_mults)]
     # a unit's own block RAMs close together (spread out, they pull its logic apart)
     middle = list(range(56, 76, 4))
     esc = prefix.replace(".", r"\.")

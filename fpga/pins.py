@@ -28,7 +28,7 @@ import re
 import subprocess
 import sys
 
-from .floorplan import ebr_sites
+from .floorplan import bel_column, ebr_sites
 
 __all__ = ["apply_pins", "main"]
 
@@ -71,7 +71,7 @@ def apply_pins(netlist: dict, pins: dict) -> dict[str, str]:
         want.sort()
         for i, (x, _, name) in enumerate(want):
             room = len(free) - (len(want) - i)           # sites that must stay for the rest
-            best = min(range(room + 1), key=lambda j: abs(_col(free[j]) - x))
+            best = min(range(room + 1), key=lambda j: abs(bel_column(free[j]) - x))
             site = free.pop(best)
             free = free[best:]
             placed[name] = site
@@ -80,9 +80,6 @@ def apply_pins(netlist: dict, pins: dict) -> dict[str, str]:
         cells[cell].setdefault("attributes", {})["BEL"] = bel
     return placed
 
-
-def _col(site: str) -> int:
-    return int(site.split("/")[0][1:])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -454,7 +454,7 @@ def test_build_topk_small_on_icebreaker():
 
 def test_attention_floorplan_pins_each_array_in_its_own_rows():
     from spatten.fpga.floorplan import (ECP5_85F_DSP_ROWS, attention_bels, attention_pins,
-                                        dsp_sites, pv_lane_order, top_pins)
+                                        bel_column, dsp_sites, pv_lane_order, top_pins)
 
     cfg = Config().attention
     bels = attention_bels(cfg, "dut.unit")
@@ -470,8 +470,7 @@ def test_attention_floorplan_pins_each_array_in_its_own_rows():
     def row(site):
         return int(site.split("/")[1][1:])
 
-    def col(site):
-        return int(site.split("/")[0][1:])
+    col = bel_column
     # Q.K: 48 lanes (three whole 16-lane subtrees) in row 10 in lane order, 16 in row 34
     assert [row(qk[e]) for e in range(64)] == [10] * 48 + [34] * 16
     assert all(col(qk[e]) < col(qk[e + 1]) for e in range(47))
