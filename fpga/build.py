@@ -116,7 +116,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
           config: Config | None = None, config_name: str | None = None,
           mhz: float | None = None, router: str = "router1",
           pins: dict | None = None, density: float | None = None,
-          heatmaps: bool = False, nextpnr_opts: str = "") -> dict:
+          heatmaps: bool = False, nextpnr_opts: str = "", placer: str = "heap") -> dict:
     """Build `make_dut()` inside `BoardHarness` for `board`; return (and write) the report.
 
     Parameters:
@@ -137,8 +137,12 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
                   see `floorplan.attention_pins`. A name or rule that matches no cell fails
                   the build
         density   the placer's maximum local density (nextpnr --placer-heap-beta, 0.9 when
-                  None): lower spreads the cells over more of the device, leaving more
-                  routing to each
+                  None; "heap" placer only): lower spreads the cells over more of the device,
+                  leaving more routing to each
+        placer    nextpnr's placer: "heap" (its default, analytic with a legaliser) or
+                  "static" (electrostatic: it spreads the cells as charges; on the query pipeline
+                  at the default configuration router2 then had half the overused wires after
+                  9 iterations)
         nextpnr_opts  more nextpnr options, appended (for experiments: --no-tmdriv, ...)
         heatmaps  router2 only: write its congestion heatmaps (by net, wire type and tile) of
                   every iteration as out_dir/heatmap/heat_*.csv (see
@@ -152,7 +156,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
     clocks ({"sync": nextpnr's net name}), fmax_mhz ({clock: {"achieved", "constraint"}}, the
     sync clock under "sync"), timing_met, utilization ({cell type: {"used", "available"}}),
     synth (LUT4/FF/carry counts from Yosys), dut_bits, bitstream, build_dir, build_seconds,
-    seed, tools, and critical_path (list of str) when the sync clock misses its constraint.
+    seed, router, placer, pinned_cells, density, nextpnr_opts, tools, and critical_path (list of str) when the sync clock misses its constraint.
     Raises BuildError when a tool fails.
     """
     b = get_board(board)
@@ -171,6 +175,10 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         raise ValueError(f"density must be a number from 0.3 to 1, not {density!r}")
     if not isinstance(nextpnr_opts, str) or not re.fullmatch(r"[-\w.=/:, ]*", nextpnr_opts):
         raise ValueError(f"nextpnr_opts must be plain options, not {nextpnr_opts!r}")
+    if placer not in ("heap", "static"):
+        raise ValueError(f"placer must be 'heap' or 'static', not {placer!r}")
+    if density is not None and placer != "heap":
+        raise ValueError("density is the heap placer's (--placer-heap-beta): pass placer='heap'")
     if heatmaps and router != "router2":
         raise ValueError("heatmaps come from router2 only: pass router='router2'")
     if pins and b.family != "ecp5":
@@ -198,7 +206,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         (out_dir / stale).unlink(missing_ok=True)
 
     overrides = {"nextpnr_opts": f"--report nextpnr_report.json --seed {seed} "
-                                 f"--timing-allow-fail --router {router}"
+                                 f"--timing-allow-fail --router {router} --placer {placer}"
                                  + (f" --placer-heap-beta {density}" if density else "")
                                  + (" --router2-heatmap heatmap/heat" if heatmaps else "")
                                  + (f" {nextpnr_opts}" if nextpnr_opts else "")}
@@ -302,6 +310,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         "build_seconds": round(seconds, 2),
         "seed": seed,
         "router": router,
+        "placer": placer,
         "pinned_cells": (len(json.loads((out_dir / "pins.placed.json").read_text()))
                          if pins and (out_dir / "pins.placed.json").exists() else 0),
         "density": density,

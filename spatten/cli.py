@@ -283,7 +283,7 @@ def cmd_synth(args):
     report = build(args.board, lambda: make_top(args.top, cfg), name=args.top, out_dir=out_dir,
                    seed=args.seed, config=cfg, router=args.router, pins=pins,
                    density=args.density, heatmaps=args.heatmaps,
-                   nextpnr_opts=args.nextpnr_opts)
+                   nextpnr_opts=args.nextpnr_opts, placer=args.placer)
     print(format_table(report))
     print(f"report: {out_dir / 'report.json'}")
     return 0
@@ -399,8 +399,12 @@ def build_parser():
                         "icebreaker)")
     p.add_argument("--router", choices=["router1", "router2"], default="router1",
                    help="nextpnr router (default router1; router2 copes better with congestion)")
+    p.add_argument("--placer", choices=["heap", "static"], default="heap",
+                   help="nextpnr placer (default heap; static spreads the cells more evenly: on "
+                        "the full pipeline router2 then had half the overused wires after 9 "
+                        "iterations)")
     p.add_argument("--density", type=float, default=None,
-                   help="the placer's maximum local density, 0.3 to 1 (nextpnr's "
+                   help="the heap placer's maximum local density, 0.3 to 1 (nextpnr's "
                         "--placer-heap-beta, default 0.9): lower spreads the design over more "
                         "of the device, with more routing for each cell")
     p.add_argument("--nextpnr-opts", default="", metavar="OPTS",

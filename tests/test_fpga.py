@@ -377,6 +377,12 @@ def test_build_rejects_tmp_and_bad_names(tmp_path):
         with pytest.raises(ValueError, match="density"):
             build("icebreaker", LaneAdder, name="x", out_dir=BUILD_ROOT / "x", progress=False,
                   density=density)
+    with pytest.raises(ValueError, match="placer must be"):
+        build("icebreaker", LaneAdder, name="x", out_dir=BUILD_ROOT / "x", progress=False,
+              placer="sa")
+    with pytest.raises(ValueError, match="heap placer"):
+        build("icebreaker", LaneAdder, name="x", out_dir=BUILD_ROOT / "x", progress=False,
+              placer="static", density=0.7)
 
 
 # ---------------------------------------------------------------------------------------------
