@@ -57,8 +57,8 @@ bench: $(STAMP)
 synth: $(STAMP)
 	$(SPATTEN) synth --board ulx3s-85f --top topk --config default
 	$(SPATTEN) synth --board icebreaker --top topk --config small
-	# the query pipeline, fed as the fetch unit feeds it, at half the multipliers (51.4 MHz,
-	# about 10 minutes); at the default configuration router2 stalls (README, "ECP5-85F")
+	# the query pipeline, fed as the fetch unit feeds it, at half the multipliers (about 10
+	# minutes); at the default configuration router2 stalls (README, "ECP5-85F")
 	$(SPATTEN) synth --board ulx3s-85f --top attention_fed --config half --router router2
 
 demo: $(STAMP)

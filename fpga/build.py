@@ -140,9 +140,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
                   None; "heap" placer only): lower spreads the cells over more of the device,
                   leaving more routing to each
         placer    nextpnr's placer: "heap" (its default, analytic with a legaliser) or
-                  "static" (electrostatic: it spreads the cells as charges; on the query pipeline
-                  at the default configuration router2 then had half the overused wires after
-                  9 iterations)
+                  "static" (electrostatic: it spreads the cells as charges; README, "ECP5-85F",
+                  compares the two on the query pipeline)
         nextpnr_opts  more nextpnr options, appended (for experiments: --no-tmdriv, ...)
         heatmaps  router2 only: write its congestion heatmaps (by net, wire type and tile) of
                   every iteration as out_dir/heatmap/heat_*.csv (see
@@ -156,7 +155,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
     clocks ({"sync": nextpnr's net name}), fmax_mhz ({clock: {"achieved", "constraint"}}, the
     sync clock under "sync"), timing_met, utilization ({cell type: {"used", "available"}}),
     synth (LUT4/FF/carry counts from Yosys), dut_bits, bitstream, build_dir, build_seconds,
-    seed, router, placer, pinned_cells, density, nextpnr_opts, tools, and critical_path (list of str) when the sync clock misses its constraint.
+    seed, router, placer, pinned_cells, density, nextpnr_opts, tools, and critical_path (list
+    of str) when the sync clock misses its constraint.
     Raises BuildError when a tool fails.
     """
     b = get_board(board)

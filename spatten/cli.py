@@ -400,9 +400,8 @@ def build_parser():
     p.add_argument("--router", choices=["router1", "router2"], default="router1",
                    help="nextpnr router (default router1; router2 copes better with congestion)")
     p.add_argument("--placer", choices=["heap", "static"], default="heap",
-                   help="nextpnr placer (default heap; static spreads the cells more evenly: on "
-                        "the full pipeline router2 then had half the overused wires after 9 "
-                        "iterations)")
+                   help="nextpnr placer (default heap; static spreads the cells more evenly, "
+                        "which left router2 less congestion on the full pipeline)")
     p.add_argument("--density", type=float, default=None,
                    help="the heap placer's maximum local density, 0.3 to 1 (nextpnr's "
                         "--placer-heap-beta, default 0.9): lower spreads the design over more "
