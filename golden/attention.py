@@ -234,7 +234,7 @@ def value_select(cfg: AttentionConfig, p, k_v: int | None) -> np.ndarray:
         return np.arange(n, dtype=np.int64)
     if k_v < 1:
         raise AttentionError(f"k_v = {k_v}: value pruning must keep at least one key")
-    return _topk_select(cfg.topk, p, int(k_v)).indices
+    return _topk_select(cfg.topk, p - cfg.topk_offset, int(k_v)).indices
 
 
 @dataclass

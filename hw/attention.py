@@ -545,8 +545,10 @@ class Attention(wiring.Component):
                 widen.i.payload.count.eq(f1.payload.count),
                 widen.i.payload.last.eq(f1.payload.last),
             ]
+            # the engine sees p - 2**15 (config `topk`): bit 15 inverted on the way in and out
+            off = cfg.topk_offset
             for j in range(S):
-                m.d.comb += widen.i.payload.data[j].eq(f1.payload.data[j])
+                m.d.comb += widen.i.payload.data[j].eq(f1.payload.data[j] ^ off)
             m.d.comb += [
                 topk.i.valid.eq(widen.o.valid), widen.o.ready.eq(topk.i.ready),
                 topk.i.payload.count.eq(widen.o.payload.count),
@@ -561,7 +563,8 @@ class Attention(wiring.Component):
             ]
             for j in range(P):
                 m.d.comb += [narrow.i.payload.data[j].index.eq(topk.o.payload.index[j]),
-                             narrow.i.payload.data[j].prob.eq(topk.o.payload.value[j])]
+                             narrow.i.payload.data[j].prob.eq(
+                                 topk.o.payload.value[j].as_unsigned() ^ off)]
             m.d.comb += [pairs_v.eq(narrow.o.valid), narrow.o.ready.eq(pairs_r),
                          pairs.eq(narrow.o.payload)]
         with m.Else():

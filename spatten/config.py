@@ -265,10 +265,18 @@ class AttentionConfig:
 
     @property
     def topk(self) -> TopKConfig:
-        """The top-k engine of local value pruning: probabilities (U0.16) as non-negative signed
-        values, so 17 bits."""
-        return TopKConfig(lanes=self.topk_lanes, value_width=self.prob_bits + 1,
+        """The top-k engine of local value pruning. It sees each probability p (U0.16) as the
+        16-bit signed value p - 2**15 (bit 15 inverted: no logic), an order-preserving one-to-one
+        map, so its key (the value with the sign bit flipped) is p itself: 16 key bits, four
+        4-bit digits. (As a non-negative 17-bit value, p would need five digits, the first of
+        them the same for every key: one more pass over the whole row that keeps every key.)"""
+        return TopKConfig(lanes=self.topk_lanes, value_width=self.prob_bits,
                           capacity=self.capacity, digit_bits=self.topk_digit_bits)
+
+    @property
+    def topk_offset(self) -> int:
+        """What the pipeline subtracts from a probability before the top-k engine (2**15)."""
+        return 1 << (self.prob_bits - 1)
 
     def exp_table(self) -> list[int]:
         """round(2**16 * 2**(-f / 2**y_frac_bits)) for every fraction f: the exponent ROM."""
