@@ -24,15 +24,29 @@ class Fed(wiring.Component):
     the fetch unit's realigners do for each buffer, rather than from thousands of device pins or
     harness bits; one register shared by all of them would be a bus to every buffer of the unit
     at once); every other member of the unit is a member of this top under the same name
-    (``load`` becomes ``load__valid`` and ``load__ready``, and so on)."""
+    (``q`` becomes ``q__valid`` and ``q__ready``, and so on).
 
-    def __init__(self, unit: wiring.Component, *, width: int = 128, narrow: int = 64):
-        self.unit, self.width, self.narrow = unit, width, narrow
+    ``unused`` names top-level members of the unit that its real surroundings leave idle: their
+    inputs stay at their reset values (a stream's ``valid`` at 0, so the synthesis tools remove
+    what only they would drive) and their outputs are not connected."""
+
+    def __init__(self, unit: wiring.Component, *, width: int = 128, narrow: int = 64,
+                 unused: tuple = ()):
+        names = {str(path[0]) for path, _, _ in unit.signature.flatten(unit)}
+        unknown = [u for u in unused if u not in names]
+        if isinstance(unused, str) or unknown:
+            self._MustUse__silence = True      # refused: never to be elaborated
+            raise ValueError(f"unused must be a tuple of the unit's member names, not {unused!r}"
+                             + (f" ({', '.join(map(repr, unknown))} not among them)"
+                                if unknown and not isinstance(unused, str) else ""))
+        self.unit, self.width, self.narrow, self.unused = unit, width, narrow, tuple(unused)
         members = {"beat": In(width), "beat_valid": In(1)}
         self._wide = []            # (path, value) driven from the shift register
         self._pass = []            # (name, flow, value)
         for path, member, value in unit.signature.flatten(unit):
             name = "__".join(str(p) for p in path)
+            if str(path[0]) in self.unused:
+                continue
             if member.flow == In and len(Value.cast(value)) > narrow:
                 self._wide.append(value)
             else:
@@ -82,8 +96,11 @@ def _core(cfg: Config):
 
 
 def _attention_fed(cfg: Config):
-    # the pipeline with its buffer writes, load words and queries filled 128 bits a cycle
-    return Fed(_attention(cfg))
+    # The pipeline as `hw.core.Core` drives it: the buffer writes of the memory side (K MSB,
+    # K LSB and V rows) and the queries filled 128 bits a cycle. `load`, the standalone
+    # pipeline's own loader of the same buffers, is idle in the Core; fed as well, it was a
+    # second 768-bit write path to every K and V block RAM (17 % of router2's early congestion).
+    return Fed(_attention(cfg), unused=("load",))
 
 
 TOPS = {

@@ -321,6 +321,16 @@ def test_fed_drives_wide_inputs_from_its_shift_register():
     top = Fed(Wide(), width=16, narrow=8)
     names = [n for n, _ in dut_port_bits(top)[0]]
     assert names == ["beat", "beat_valid", "i__valid", "k"] and top.wide_bits == 40
+    # members left idle: no ports, no shift register (the unit's input keeps its reset value)
+    idle = Fed(Wide(), width=16, narrow=8, unused=("i", "o"))
+    assert [n for n, _ in dut_port_bits(idle)[0]] == ["beat", "beat_valid", "k"]
+    assert [n for n, _ in dut_port_bits(idle)[1]] == ["p"] and idle.wide_bits == 24
+    assert "sr0" in rtlil.convert(idle) and "sr1" not in rtlil.convert(idle)
+    for bad in (("x",), "i"):
+        unit = Wide()
+        unit._MustUse__silence = True
+        with pytest.raises(ValueError, match="unused must be a tuple of the unit's member names"):
+            Fed(unit, width=16, narrow=8, unused=bad)
     seen = []
 
     async def tb(ctx):
