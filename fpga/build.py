@@ -32,6 +32,7 @@ from ..sim.toolchain import TOOL_VARS, patched_environ, tool_env, venv_tool
 from . import report as rpt
 from .boards import board as get_board
 from .harness import BoardHarness
+from .pins import STALL_MARK
 
 __all__ = ["build", "BUILD_ROOT", "BuildError", "tool_environment"]
 
@@ -116,7 +117,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
           config: Config | None = None, config_name: str | None = None,
           mhz: float | None = None, router: str = "router1",
           pins: dict | None = None, density: float | None = None,
-          heatmaps: bool = False, nextpnr_opts: str = "", placer: str = "heap") -> dict:
+          heatmaps: bool = False, nextpnr_opts: str = "", placer: str = "heap",
+          patience: int = 12) -> dict:
     """Build `make_dut()` inside `BoardHarness` for `board`; return (and write) the report.
 
     Parameters:
@@ -146,6 +148,10 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         heatmaps  router2 only: write its congestion heatmaps (by net, wire type and tile) of
                   every iteration as out_dir/heatmap/heat_*.csv (see
                   `report.congestion_by_unit`)
+        patience  router2 on the ECP5 only: stop nextpnr once its fewest overused wires (at
+                  least 200) have not fallen 10 % in this many iterations
+                  (`report.router2_stalled`); 0 lets it run for ever. The report then says
+                  ``routed: False``
 
     The clock is made by the board's PLL at the frequency closest to the target, and nextpnr
     derives the `sync` constraint from it. Timing failure does not raise (nextpnr runs with
@@ -155,8 +161,12 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
     clocks ({"sync": nextpnr's net name}), fmax_mhz ({clock: {"achieved", "constraint"}}, the
     sync clock under "sync"), timing_met, utilization ({cell type: {"used", "available"}}),
     synth (LUT4/FF/carry counts from Yosys), dut_bits, bitstream, build_dir, build_seconds,
-    seed, router, placer, pinned_cells, density, nextpnr_opts, tools, and critical_path (list
-    of str) when the sync clock misses its constraint.
+    seed, router, placer, pinned_cells, density, nextpnr_opts, tools, routed (True), and
+    critical_path (list of str) when the sync clock misses its constraint.
+    A build whose router2 stalled (see `patience`) is not an error: its report has
+    ``routed: False``, the utilization of the placed design, ``placer_estimate_mhz`` (nextpnr's
+    timing estimate after placement), ``router2_overused`` (per iteration) and an empty
+    ``fmax_mhz``; no bitstream.
     Raises BuildError when a tool fails.
     """
     b = get_board(board)
@@ -179,6 +189,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         raise ValueError(f"placer must be 'heap' or 'static', not {placer!r}")
     if density is not None and placer != "heap":
         raise ValueError("density is the heap placer's (--placer-heap-beta): pass placer='heap'")
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        raise ValueError(f"patience must be a non-negative integer, not {patience!r}")
     if heatmaps and router != "router2":
         raise ValueError("heatmaps come from router2 only: pass router='router2'")
     if pins and b.family != "ecp5":
@@ -219,15 +231,19 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         overrides["script_after_read"] = f"hierarchy -top {name}\nflatten\nopt_clean -purge"
 
     env = tool_environment()
-    if pins:
-        # nextpnr through `fpga.pins`, which sets the pinned cells' BEL attributes first
-        pins_file = out_dir / "pins.json"
-        pins_file.write_text(json.dumps(pins, indent=1) + "\n")
+    if b.family == "ecp5":
+        # nextpnr through `fpga.pins`, which sets the pinned cells' BEL attributes first and
+        # stops a stalled router2
         wrapper = venv_tool("spatten-nextpnr-ecp5")
         if wrapper is None:
             raise BuildError(f"spatten-nextpnr-ecp5 not found beside {sys.executable}: "
                              f"reinstall the project (pip install -e .)")
-        env = {**env, "NEXTPNR_ECP5": wrapper, "SPATTEN_PINS": str(pins_file)}
+        env = {**env, "NEXTPNR_ECP5": wrapper,
+               "SPATTEN_STALL_ITERS": str(patience if router == "router2" else 0)}
+        if pins:
+            pins_file = out_dir / "pins.json"
+            pins_file.write_text(json.dumps(pins, indent=1) + "\n")
+            env["SPATTEN_PINS"] = str(pins_file)
     failure = []
 
     def run():
@@ -257,8 +273,13 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
             bar.close()
     seconds = time.time() - start
 
+    stalled = False
     if failure:
         exc = failure[0]
+        log = out_dir / f"{name}.tim"
+        stalled = (isinstance(exc, subprocess.CalledProcessError) and log.exists()
+                   and STALL_MARK in log.read_text(errors="replace"))
+    if failure and not stalled:
         if isinstance(exc, subprocess.CalledProcessError):
             log = out_dir / f"{name}.tim"
             if not log.exists():
@@ -270,7 +291,14 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
     bitstream = out_dir / bit_name
     nextpnr_log = (out_dir / f"{name}.tim").read_text(errors="replace")
     yosys_log = (out_dir / f"{name}.rpt").read_text(errors="replace")
-    parsed = rpt.parse_nextpnr(rpt.load_json(out_dir / "nextpnr_report.json"), nextpnr_log)
+    if stalled:
+        # no report from nextpnr: the placed design's utilization and timing estimate are in
+        # its log; the estimate is not an Fmax
+        parsed = {"fmax": {}, "utilization": rpt.parse_utilization_log(nextpnr_log),
+                  "critical_paths": {}}
+        estimate = rpt.parse_fmax_log(nextpnr_log)
+    else:
+        parsed = rpt.parse_nextpnr(rpt.load_json(out_dir / "nextpnr_report.json"), nextpnr_log)
 
     # nextpnr names a clock after its net: the harness's sync clock is the net "clk" (shown as
     # "$glbnet$clk" once promoted to a global on the ECP5); the other names are its aliases.
@@ -316,8 +344,16 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         "density": density,
         "nextpnr_opts": nextpnr_opts,
         "tools": _versions(yosys_log),
+        "routed": not stalled,
+        "patience": patience if router == "router2" and b.family == "ecp5" else None,
     }
-    if not met:
+    if router == "router2":
+        result["router2_overused"] = rpt.parse_router2(nextpnr_log)
+    if stalled:
+        result["placer_estimate_mhz"] = {
+            ("sync" if c.removeprefix("$glbnet$") in aliases else c): round(f["achieved"], 3)
+            for c, f in estimate.items()}
+    elif not met:
         result["critical_path"] = parsed["critical_paths"].get(sync_net, []) if sync_net else []
     (out_dir / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     if progress:

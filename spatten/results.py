@@ -59,8 +59,15 @@ def synth_table(reports: list[dict]) -> str:
         for key, label in SYNTH_CELLS.get(r.get("board"), []):
             if key in util:
                 cells.append(f"{label} {util[key]['used']} / {util[key]['available']}")
+        if r.get("routed", True):
+            fmax = f"{fm.get('achieved', 0):.1f}"
+        else:                       # router2 stalled: the placed design, no Fmax
+            over = r.get("router2_overused") or [0]
+            est = r.get("placer_estimate_mhz", {}).get("sync")
+            fmax = (f"not routed ({min(over) / 1000:.1f}k wires overused"
+                    + (f"; placer estimate {est:.1f}" if est else "") + ")")
         lines.append(f"| {r.get('board')} | {r.get('top')} | {r.get('config')} "
-                     f"| {fm.get('achieved', 0):.1f} | {fm.get('constraint', 0):.1f} "
+                     f"| {fmax} | {r.get('target_mhz', fm.get('constraint', 0)):.1f} "
                      f"| {'; '.join(cells)} |")
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -277,6 +278,99 @@ def test_format_table():
     assert "  source: a.Q" in lines and "config small" in lines[0]
 
 
+# router2's overused wires per iteration in real builds of the query pipeline on the ECP5-85F
+# (nextpnr logs): the half-size pipeline that routed at iteration 70, one with seed 5 that came
+# down to 978 and climbed again, and one at the default size that stalled near 7.3k (stopped
+# by hand after 18 iterations)
+ROUTED_70 = [55330, 33386, 20935, 12796, 8596, 5949, 4287, 3192, 2327, 1781, 1390, 1078, 849, 644,
+             531, 419, 306, 267, 223, 189, 157, 142, 103, 112, 119, 90, 78, 54, 54, 40, 34, 32,
+             26, 23, 22, 23, 22, 18, 13, 12, 10, 7, 12, 8, 6, 5, 3, 3, 3, 2, 4, 6, 4, 3, 2, 2, 2,
+             2, 1, 1, 1, 1, 1, 2, 4, 5, 2, 1, 2, 0]
+DIVERGED = [53156, 33207, 21580, 13966, 9683, 7354, 5572, 4520, 3689, 3184, 2873, 2605, 2301, 2013,
+            1764, 1668, 1409, 1272, 1140, 1078, 1157, 1140, 1105, 1114, 1085, 978, 1013, 1115,
+            1191, 1165, 1207, 1242, 1313, 1311, 1408, 1583, 1735, 2022, 2155, 2233, 2333]
+STALLED = [74706, 47783, 32270, 23017, 18149, 14209, 12266, 10886, 10032, 8983, 8473, 7860, 7452,
+           7527, 7283, 7278, 7440, 7738]
+
+
+def test_router2_stall_rule():
+    def first_stop(overused, patience=12):
+        return next((i for i in range(1, len(overused) + 1)
+                     if rpt.router2_stalled(overused[:i], patience)), None)
+
+    assert first_stop(ROUTED_70) is None            # lingers at 1-2 wires, then routes
+    assert first_stop(ROUTED_70, patience=3) is None
+    assert first_stop(DIVERGED) == 32               # best 978 at 26, only 9 % below 1078 (20)
+    assert first_stop(STALLED) is None              # 18 iterations: too few for 12
+    assert first_stop(STALLED, patience=6) == 18    # best 7278 (16) > 0.9 x 7860 (first 12)
+    assert first_stop(DIVERGED, patience=0) is None  # 0: never stop
+    assert not rpt.router2_stalled([5000] * 12, 12) and rpt.router2_stalled([5000] * 13, 12)
+    assert not rpt.router2_stalled([199] * 40, 12)  # below the floor: let it finish
+
+
+def test_router2_and_utilization_from_the_log():
+    log = ("Info: Device utilisation:\n"
+           "Info: \t          TRELLIS_IO:     9/   365     2%\n"
+           "Info: \t        TRELLIS_COMB: 43758/ 83640    52%\n"
+           "Info: \t          MULT18X18D:   139/   156    89%\n"
+           "Info: \n"
+           "Info: Placed 10 cells\n"
+           "Info: Max frequency for clock '$glbnet$clk': 49.10 MHz (FAIL at 100.00 MHz)\n"
+           "Info:     iter=1 wires=750000 overused=68483 overuse=80000 archfail=NA\n"
+           "Info:     iter=2 wires=760000 overused=42785 overuse=50000 archfail=NA\n")
+    assert rpt.parse_router2(log) == [68483, 42785]
+    assert rpt.parse_utilization_log(log) == {
+        "TRELLIS_IO": {"used": 9, "available": 365},
+        "TRELLIS_COMB": {"used": 43758, "available": 83640},
+        "MULT18X18D": {"used": 139, "available": 156}}
+    assert rpt.parse_router2("no routing yet") == [] and rpt.parse_utilization_log("") == {}
+
+
+def test_stalled_nextpnr_is_stopped(tmp_path):
+    """`fpga.pins._watched` stops a process whose log shows router2 stalled, and says so in the
+    log. The process is a stand-in (a real stall takes an hour): a script that writes router2's
+    iteration lines into its --log file and would then sleep for ten minutes."""
+    from spatten.fpga import pins
+
+    script = tmp_path / "fake_nextpnr.py"
+    script.write_text(
+        "import sys, time\n"
+        "log = sys.argv[sys.argv.index('--log') + 1]\n"
+        "with open(log, 'w') as f:\n"
+        "    for i, o in enumerate([9000, 5000] + [4000] * 20):\n"
+        "        f.write(f'Info:     iter={i + 1} wires=1 overused={o} overuse=1\\n')\n"
+        "time.sleep(600)\n")
+    log = tmp_path / "x.tim"
+    t0 = time.time()
+    status = pins._watched(sys.executable, [str(script), "--router", "router2", "--log", str(log)],
+                           str(log), patience=12, poll=0.2)
+    assert status == 3 and time.time() - t0 < 60
+    text = log.read_text()
+    assert pins.STALL_MARK in text and "fewest overused wires 4000 (iteration 3)" in text
+    # a process that ends by itself: its own status
+    done = tmp_path / "done.py"
+    done.write_text("import sys; sys.exit(5)\n")
+    assert pins._watched(sys.executable, [str(done), "--log", str(log)], str(log), 12,
+                         poll=0.2) == 5
+
+
+def test_tables_of_a_build_that_did_not_route():
+    from spatten.results import synth_table
+
+    report = {"top": "attention_fed", "board": "ulx3s-85f", "device": "LFE5U-85F",
+              "family": "ecp5", "config": "default", "target_mhz": 100.0, "fmax_mhz": {},
+              "routed": False, "router2_overused": [9000, 5000, 4100, 4000, 4050],
+              "placer_estimate_mhz": {"sync": 49.1},
+              "utilization": {"TRELLIS_COMB": {"used": 43758, "available": 83640}}}
+    table = rpt.format_table(report)
+    assert table.splitlines()[1].startswith(
+        "NOT ROUTED: router2 stalled (4000 overused wires at best, iteration 4 of 5)")
+    assert "estimate after placement 49.10 MHz" in table
+    row = synth_table([report]).splitlines()[-1]
+    assert "| not routed (4.0k wires overused; placer estimate 49.1) | 100.0 |" in row
+    assert "TRELLIS_COMB" in row or "43758 / 83640" in row
+
+
 # ---------------------------------------------------------------------------------------------
 # Harness (elaboration only: no tools)
 
@@ -393,6 +487,10 @@ def test_build_rejects_tmp_and_bad_names(tmp_path):
     with pytest.raises(ValueError, match="heap placer"):
         build("icebreaker", LaneAdder, name="x", out_dir=BUILD_ROOT / "x", progress=False,
               placer="static", density=0.7)
+    for patience in (-1, True, "3"):
+        with pytest.raises(ValueError, match="patience must be a non-negative integer"):
+            build("icebreaker", LaneAdder, name="x", out_dir=BUILD_ROOT / "x", progress=False,
+                  patience=patience)
 
 
 # ---------------------------------------------------------------------------------------------
