@@ -248,11 +248,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
 
     def run():
         try:
-            # emit_src=False: no source locations in the netlist. They hold the checkout's
-            # path, and nextpnr's results moved with them: the same pipeline built from two
-            # checkouts placed and routed like two different seeds (router2 95k against 68k
-            # overused wires after its first iteration). Without them a build is the same
-            # wherever the project sits.
+            # emit_src=False: no source locations (which hold the checkout's path) in the
+            # netlists the build leaves behind; the design is the same either way.
             platform.build(harness, name=name, build_dir=str(out_dir), do_program=False,
                            emit_src=False, **overrides)
         except BaseException as exc:  # handed to the main thread

@@ -527,7 +527,7 @@ def test_build_tiny_design(name):
     assert on_disk == json.loads(json.dumps(report))
     assert ("critical_path" in report) == (not report["timing_met"])
     assert report["routed"] is True
-    # no source locations (they hold the checkout's path, and moved nextpnr's results)
+    # no source locations (they hold the checkout's path)
     netlist = (Path(report["build_dir"]) / "lane_adder.il").read_text()
     assert "attribute \\src" not in netlist and str(BUILD_ROOT.parent) not in netlist
 
