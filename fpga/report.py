@@ -219,7 +219,8 @@ def format_table(report: dict) -> str:
                    f"{over.index(min(over)) + 1} of {len(over)}); placed design below"
                    + (f"; nextpnr's estimate after placement {est['sync']:.2f} MHz"
                       if "sync" in est else ""))
-    out.append(f"{'clock':<16}{'Fmax MHz':>10}{'constraint':>12}{'target':>9}  result")
+    if report.get("fmax_mhz"):
+        out.append(f"{'clock':<16}{'Fmax MHz':>10}{'constraint':>12}{'target':>9}  result")
     for clock, f in report.get("fmax_mhz", {}).items():
         verdict = "PASS" if f["achieved"] >= f["constraint"] else "FAIL"
         tgt = f"{target:9.2f}" if (clock == "sync" and target) else f"{'':9}"

@@ -366,6 +366,7 @@ def test_tables_of_a_build_that_did_not_route():
     assert table.splitlines()[1].startswith(
         "NOT ROUTED: router2 stalled (4000 overused wires at best, iteration 4 of 5)")
     assert "estimate after placement 49.10 MHz" in table
+    assert table.splitlines()[2].split() == ["cell", "used", "available", "percent"]   # no Fmax
     row = synth_table([report]).splitlines()[-1]
     assert "| not routed (4.0k wires overused; placer estimate 49.1) | 100.0 |" in row
     assert "TRELLIS_COMB" in row or "43758 / 83640" in row
