@@ -165,8 +165,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
     critical_path (list of str) when the sync clock misses its constraint.
     A build whose router2 stalled (see `patience`) is not an error: its report has
     ``routed: False``, the utilization of the placed design, ``placer_estimate_mhz`` (nextpnr's
-    timing estimate after placement), ``router2_overused`` (per iteration) and an empty
-    ``fmax_mhz``; no bitstream.
+    timing estimate after placement), ``router2_overused`` (per iteration), an empty
+    ``fmax_mhz`` and ``timing_met: None``; no bitstream, no critical path.
     Raises BuildError when a tool fails.
     """
     b = get_board(board)
@@ -240,6 +240,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
                              f"reinstall the project (pip install -e .)")
         env = {**env, "NEXTPNR_ECP5": wrapper,
                "SPATTEN_STALL_ITERS": str(patience if router == "router2" else 0)}
+        # (empty without pins: a SPATTEN_PINS of the caller's environment must not apply)
+        env["SPATTEN_PINS"] = ""
         if pins:
             pins_file = out_dir / "pins.json"
             pins_file.write_text(json.dumps(pins, indent=1) + "\n")
@@ -332,7 +334,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
                 "params": harness.pll.params},
         "clocks": {"sync": sync_net},
         "fmax_mhz": fmax,
-        "timing_met": met,
+        "timing_met": met if not stalled else None,
         "utilization": utilization,
         "synth": rpt.synth_summary(rpt.parse_yosys_stat(yosys_log)),
         "bitstream": str(bitstream) if bitstream.exists() else None,

@@ -141,32 +141,37 @@ def _watched(exe: str, argv: list[str], log_path: str, patience: int, poll: floa
     from .report import parse_router2, router2_stalled
 
     proc = subprocess.Popen([exe, *argv])
-    while True:
-        try:
-            status = proc.wait(timeout=poll)
-            return status
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            with open(log_path, errors="replace") as f:
-                overused = parse_router2(f.read())
-        except OSError:
-            continue
-        if router2_stalled(overused, patience):
+    try:
+        while True:
+            try:
+                return proc.wait(timeout=poll)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                with open(log_path, errors="replace") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            # whole lines only: the last one may be half written
+            overused = parse_router2(text[:text.rfind("\n") + 1])
+            if router2_stalled(overused, patience):
+                break
+    finally:
+        if proc.poll() is None:                 # a stall, or this program stopped: no orphan
             proc.terminate()
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            best = min(overused)
-            message = (f"{STALL_MARK}: fewest overused wires {best} (iteration "
-                       f"{overused.index(best) + 1}), not 10 % fewer in the {patience} "
-                       f"iterations since; stopped after iteration {len(overused)}")
-            with open(log_path, "a") as f:
-                f.write(message + "\n")
-            print(message, file=sys.stderr)
-            return 3
+    best = min(overused)
+    message = (f"{STALL_MARK}: fewest overused wires {best} (iteration "
+               f"{overused.index(best) + 1}), not 10 % fewer in the {patience} "
+               f"iterations since; stopped after iteration {len(overused)}")
+    with open(log_path, "a") as f:
+        f.write(message + "\n")
+    print(message, file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

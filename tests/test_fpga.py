@@ -334,8 +334,9 @@ def test_stalled_nextpnr_is_stopped(tmp_path):
 
     script = tmp_path / "fake_nextpnr.py"
     script.write_text(
-        "import sys, time\n"
+        "import os, sys, time\n"
         "log = sys.argv[sys.argv.index('--log') + 1]\n"
+        "open(log + '.pid', 'w').write(str(os.getpid()))\n"
         "with open(log, 'w') as f:\n"
         "    for i, o in enumerate([9000, 5000] + [4000] * 20):\n"
         "        f.write(f'Info:     iter={i + 1} wires=1 overused={o} overuse=1\\n')\n"
@@ -345,6 +346,8 @@ def test_stalled_nextpnr_is_stopped(tmp_path):
     status = pins._watched(sys.executable, [str(script), "--router", "router2", "--log", str(log)],
                            str(log), patience=12, poll=0.2)
     assert status == 3 and time.time() - t0 < 60
+    with pytest.raises(ProcessLookupError):           # stopped, not left running
+        os.kill(int((tmp_path / "x.tim.pid").read_text()), 0)
     text = log.read_text()
     assert pins.STALL_MARK in text and "fewest overused wires 4000 (iteration 3)" in text
     # a process that ends by itself: its own status

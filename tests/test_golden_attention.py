@@ -104,6 +104,26 @@ def test_value_select_ties_and_bypass():
         A.value_select(CFG, p, 0)
 
 
+def test_value_select_over_the_whole_probability_range():
+    """The engine sees p - 2**15 (bit 15 inverted): the order of the whole U0.16 range, across
+    the flip at 2**15, is kept, and so are ties (lowest index first)."""
+    def reference(p, k):                       # stable: equal values keep index order
+        return np.sort(np.argsort(-p, kind="stable")[:k])
+
+    p = np.array([0, 32767, 32768, 65535, 32768, 1, 32769, 32768, 65534, 0])
+    for k in range(1, len(p) + 1):
+        assert A.value_select(CFG, p, k).tolist() == reference(p, k).tolist(), k
+    assert A.value_select(CFG, p, 3).tolist() == [3, 6, 8]
+    assert A.value_select(CFG, p, 5).tolist() == [2, 3, 4, 6, 8]     # two of three 32768s
+    rng = np.random.default_rng(SEED + 7)
+    print("seed", SEED + 7)
+    for _ in range(50):
+        n = int(rng.integers(1, 200))
+        p = rng.choice([0, 32767, 32768, 65535, *rng.integers(0, 65536, 8)], size=n)
+        k = int(rng.integers(1, n + 1))
+        assert A.value_select(CFG, p, k).tolist() == reference(p, k).tolist()
+
+
 def test_pv_rounding_renorm_saturation():
     v = np.array([[100, -100], [3, -3]])
     F = 1 << CFG.out_frac_bits                            # output LSBs per v LSB
