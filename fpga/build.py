@@ -277,15 +277,12 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
             bar.close()
     seconds = time.time() - start
 
-    stalled = False
-    if failure:
-        exc = failure[0]
-        log = out_dir / f"{name}.tim"
-        stalled = (isinstance(exc, subprocess.CalledProcessError) and log.exists()
-                   and STALL_MARK in log.read_text(errors="replace"))
+    log = out_dir / f"{name}.tim"
+    stalled = bool(failure) and isinstance(failure[0], subprocess.CalledProcessError) \
+        and log.exists() and STALL_MARK in log.read_text(errors="replace")
     if failure and not stalled:
+        exc = failure[0]
         if isinstance(exc, subprocess.CalledProcessError):
-            log = out_dir / f"{name}.tim"
             if not log.exists():
                 log = out_dir / f"{name}.rpt"
             raise BuildError(f"{b.name} build of {name} failed ({exc}); end of {log}:\n"
@@ -293,14 +290,14 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         raise exc
 
     bitstream = out_dir / bit_name
-    nextpnr_log = (out_dir / f"{name}.tim").read_text(errors="replace")
+    nextpnr_log = log.read_text(errors="replace")
     yosys_log = (out_dir / f"{name}.rpt").read_text(errors="replace")
     if stalled:
         # no report from nextpnr: the placed design's utilization and timing estimate are in
-        # its log; the estimate is not an Fmax
-        parsed = {"fmax": {}, "utilization": rpt.parse_utilization_log(nextpnr_log),
-                  "critical_paths": {}}
-        estimate = rpt.parse_fmax_log(nextpnr_log)
+        # its log (the estimate goes through the clock naming below, then out of fmax_mhz: it
+        # is not an Fmax)
+        parsed = {"fmax": rpt.parse_fmax_log(nextpnr_log),
+                  "utilization": rpt.parse_utilization_log(nextpnr_log), "critical_paths": {}}
     else:
         parsed = rpt.parse_nextpnr(rpt.load_json(out_dir / "nextpnr_report.json"), nextpnr_log)
 
@@ -333,8 +330,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
                 "f_out_mhz": harness.pll.f_out_mhz, "f_vco_mhz": harness.pll.f_vco_mhz,
                 "params": harness.pll.params},
         "clocks": {"sync": sync_net},
-        "fmax_mhz": fmax,
-        "timing_met": met if not stalled else None,
+        "fmax_mhz": {} if stalled else fmax,
+        "timing_met": None if stalled else met,
         "utilization": utilization,
         "synth": rpt.synth_summary(rpt.parse_yosys_stat(yosys_log)),
         "bitstream": str(bitstream) if bitstream.exists() else None,
@@ -354,9 +351,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
     if router == "router2":
         result["router2_overused"] = rpt.parse_router2(nextpnr_log)
     if stalled:
-        result["placer_estimate_mhz"] = {
-            ("sync" if c.removeprefix("$glbnet$") in aliases else c): round(f["achieved"], 3)
-            for c, f in estimate.items()}
+        result["placer_estimate_mhz"] = {c: f["achieved"] for c, f in fmax.items()}
     elif not met:
         result["critical_path"] = parsed["critical_paths"].get(sync_net, []) if sync_net else []
     (out_dir / "report.json").write_text(json.dumps(result, indent=2) + "\n")

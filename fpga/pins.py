@@ -19,7 +19,7 @@ The sites it chose go to ``PINS.placed.json`` beside the pins file. A pinned nam
 no cell, or a rule that matches none, is an error (exit status 2, before nextpnr runs; the
 message also goes to nextpnr's ``--log`` file).
 
-With ``SPATTEN_STALL_ITERS`` = N > 0 and router2, it reads nextpnr's ``--log`` as nextpnr
+With ``SPATTEN_STALL_ITERS`` = N > 0 (`fpga.build` sets it for router2 only), it reads nextpnr's ``--log`` as nextpnr
 writes it and stops nextpnr once router2 has stalled (`fpga.report.router2_stalled` with
 patience N: its fewest overused wires, at least 200, not 10 % fewer than N iterations before),
 writing `STALL_MARK` and the figures into the log: exit status 3. Left alone, router2 on a
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     patience = int(os.environ.get("SPATTEN_STALL_ITERS", "0") or 0)
-    if patience > 0 and "--log" in argv[:-1] and "router2" in argv:
+    if patience > 0 and "--log" in argv[:-1]:      # (`fpga.build` sets it for router2 only)
         return _watched(exe, argv, argv[argv.index("--log") + 1], patience)
     return subprocess.call([exe, *argv])
 
@@ -138,7 +138,7 @@ def _watched(exe: str, argv: list[str], log_path: str, patience: int, poll: floa
     (`fpga.report.router2_stalled`) and say so in the log (`STALL_MARK`): exit status 3."""
     import time
 
-    from .report import parse_router2, router2_stalled
+    from .report import parse_router2, router2_best, router2_stalled
 
     proc = subprocess.Popen([exe, *argv])
     try:
@@ -164,9 +164,9 @@ def _watched(exe: str, argv: list[str], log_path: str, patience: int, poll: floa
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    best = min(overused)
+    best, at = router2_best(overused)
     message = (f"{STALL_MARK}: fewest overused wires {best} (iteration "
-               f"{overused.index(best) + 1}), not 10 % fewer in the {patience} "
+               f"{at}), not 10 % fewer in the {patience} "
                f"iterations since; stopped after iteration {len(overused)}")
     with open(log_path, "a") as f:
         f.write(message + "\n")

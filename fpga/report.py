@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 __all__ = ["IMPORTANT_CELLS", "parse_nextpnr", "parse_fmax_log", "parse_router2",
-           "parse_utilization_log", "router2_stalled", "critical_path_from_json",
+           "parse_utilization_log", "router2_best", "router2_stalled", "critical_path_from_json",
            "critical_path_from_log", "parse_yosys_stat", "synth_summary", "format_table",
            "load_json", "congestion_by_unit"]
 
@@ -71,6 +71,12 @@ def parse_utilization_log(log: str) -> dict:
             continue
         util[m.group(1)] = {"used": int(m.group(2)), "available": int(m.group(3))}
     return util
+
+
+def router2_best(overused: list[int]) -> tuple[int, int]:
+    """(fewest overused wires, the 1-based iteration that first had them)."""
+    best = min(overused)
+    return best, overused.index(best) + 1
 
 
 def router2_stalled(overused: list[int], patience: int, *, floor: int = 200,
@@ -215,8 +221,9 @@ def format_table(report: dict) -> str:
     if not report.get("routed", True):
         over = report.get("router2_overused") or [0]
         est = report.get("placer_estimate_mhz", {})
-        out.append(f"NOT ROUTED: router2 stalled ({min(over)} overused wires at best, iteration "
-                   f"{over.index(min(over)) + 1} of {len(over)}); placed design below"
+        best, at = router2_best(over)
+        out.append(f"NOT ROUTED: router2 stalled ({best} overused wires at best, iteration "
+                   f"{at} of {len(over)}); placed design below"
                    + (f"; nextpnr's estimate after placement {est['sync']:.2f} MHz"
                       if "sync" in est else ""))
     if report.get("fmax_mhz"):

@@ -33,12 +33,10 @@ class Fed(wiring.Component):
     def __init__(self, unit: wiring.Component, *, width: int = 128, narrow: int = 64,
                  unused: tuple = ()):
         names = {str(path[0]) for path, _, _ in unit.signature.flatten(unit)}
-        unknown = [u for u in unused if u not in names]
-        if isinstance(unused, str) or unknown:
+        if isinstance(unused, str) or not set(unused) <= names:
             self._MustUse__silence = True      # refused: never to be elaborated
-            raise ValueError(f"unused must be a tuple of the unit's member names, not {unused!r}"
-                             + (f" ({', '.join(map(repr, unknown))} not among them)"
-                                if unknown and not isinstance(unused, str) else ""))
+            raise ValueError(f"unused must be a tuple of the unit's member names "
+                             f"({', '.join(sorted(names))}), not {unused!r}")
         self.unit, self.width, self.narrow, self.unused = unit, width, narrow, tuple(unused)
         members = {"beat": In(width), "beat_valid": In(1)}
         self._wide = []            # (path, value) driven from the shift register

@@ -50,6 +50,8 @@ def topk_table(bench: dict) -> str:
 
 
 def synth_table(reports: list[dict]) -> str:
+    from spatten.fpga.report import router2_best
+
     lines = ["| board | unit | config | Fmax (MHz) | target (MHz) | resources used / available |",
              "|---|---|---|---:|---:|---|"]
     for r in reports:
@@ -62,9 +64,9 @@ def synth_table(reports: list[dict]) -> str:
         if r.get("routed", True):
             fmax = f"{fm.get('achieved', 0):.1f}"
         else:                       # router2 stalled: the placed design, no Fmax
-            over = r.get("router2_overused") or [0]
+            best, _ = router2_best(r.get("router2_overused") or [0])
             est = r.get("placer_estimate_mhz", {}).get("sync")
-            fmax = (f"not routed ({min(over) / 1000:.1f}k wires overused"
+            fmax = (f"not routed ({best / 1000:.1f}k wires overused"
                     + (f"; placer estimate {est:.1f}" if est else "") + ")")
         lines.append(f"| {r.get('board')} | {r.get('top')} | {r.get('config')} "
                      f"| {fmax} | {r.get('target_mhz', fm.get('constraint', 0)):.1f} "
