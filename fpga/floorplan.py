@@ -120,8 +120,8 @@ def attention_pins(cfg: AttentionConfig, prefix: str) -> dict:
 
     - The V buffer in the block-RAM row between prob x V's two rows (46), each block near the
       lanes its bits feed; the K planes in the row between the Q.K array's (22), likewise.
-    - The softmax's blocks in row 70 left of the middle (columns 30-60), the top-k engine's and
-      the kept-pair FIFO's along row 82 (columns 30-95): the rows below prob x V, which the
+    - The softmax's blocks in row 70 left of the middle (columns 30-60), value pruning's selector's
+      and the kept-pair FIFO's along row 82 (columns 30-95): the rows below prob x V, which the
       placer otherwise leaves empty (it packs everything around the pinned multipliers), so
       that the two units take that room. This is the placement of the routed half-size builds;
       with every unit's blocks packed at columns 56-76, or the softmax's spread over 30-95,
@@ -130,7 +130,7 @@ def attention_pins(cfg: AttentionConfig, prefix: str) -> dict:
     bels = attention_bels(cfg, prefix)
     qk_x = [bel_column(bels[f"{prefix}.qk.mul{e}.dsp"]) for e in range(cfg.qk_mults)]
     pv_x = [bel_column(bels[f"{prefix}.pv.mul{e}.dsp"]) for e in range(cfg.pv_mults)]
-    # the softmax's blocks together left of the middle, the top-k engine's and the kept-pair
+    # the softmax's blocks together left of the middle, the selector's and the kept-pair
     # FIFO's spread along their row (the placement of the routed half-size builds)
     soft_x = [30, 40, 50, 60]
     spread = list(range(30, 100, 5))
@@ -143,7 +143,7 @@ def attention_pins(cfg: AttentionConfig, prefix: str) -> dict:
             {"regex": rf"{esc}\.klsb\.0\.(\d+)", "row": 22, "targets": qk_x},
             {"regex": rf"{esc}\.softmax\.(?:scores|ebanks|exp_rom)\.\d+\.(\d+)",
              "row": 70, "targets": soft_x},
-            {"regex": rf"{esc}\.topk\.mem\.0\.(\d+)", "row": 82, "targets": spread},
+            {"regex": rf"{esc}\.vsel\.mem\.0\.(\d+)", "row": 82, "targets": spread},
             {"regex": rf"{esc}\.kept_fifo\.storage\.0\.(\d+)", "row": 82,
              "targets": spread},
         ],

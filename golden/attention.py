@@ -27,7 +27,6 @@ import numpy as np
 
 from spatten.config import AttentionConfig
 
-from .topk import select as _topk_select
 
 __all__ = [
     "AttentionError", "ScoreParams", "score_params", "check_params", "qk", "SoftmaxResult",
@@ -227,14 +226,16 @@ def softmax(cfg: AttentionConfig, dots, params: ScoreParams) -> SoftmaxResult:
 
 def value_select(cfg: AttentionConfig, p, k_v: int | None) -> np.ndarray:
     """Indices (ascending) of the ``k_v`` largest probabilities of one row, ties to the lowest
-    index (the top-k engine's exact mode); ``k_v = None`` or ``k_v >= n`` keeps every key."""
+    index (what `hw.value_select.ValueSelect` keeps); ``k_v = None`` or ``k_v >= n`` keeps every
+    key."""
     p = np.asarray(p, dtype=np.int64)
     n = p.shape[0]
     if k_v is None or k_v >= n:
         return np.arange(n, dtype=np.int64)
     if k_v < 1:
         raise AttentionError(f"k_v = {k_v}: value pruning must keep at least one key")
-    return _topk_select(cfg.topk, p - cfg.topk_offset, int(k_v)).indices
+    order = np.lexsort((np.arange(n), -p))          # largest first, then the lowest index
+    return np.sort(order[:int(k_v)])
 
 
 @dataclass

@@ -43,11 +43,13 @@ All three must be consumed (tie ``ready`` high to ignore one). The outputs equal
 `golden.attention.attention` bit for bit (`golden.progressive.run_group` with ``pq``).
 
 Overlap: the Q.K array reads K for query i+1 while query i is in the softmax (three banks:
-ingest, exponent, normalise), the top-k engine and prob x V, so with d >= M/S both multiplier
-arrays stay busy. A FIFO of capacity/S beats holds the kept pairs between the top-k engine and
-prob x V, so the engine can take the next row while prob x V works through the last one. With
-pruning the engine is then the limit (it reads a row at S values a cycle and selects before it
-takes the next): about n/S + 1.5-3 n/P + k_v/S + 40 cycles a row. ``macs`` counts useful multiply-accumulates (Q.K and prob x V),
+ingest, exponent, normalise), value pruning's selector and prob x V, so with d >= M/S both
+multiplier arrays stay busy. A FIFO of capacity/S beats holds the kept pairs between the
+selector and prob x V, so the selector can take the next row while prob x V works through the
+last one. The selector (`hw/value_select.py`) loads row i + 1 while it selects row i; a row
+costs it 3 + (L - 1)(n/P + 4) cycles of selection plus about n/P + k_v/S of output
+(`golden.select_cycles`: 154 at n = 512, k_v = 128), less than the Q.K array's n*d/M for
+n >= 128 at d >= 32. ``macs`` counts useful multiply-accumulates (Q.K and prob x V),
 ``cycles`` the cycles from a run's first query to its last output: utilization is
 macs / ((M + Mv) * cycles).
 
@@ -71,10 +73,10 @@ from spatten.config import AttentionConfig, Config, MemoryConfig
 from .fetch import write_layout
 from .pv import ProbV
 from .qk import QKArray
-from .rowstream import Fork, Narrow, Widen, row_layout
+from .rowstream import Fork, row_layout
 from .skid import SkidBuffer
 from .softmax import Softmax
-from .topk import Mode, TopK
+from .value_select import ValueSelect, pair_layout
 
 __all__ = ["ErrorCode", "Attention", "load_layout", "query_layout", "output_layout",
            "row_info_layout", "run_registers", "two_banks", "TAG_BITS"]
@@ -155,11 +157,6 @@ def two_banks(cfg: AttentionConfig) -> bool:
     """The buffers split into two banks of capacity/2 words (what ``bank`` needs): each holds
     the keys and values of a run of up to capacity/2 keys at any head dimension."""
     return cfg.capacity % 2 == 0
-
-
-def pair_layout(cfg: AttentionConfig) -> data.StructLayout:
-    return data.StructLayout({"index": unsigned(cfg.index_width),
-                              "prob": unsigned(cfg.prob_bits)})
 
 
 class Attention(wiring.Component):
@@ -251,7 +248,7 @@ class Attention(wiring.Component):
         # ---------------------------------------------------------------- units
         m.submodules.qk = qk = QKArray(config=cfg)
         m.submodules.softmax = sm = Softmax(config=cfg)
-        m.submodules.topk = topk = TopK(config=cfg.topk, statistical=False)
+        m.submodules.vsel = vsel = ValueSelect(config=cfg)
         m.submodules.pv = pv = ProbV(config=cfg)
         prob_row = row_layout(unsigned(cfg.prob_bits), S)
         m.submodules.fork = fork = Fork(prob_row, ways=2)
@@ -259,9 +256,6 @@ class Attention(wiring.Component):
         # or the top-k engine through the fork into the softmax (timing on the FPGA)
         m.submodules.sm_skid = sm_skid = SkidBuffer(prob_row)
         m.submodules.f1_skid = f1_skid = SkidBuffer(prob_row)
-        m.submodules.widen = widen = Widen(signed(cfg.topk.value_width), in_lanes=S,
-                                           out_lanes=P)
-        m.submodules.narrow = narrow = Narrow(pair_layout(cfg), in_lanes=P, out_lanes=S)
         kept_layout = row_layout(pair_layout(cfg), S)
         m.submodules.kept_fifo = kept_fifo = SyncFIFOBuffered(
             width=kept_layout.size, depth=max(4, cfg.capacity // S))
@@ -317,7 +311,7 @@ class Attention(wiring.Component):
             qk.n.eq(r_n), qk.d_log2.eq(r_d_log2),
             sm.shift.eq(r_shift), sm.scale.eq(r_scale), sm.post_shift.eq(r_post),
             pv.d_log2.eq(r_d_log2), pv.renorm.eq(r_renorm),
-            topk.k.eq(r_k_v), topk.mode.eq(Mode.EXACT),
+            vsel.k.eq(r_k_v),
         ]
 
         # ---------------------------------------------------------------- run control
@@ -540,33 +534,9 @@ class Attention(wiring.Component):
         pairs = Signal(kept_layout)
         pairs_v, pairs_r = Signal(), Signal()
         with m.If(prune):
-            m.d.comb += [
-                widen.i.valid.eq(f1.valid), f1.ready.eq(widen.i.ready),
-                widen.i.payload.count.eq(f1.payload.count),
-                widen.i.payload.last.eq(f1.payload.last),
-            ]
-            # the engine sees p - 2**15 (config `topk`): bit 15 inverted on the way in and out
-            off = cfg.topk_offset
-            for j in range(S):
-                m.d.comb += widen.i.payload.data[j].eq(f1.payload.data[j] ^ off)
-            m.d.comb += [
-                topk.i.valid.eq(widen.o.valid), widen.o.ready.eq(topk.i.ready),
-                topk.i.payload.count.eq(widen.o.payload.count),
-                topk.i.payload.last.eq(widen.o.payload.last),
-            ]
-            for j in range(P):
-                m.d.comb += topk.i.payload.data[j].eq(widen.o.payload.data[j])
-            m.d.comb += [
-                narrow.i.valid.eq(topk.o.valid), topk.o.ready.eq(narrow.i.ready),
-                narrow.i.payload.count.eq(topk.o.payload.count),
-                narrow.i.payload.last.eq(topk.o.payload.last),
-            ]
-            for j in range(P):
-                m.d.comb += [narrow.i.payload.data[j].index.eq(topk.o.payload.index[j]),
-                             narrow.i.payload.data[j].prob.eq(
-                                 topk.o.payload.value[j].as_unsigned() ^ off)]
-            m.d.comb += [pairs_v.eq(narrow.o.valid), narrow.o.ready.eq(pairs_r),
-                         pairs.eq(narrow.o.payload)]
+            wiring.connect(m, f1, vsel.i)
+            m.d.comb += [pairs_v.eq(vsel.o.valid), vsel.o.ready.eq(pairs_r),
+                         pairs.eq(vsel.o.payload)]
         with m.Else():
             m.d.comb += [pairs_v.eq(f1.valid), f1.ready.eq(pairs_r),
                          pairs.count.eq(f1.payload.count), pairs.last.eq(f1.payload.last)]

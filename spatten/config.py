@@ -140,7 +140,7 @@ class AttentionConfig:
     capacity       n_max, keys (and values) one head may hold on chip
     softmax_lanes  S, scores the softmax handles per cycle (power of two, <= qk_mults / 8 keeps the
                    Q.K array busy down to d = M / S)
-    topk_lanes     P of the top-k engine used for local value pruning
+    topk_lanes     P, keys a pass of value pruning's selector reads a cycle (`hw/value_select.py`)
     """
 
     data_width: int = 12
@@ -262,21 +262,6 @@ class AttentionConfig:
     @property
     def data_max(self) -> int:
         return (1 << (self.data_width - 1)) - 1
-
-    @property
-    def topk(self) -> TopKConfig:
-        """The top-k engine of local value pruning. It sees each probability p (U0.16) as the
-        16-bit signed value p - 2**15 (bit 15 inverted: no logic), an order-preserving one-to-one
-        map, so its key (the value with the sign bit flipped) is p itself: 16 key bits, four
-        4-bit digits. (As a non-negative 17-bit value, p would need five digits, the first of
-        them the same for every key: one more pass over the whole row that keeps every key.)"""
-        return TopKConfig(lanes=self.topk_lanes, value_width=self.prob_bits,
-                          capacity=self.capacity, digit_bits=self.topk_digit_bits)
-
-    @property
-    def topk_offset(self) -> int:
-        """What the pipeline subtracts from a probability before the top-k engine (2**15)."""
-        return 1 << (self.prob_bits - 1)
 
     def exp_table(self) -> list[int]:
         """round(2**16 * 2**(-f / 2**y_frac_bits)) for every fraction f: the exponent ROM."""

@@ -1,0 +1,108 @@
+# amaranth: UnusedElaboratable=no
+"""The value-pruning selector (`hw/value_select.py`) against `golden.attention.value_select`:
+every kept (index, probability) pair of every row, in order, under random gaps and
+backpressure; bad rows give the empty packet and an error code, and the next row is fine; the
+cycle model (`golden.attention.value_select_cycles`) exactly."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+from spatten.config import AttentionConfig
+from spatten.golden.attention import value_select
+from spatten.hw.topk import ErrorCode
+from spatten.hw.value_select import ValueSelect
+from spatten.sim.amaranth_tb import run_streams
+
+SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
+
+SMALL = AttentionConfig(qk_mults=16, pv_mults=16, capacity=64, softmax_lanes=4, topk_lanes=8)
+
+
+def beats_of(row, S):
+    beats = []
+    for lo in range(0, len(row), S):
+        chunk = [int(x) for x in row[lo:lo + S]]
+        beats.append({"data": chunk + [0] * (S - len(chunk)), "count": len(chunk),
+                      "last": int(lo + S >= len(row))})
+    return beats
+
+
+def expected_beats(cfg, row, k):
+    """The output packet of one row (golden selection, S pairs a beat)."""
+    S = cfg.softmax_lanes
+    keep = [] if k == 0 else list(value_select(cfg, np.array(row), k))
+    if not keep:
+        return [{"data": [{"index": 0, "prob": 0}] * S, "count": 0, "last": 1}]
+    beats = []
+    for lo in range(0, len(keep), S):
+        chunk = [{"index": int(i), "prob": int(row[i])} for i in keep[lo:lo + S]]
+        beats.append({"data": chunk + [{"index": 0, "prob": 0}] * (S - len(chunk)),
+                      "count": len(chunk), "last": int(lo + S >= len(keep))})
+    return beats
+
+
+def random_row(rng, n, kind):
+    if kind == "equal":
+        return [rng.randrange(1 << 16)] * n
+    if kind == "dominant":
+        row = [rng.randrange(64) for _ in range(n)]
+        row[rng.randrange(n)] = 60000
+        return row
+    if kind == "few":                       # many ties
+        return [rng.choice([0, 5, 5, 9, 1 << 15, 65535]) for _ in range(n)]
+    if kind == "small":                     # softmax-like: small values, top digits constant
+        return [min(65535, int(rng.expovariate(1.0) * 65536 / n)) for _ in range(n)]
+    return [rng.randrange(1 << 16) for _ in range(n)]
+
+
+def run_rows(cfg, rows, ks, *, gap=0.0, stall=0.0, seed=0, finish=None):
+    dut = ValueSelect(config=cfg)
+    S = cfg.softmax_lanes
+    beats, side, want = [], [], []
+    for row, k in zip(rows, ks):
+        b = beats_of(row, S) if row else [{"data": [0] * S, "count": 0, "last": 1}]
+        beats += b
+        side += [{"k": k}] * len(b)
+        want += expected_beats(cfg, row, k) if 0 < len(row) <= cfg.capacity and k <= len(row) \
+            else [{"data": [{"index": 0, "prob": 0}] * S, "count": 0, "last": 1}]
+    res = run_streams(dut, sources={"i": beats}, sinks={"o": len(want)}, sideband={"i": side},
+                      gap=gap, stall=stall, seed=seed, quiet=20, finish=finish)
+    return dut, res, want
+
+
+@pytest.mark.parametrize("gap,stall", [(0.0, 0.0), (0.4, 0.0), (0.0, 0.5), (0.3, 0.3)])
+@pytest.mark.parametrize("P,D", [(8, 4), (4, 3), (16, 4)])
+def test_random_rows(gap, stall, P, D):
+    seed = SEED + P * 7 + D + int(gap * 10) * 3 + int(stall * 10)
+    print("seed", seed)
+    rng = random.Random(seed)
+    cfg = AttentionConfig(qk_mults=16, pv_mults=16, capacity=64, softmax_lanes=4,
+                          topk_lanes=P, topk_digit_bits=D)
+    rows, ks = [], []
+    for kind in ["uniform", "equal", "dominant", "few", "small"] * 4:
+        n = rng.choice([1, 3, 4, 5, P, P + 1, 63, 64, rng.randrange(1, 65)])
+        rows.append(random_row(rng, n, kind))
+        ks.append(rng.choice([1, n, max(1, n // 4), rng.randrange(1, n + 1)]))
+    dut, res, want = run_rows(cfg, rows, ks, gap=gap, stall=stall, seed=seed)
+    assert res["beats"]["o"] == want
+
+
+def test_cycles_exact():
+    """One row at a time, input always valid, o always ready: the cycle model exactly."""
+    from spatten.golden.select_cycles import select_cycles
+    rng = random.Random(SEED + 5)
+    print("seed", SEED + 5)
+    for P, D in [(8, 4), (4, 3), (16, 4)]:
+        cfg = AttentionConfig(qk_mults=16, pv_mults=16, capacity=64, softmax_lanes=4,
+                              topk_lanes=P, topk_digit_bits=D)
+        for kind in ["uniform", "equal", "dominant", "few", "small"] * 3:
+            n = rng.choice([1, 3, 4, 5, P, P + 1, 63, 64, rng.randrange(1, 65)])
+            row = random_row(rng, n, kind)
+            for k in sorted({0, 1, n, max(1, n // 4), rng.randrange(1, n + 1)}):
+                dut, res, want = run_rows(cfg, [row], [k])
+                assert res["beats"]["o"] == want
+                got = res["seen"]["o"][-1] - res["accepted"]["i"][0] + 1
+                assert got == select_cycles(cfg, row, k), (P, D, n, k, kind, row)
