@@ -20,9 +20,10 @@ B + 8. `select_cycles` returns last_out + 1: the cycles from the first input bea
 output beat, both counted.
 
 Rows in a stream overlap: row i + 1 is loaded into the other bank of A while row i is selected,
-and taken by the selector once it is free; `select_stream_cycles` gives that (it does not model
-the rare one-cycle hold of the beat packer after a split last beat when the next row's pairs
-follow right behind).
+and taken by the selector once it is free: take[i + 1] = max(take[i] + B[i + 1] + 3,
+free[i]), with free[i] - take[i] as for the row alone (`select_stream_starts`). That holds while
+a row's output has drained from the serializer by the time the next row's output pass begins
+(three candidate passes later), which is so unless nearly every key is kept.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 
 from spatten.config import AttentionConfig
 
-__all__ = ["select_cycles", "select_timeline"]
+__all__ = ["select_cycles", "select_timeline", "select_stream_starts"]
 
 OUT_STAGES = 6          # bin select -> R4 of the output pass's first row (issue, M, R1..R4)
 TAIL = 3                # serializer -> skid buffer -> beat packer -> o
@@ -52,7 +53,8 @@ def _kept_per_row(cfg: AttentionConfig, n: int, kept: np.ndarray) -> list[int]:
 
 def _output_pass(S: int, per_row: list[int], start: int) -> tuple[int, int]:
     """The output pass from its bin select in cycle `start`: (the serializer's last cycle, the
-    cycle in which the reader pipeline has emptied R1, when the selector is free again)."""
+    cycle at whose end the reader pipeline has emptied R1: the selector sees it the next cycle
+    and is free, in its idle state, the cycle after)."""
     cost = [max(1, math.ceil(c / S)) for c in per_row]
     pipe = [None] * 5                 # M, R1, R2, R3, R4: row numbers
     main, spare = None, None          # skid buffer entries: [row, cycles left]
@@ -110,10 +112,25 @@ def select_timeline(cfg: AttentionConfig, p, k: int) -> dict:
     before = k - cnt_last
     fill = 0 if before == 0 else (before % S or S)
     split = fill + cnt_last > S
-    ev.update(final_bin_select=y, free=free_at + 1, last_out=last_ser + TAIL + int(split))
+    ev.update(final_bin_select=y, free=free_at + 2, last_out=last_ser + TAIL + int(split))
     return ev
 
 
 def select_cycles(cfg: AttentionConfig, p, k: int) -> int:
     """Cycles of one row alone, from its first input beat to its last output beat, inclusive."""
     return select_timeline(cfg, p, k)["last_out"] + 1
+
+
+def select_stream_starts(cfg: AttentionConfig, rows, ks) -> list[int]:
+    """The cycles in which the first input beat of each row of a stream is taken (cycle 0: the
+    first row's), with the input always valid and ``o`` always ready."""
+    starts, t = [], 0
+    for i, (p, k) in enumerate(zip(rows, ks)):
+        starts.append(t)
+        ev = select_timeline(cfg, p, k)
+        if i + 1 < len(rows):
+            b_next = -(-len(rows[i + 1]) // cfg.softmax_lanes)
+            take = t + ev["take"] if i == 0 else take_next
+            take_next = max(take + b_next + 3, take + ev["free"] - ev["take"])
+            t = take + 1
+    return starts

@@ -47,7 +47,7 @@ ingest, exponent, normalise), value pruning's selector and prob x V, so with d >
 multiplier arrays stay busy. A FIFO of capacity/S beats holds the kept pairs between the
 selector and prob x V, so the selector can take the next row while prob x V works through the
 last one. The selector (`hw/value_select.py`) loads row i + 1 while it selects row i; a row
-costs it 3 + (L - 1)(n/P + 4) cycles of selection plus about n/P + k_v/S of output
+costs it 2 + (L - 1)(n/P + 4) cycles of selection plus about n/P + k_v/S of output
 (`golden.select_cycles`: 154 at n = 512, k_v = 128), less than the Q.K array's n*d/M for
 n >= 128 at d >= 32. ``macs`` counts useful multiply-accumulates (Q.K and prob x V),
 ``cycles`` the cycles from a run's first query to its last output: utilization is

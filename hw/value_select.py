@@ -48,9 +48,11 @@ A once more, flags every key above the threshold and the first ties, and a seria
 flagged keys of each P-key row S at a time into a beat packer.
 
 Cycles (one row of n keys, k < n, nothing else in flight, no stalls): load ceil(n/S) beats;
-selection 3 + (L - 1) (ceil(n/P) + 3) cycles and the output pass one cycle a P-key row plus one
-per further S kept keys of that row (`golden.attention.value_select_cycles` gives the exact
-figure). With a stream of rows the load of the next row hides behind the selection of this one.
+the selector takes the row 3 cycles after its last beat; 2 + (L - 1) (ceil(n/P) + 4) cycles of
+bin selects and candidate passes; the output pass one cycle a P-key row plus one per further S
+kept keys of that row, and 6 to 10 cycles of pipeline (`golden.select_cycles` gives the exact
+figure). With a stream of rows the load of the next row hides behind the selection of this
+one: the selector takes a row every max(load + 3, selection + output pass) cycles.
 """
 
 from __future__ import annotations
@@ -420,17 +422,16 @@ class ValueSelect(wiring.Component):
                 # take the loaded row once its last counts are in lcnt
                 with m.If(l_full & ~l1_v & ~l2_v):
                     m.d.sync += [sb.eq(lb), lb.eq(~lb), l_full.eq(0), s_n.eq(l_n),
-                                 s_k.eq(l_k), s_err.eq(l_err), hdig.eq(L - 1), pfx.eq(0),
-                                 mask.eq(0)]
+                                 s_k.eq(l_k), hdig.eq(L - 1), pfx.eq(0), mask.eq(0),
+                                 s_err.eq(Mux(l_err != ErrorCode.NONE, l_err,
+                                              Mux(l_k > l_n, ErrorCode.K_OVER_N,
+                                                  ErrorCode.NONE)))]
                     m.d.comb += [d_load.eq(1)] + [d_init[b].eq(lcnt[b]) for b in range(1, NB)]
                     m.next = "CHECK"
 
             with m.State("CHECK"):
                 m.d.sync += [neg_k_rem.eq(-s_k), d0.eq(s_n - s_k)]
                 with m.If(s_err != ErrorCode.NONE):
-                    m.next = "EMPTY"
-                with m.Elif(s_k > s_n):
-                    m.d.sync += s_err.eq(ErrorCode.K_OVER_N)
                     m.next = "EMPTY"
                 with m.Elif(s_k == 0):
                     m.d.sync += pfx.eq((1 << KW) - 1)

@@ -2,10 +2,13 @@
 """The value-pruning selector (`hw/value_select.py`) against `golden.attention.value_select`:
 every kept (index, probability) pair of every row, in order, under random gaps and
 backpressure; bad rows give the empty packet and an error code, and the next row is fine; the
-cycle model (`golden.attention.value_select_cycles`) exactly."""
+cycle model (`golden.select_cycles`) exactly, for a row alone and for rows back to back; the
+status of back-to-back bad rows; bad parameters. cocotb runs (Verilator: small
+and default config; Icarus: small) repeat the checks through `sim/tb_value_select.py`."""
 
 import os
 import random
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from spatten.golden.attention import value_select
 from spatten.hw.topk import ErrorCode
 from spatten.hw.value_select import ValueSelect
 from spatten.sim.amaranth_tb import run_streams
+from spatten.sim.unit_top import pick_seed, unit_test
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 
@@ -106,3 +110,92 @@ def test_cycles_exact():
                 assert res["beats"]["o"] == want
                 got = res["seen"]["o"][-1] - res["accepted"]["i"][0] + 1
                 assert got == select_cycles(cfg, row, k), (P, D, n, k, kind, row)
+
+
+def test_stream_starts_exact():
+    """Rows back to back (input always valid, o always ready): row i + 1 loads while row i is
+    selected; the cycle each row's first beat is taken equals `select_stream_starts`."""
+    from spatten.golden.select_cycles import select_stream_starts
+    seed = SEED + 11
+    print("seed", seed)
+    rng = random.Random(seed)
+    for P in (8, 16):
+        cfg = AttentionConfig(qk_mults=16, pv_mults=16, capacity=64, softmax_lanes=4,
+                              topk_lanes=P)
+        rows, ks = [], []
+        for _ in range(16):
+            n = rng.randrange(1, 65)
+            rows.append(random_row(rng, n, rng.choice(["uniform", "small", "few", "equal"])))
+            ks.append(rng.choice([0, 1, max(1, n // 4), max(1, n // 2), n + 1]))
+        dut, res, want = run_rows(cfg, rows, ks)
+        assert res["beats"]["o"] == want
+        acc, firsts, j = res["accepted"]["i"], [], 0
+        for r in rows:
+            firsts.append(acc[j] - acc[0])
+            j += -(-len(r) // 4)
+        assert firsts == select_stream_starts(cfg, rows, ks)
+        # the overlap is real: a row's first beat comes before the previous row's packet ends
+        ends = [t - acc[0] for t, b in zip(res["seen"]["o"], res["beats"]["o"]) if b["last"]]
+        assert sum(f < e for f, e in zip(firsts[1:], ends)) >= len(rows) // 2
+
+
+def test_bad_rows_back_to_back():
+    """Two bad rows in a row, then good ones: each bad row's code is shown from the cycle the
+    selector takes it (no NONE in between), and the good rows after them are selected."""
+    codes = []
+    rows = [[], [1, 2, 3], [5] * 9, [7, 1, 7]]
+    ks = [1, 5, 2, 2]
+    dut = ValueSelect(config=SMALL)
+    S = SMALL.softmax_lanes
+    beats, side = [], []
+    for row, k in zip(rows, ks):
+        b = beats_of(row, S) if row else [{"data": [0] * S, "count": 0, "last": 1}]
+        beats += b
+        side += [{"k": k}] * len(b)
+    empty = {"data": [{"index": 0, "prob": 0}] * S, "count": 0, "last": 1}
+    want = [empty, empty] + expected_beats(SMALL, rows[2], 2) + expected_beats(SMALL, rows[3], 2)
+    res = run_streams(dut, sources={"i": beats}, sinks={"o": len(want)}, sideband={"i": side},
+                      quiet=10, watch=lambda ctx, c: codes.append(ctx.get(dut.error_code)))
+    assert res["beats"]["o"] == want
+    seq = [c for i, c in enumerate(codes) if i == 0 or c != codes[i - 1]]
+    assert seq == [ErrorCode.NONE, ErrorCode.N_ZERO, ErrorCode.K_OVER_N, ErrorCode.NONE], seq
+
+
+def test_bad_parameters():
+    with pytest.raises(TypeError, match="AttentionConfig"):
+        ValueSelect(config=SMALL.__dict__)
+    with pytest.raises(ValueError, match="topk_lanes"):
+        AttentionConfig(topk_lanes=12)
+    with pytest.raises(ValueError, match="softmax_lanes"):
+        AttentionConfig(softmax_lanes=8, topk_lanes=4)
+
+
+# ---------------------------------------------------------------------------------------------
+# cocotb on Verilator (and Icarus)
+
+
+@pytest.fixture
+def seed():
+    return pick_seed()
+
+
+@pytest.mark.parametrize("name,cfg,runs,sim", [("small", SMALL, 6, "verilator"),
+                                              ("default", AttentionConfig(), 4, "verilator"),
+                                              ("small", SMALL, 3, "icarus")],
+                         ids=["small-verilator", "default-verilator", "small-icarus"])
+def test_cocotb(name, cfg, runs, sim, seed):
+    """The cocotb testbench (`sim/tb_value_select.py`): rows alone with exact cycles, random rows
+    back to back, gaps and backpressure, bad rows and their error codes, resets mid-row."""
+    from spatten.sim.runner import available_simulators
+    from spatten.sim.tb_value_select import TOPLEVEL, ValueSelectTop
+    from spatten.sim.unit_run import cfg_tag
+
+    if sim not in available_simulators():
+        pytest.skip(f"{sim} is not installed")
+    t = time.time()
+    res = unit_test(lambda: ValueSelectTop(cfg), cfg, name=TOPLEVEL, tag=f"{name}-{cfg_tag(cfg)}",
+                    tb_module="spatten.sim.tb_value_select", sim=sim, seed=seed % (1 << 31),
+                    runs=runs)
+    print(f"{name} on {sim}: {res.summary()} in {time.time() - t:.1f} s (built: {res.built}, "
+          f"{res.build_seconds:.1f} s)")
+    assert res.failed == 0 and res.passed == 5, res.summary()
