@@ -284,7 +284,7 @@ def cmd_synth(args):
                    seed=args.seed, config=cfg, router=args.router, pins=pins,
                    density=args.density, heatmaps=args.heatmaps,
                    nextpnr_opts=args.nextpnr_opts, placer=args.placer,
-                   patience=args.patience)
+                   patience=args.patience, mhz=args.mhz)
     print(format_table(report))
     print(f"report: {out_dir / 'report.json'}")
     if not report.get("routed", True):
@@ -407,6 +407,12 @@ def build_parser():
     p.add_argument("--placer", choices=["heap", "static"], default="heap",
                    help="nextpnr placer (default heap; static spreads the cells more evenly, "
                         "which left router2 less congestion on the full pipeline)")
+    p.add_argument("--mhz", type=float, default=None,
+                   help="clock to build for (the PLL's output and nextpnr's constraint; "
+                        "default: the board's target for the configuration, 100 MHz on the "
+                        "ULX3S-85F); a design far from the target may route better with a "
+                        "constraint near what it can reach: its report gives the Fmax achieved "
+                        "either way")
     p.add_argument("--density", type=float, default=None,
                    help="the heap placer's maximum local density, 0.3 to 1 (nextpnr's "
                         "--placer-heap-beta, default 0.9): lower spreads the design over more "
