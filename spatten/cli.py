@@ -272,6 +272,13 @@ def cmd_synth(args):
     if args.top not in TOPS:
         raise UserError(f"unknown top {args.top!r}; choose one of: {', '.join(TOPS)}")
     out_dir = Path(args.output or f"build/synth/{args.board}-{args.top}-{cfg.name}")
+    if args.mhz is not None:
+        from spatten.fpga.boards import board as get_board
+
+        try:
+            get_board(args.board).pll(args.mhz)
+        except ValueError as exc:
+            raise UserError(f"--mhz {args.mhz:g}: {exc}") from None
     pins = {}
     if not args.no_floorplan:
         from spatten.fpga.floorplan import top_pins
