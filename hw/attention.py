@@ -368,6 +368,15 @@ class Attention(wiring.Component):
         m.submodules.pf = pf = SyncFIFOBuffered(width=TAG_BITS + 1, depth=8)  # passes in flight
         m.submodules.ff = ff = SyncFIFOBuffered(width=TAG_BITS, depth=16)     # final passes
 
+        # small differences of those counters (each at most RING, as the ring bounds them), in
+        # 3-bit arithmetic instead of 32-bit compares on the issue path
+        occ = Signal(range(RING + 1))      # q_in - (f_next with pq, else m_next)
+        q_wr, m_inc, f_inc = Signal(), Signal(), Signal()
+        m_waiting = Signal()               # m_next < q_in
+        m_ahead = Signal(3)                # m_next - f_next
+        m.d.comb += [m_waiting.eq((q_in[:3] - m_next[:3])[:3] != 0),
+                     m_ahead.eq((m_next[:3] - f_next[:3])[:3])]
+
         o = self.o
         with m.FSM(name="run"):
             with m.State("IDLE"):
@@ -393,7 +402,7 @@ class Attention(wiring.Component):
                     m.d.sync += [done.eq(0), error.eq(0), error_code.eq(ErrorCode.NONE),
                                  q_in.eq(0), q_out.eq(0), q_last_seen.eq(0), cycles.eq(0),
                                  mac_base.eq(mac_now), refetched.eq(0), m_next.eq(0),
-                                 f_next.eq(0)]
+                                 f_next.eq(0), occ.eq(0)]
                     with m.If(bad):
                         m.d.sync += [error.eq(1), error_code.eq(code)]
                         m.next = "DRAIN"
@@ -411,11 +420,13 @@ class Attention(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
                 # queries into the ring while it has room
-                freed = Mux(r_pq, f_next, m_next)
-                m.d.comb += [self.q.ready.eq(~q_last_seen & (q_in - freed < RING)),
+                # (`occ` = q_in - freed, freed = f_next with pq, else m_next: a register, so
+                # that the ring's write enable, which reaches every LUT-RAM cell of the ring,
+                # comes from a short path)
+                m.d.comb += [self.q.ready.eq(~q_last_seen & (occ < RING)),
                              qw.addr.eq(q_in[:2]), qw.data.eq(self.q.payload.data)]
                 with m.If(self.q.valid & self.q.ready):
-                    m.d.comb += qw.en.eq(1)
+                    m.d.comb += [qw.en.eq(1), q_wr.eq(1)]
                     m.d.sync += q_in.eq(q_in + 1)
                     with m.If(self.q.payload.last):
                         m.d.sync += q_last_seen.eq(1)
@@ -426,12 +437,12 @@ class Attention(wiring.Component):
                     # M(j + 2) goes before the decision of query j + 1 is acted on (and waits
                     # for query j + 2 to arrive, unless the run has no such query)
                     m_due = Signal()
-                    m.d.comb += m_due.eq((m_next < f_next + 2)
-                                         & ~(q_last_seen & (m_next == q_in)))
+                    m.d.comb += m_due.eq((m_ahead < 2) & ~(q_last_seen & ~m_waiting))
                     with m.If(m_due):
-                        with m.If(free & (m_next < q_in)):
+                        with m.If(free & m_waiting):
                             m.d.sync += [rd_pend.eq(1), rd_full.eq(0), rd_tag.eq(m_next),
                                          rd_addr.eq(m_next[:2]), m_next.eq(m_next + 1)]
+                            m.d.comb += m_inc.eq(1)
                     with m.Elif(dec.r_rdy):
                         with m.If(dec.r_data[0]):
                             m.d.comb += self.lsb_needed.eq(~self.lsb_ready)
@@ -439,15 +450,19 @@ class Attention(wiring.Component):
                                 m.d.comb += dec.r_en.eq(1)
                                 m.d.sync += [rd_pend.eq(1), rd_full.eq(1), rd_tag.eq(f_next),
                                              rd_addr.eq(f_next[:2]), f_next.eq(f_next + 1)]
+                                m.d.comb += f_inc.eq(1)
                         with m.Else():
-                            m.d.comb += dec.r_en.eq(1)
+                            m.d.comb += [dec.r_en.eq(1), f_inc.eq(1)]
                             m.d.sync += f_next.eq(f_next + 1)
                 with m.Else():
-                    with m.If(free & (m_next < q_in)):
+                    with m.If(free & m_waiting):
                         m.d.comb += self.lsb_needed.eq(~self.lsb_ready)
                         with m.If(self.lsb_ready):
                             m.d.sync += [rd_pend.eq(1), rd_full.eq(1), rd_tag.eq(m_next),
                                          rd_addr.eq(m_next[:2]), m_next.eq(m_next + 1)]
+                            m.d.comb += m_inc.eq(1)
+                # the ring's occupancy follows the counters it stands for
+                m.d.sync += occ.eq(occ + q_wr - Mux(r_pq, f_inc, m_inc))
                 # outputs
                 final = Signal()
                 m.d.comb += [
