@@ -11,7 +11,8 @@
   functional one;
 - every output port bit is registered at the boundary, folded into a MISR (each bit XORed with
   its rotated neighbour's state, so two equal outputs cannot cancel) and then XOR-reduced by a
-  tree of registered 4-input XORs into the board's LEDs (8 on the ULX3S, 2 on the iCEBreaker).
+  tree of registered 4-input XORs into the board's LEDs (8 on the ULX3S, 2 on the iCEBreaker),
+  each LED the tree of a contiguous run of the output bits.
 
 Every DUT port is therefore a flip-flop away from the harness, and the Fmax nextpnr reports is
 set by the DUT's internal paths unless the DUT itself has combinational paths from input to
@@ -144,9 +145,13 @@ class BoardHarness(wiring.Component):
         m.d.harness += out_q.eq(Cat(*(v for _, v in self._outputs)))
         misr = Signal(self.out_bits)
         m.d.harness += misr.eq(out_q ^ misr.rotate_left(1))
+        # LED i takes a contiguous run of output bits: neighbouring bits come from the same
+        # part of the DUT, so each tree stays local (every LED taking every 8th bit of all
+        # outputs spread eight trees over the whole DUT)
         leds = min(board.leds, self.out_bits)
         for i in range(leds):
-            bits = [misr[j] for j in range(i, self.out_bits, leds)]
+            lo, hi = i * self.out_bits // leds, (i + 1) * self.out_bits // leds
+            bits = [misr[j] for j in range(lo, hi)]
             level = 0
             while len(bits) > 1:
                 reduced = []
