@@ -17,8 +17,8 @@ rows of its own, in the order its wiring wants:
 The other multipliers (the softmax's) take what is left. The block RAMs go to the rows between
 (`attention_pins`): the K planes between the Q.K array's rows, the V buffer between prob x V's,
 each block near the lanes its bits feed (approximately: a block holds bits of about three
-neighbouring lanes, which are in different fold groups), the softmax's and the top-k engine's
-below prob x V. `attention_bels` returns the BEL of each pinned multiplier by hierarchical cell
+neighbouring lanes, which are in different fold groups), the softmax's and value pruning's
+selector's below prob x V. `attention_bels` returns the BEL of each pinned multiplier by hierarchical cell
 name, `attention_pins` those and the block-RAM rules; `fpga.build.build(pins=...)` hands them to
 `fpga.pins` (``spatten-nextpnr-ecp5``), which sets them as ``BEL`` attributes in the netlist
 between Yosys and nextpnr (nextpnr fails if a site does not exist).

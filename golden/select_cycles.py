@@ -21,9 +21,11 @@ output beat, both counted.
 
 Rows in a stream overlap: row i + 1 is loaded into the other bank of A while row i is selected,
 and taken by the selector once it is free: take[i + 1] = max(take[i] + B[i + 1] + 3,
-free[i]), with free[i] - take[i] as for the row alone (`select_stream_starts`). That holds while
-a row's output has drained from the serializer by the time the next row's output pass begins
-(three candidate passes later), which is so unless nearly every key is kept.
+free[i]), with free[i] - take[i] as for the row alone (`select_stream_starts`). That is exact
+when no row of A (P keys) keeps more than S of them: the serializer then sends every row in one
+cycle and never holds the reader. Otherwise a row's kept keys may still be on their way through
+the serializer when the next row is taken, and hold its passes (or its empty packet) back by a
+few cycles, which the model does not count.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 
 from spatten.config import AttentionConfig
 
-__all__ = ["select_cycles", "select_timeline", "select_stream_starts"]
+__all__ = ["select_cycles", "select_timeline", "select_stream_starts", "kept_per_row"]
 
 OUT_STAGES = 6          # bin select -> R4 of the output pass's first row (issue, M, R1..R4)
 TAIL = 3                # serializer -> skid buffer -> beat packer -> o
@@ -44,7 +46,8 @@ def _digits(cfg: AttentionConfig) -> int:
     return -(-cfg.prob_bits // cfg.topk_digit_bits)
 
 
-def _kept_per_row(cfg: AttentionConfig, n: int, kept: np.ndarray) -> list[int]:
+def kept_per_row(cfg: AttentionConfig, n: int, kept: np.ndarray) -> list[int]:
+    """How many of the kept indices fall into each P-key row of buffer A."""
     P = cfg.topk_lanes
     rows = -(-n // P)
     counts = np.bincount(np.asarray(kept, dtype=np.int64) // P, minlength=rows)
@@ -105,7 +108,7 @@ def select_timeline(cfg: AttentionConfig, p, k: int) -> dict:
     y = B + 4 + (L - 1) * (r + 4)
     order = np.lexsort((np.arange(n), -p))
     kept = np.sort(order[:k])
-    per_row = _kept_per_row(cfg, n, kept)
+    per_row = kept_per_row(cfg, n, kept)
     last_ser, free_at = _output_pass(S, per_row, y)
     # the beat packer: the residual before the last chunk, and whether the last beat splits
     cnt_last = per_row[-1] - S * (max(1, math.ceil(per_row[-1] / S)) - 1)
@@ -123,7 +126,8 @@ def select_cycles(cfg: AttentionConfig, p, k: int) -> int:
 
 def select_stream_starts(cfg: AttentionConfig, rows, ks) -> list[int]:
     """The cycles in which the first input beat of each row of a stream is taken (cycle 0: the
-    first row's), with the input always valid and ``o`` always ready."""
+    first row's), with the input always valid and ``o`` always ready; exact when no row of A
+    keeps more than S keys (see the module docstring)."""
     starts, t = [], 0
     for i, (p, k) in enumerate(zip(rows, ks)):
         starts.append(t)

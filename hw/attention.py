@@ -47,9 +47,9 @@ ingest, exponent, normalise), value pruning's selector and prob x V, so with d >
 multiplier arrays stay busy. A FIFO of capacity/S beats holds the kept pairs between the
 selector and prob x V, so the selector can take the next row while prob x V works through the
 last one. The selector (`hw/value_select.py`) loads row i + 1 while it selects row i; a row
-costs it 2 + (L - 1)(n/P + 4) cycles of selection plus about n/P + k_v/S of output
-(`golden.select_cycles`: 154 at n = 512, k_v = 128), less than the Q.K array's n*d/M for
-n >= 128 at d >= 32. ``macs`` counts useful multiply-accumulates (Q.K and prob x V),
+costs it 2 + (L - 1)(n/P + 4) cycles of selection and an output pass of one cycle per P keys
+(more where a P-key row keeps more than S) plus about 10 (`golden.select_cycles`: 155-158 at
+n = 512, k_v = 128), less than the Q.K array's n*d/M for n >= 128 at d >= 32. ``macs`` counts useful multiply-accumulates (Q.K and prob x V),
 ``cycles`` the cycles from a run's first query to its last output: utilization is
 macs / ((M + Mv) * cycles).
 
@@ -253,7 +253,7 @@ class Attention(wiring.Component):
         prob_row = row_layout(unsigned(cfg.prob_bits), S)
         m.submodules.fork = fork = Fork(prob_row, ways=2)
         # registered readies on both sides of the fork, so that no ready path runs from prob x V
-        # or the top-k engine through the fork into the softmax (timing on the FPGA)
+        # or the value-pruning selector through the fork into the softmax (timing on the FPGA)
         m.submodules.sm_skid = sm_skid = SkidBuffer(prob_row)
         m.submodules.f1_skid = f1_skid = SkidBuffer(prob_row)
         kept_layout = row_layout(pair_layout(cfg), S)
@@ -302,7 +302,7 @@ class Attention(wiring.Component):
         r_post = Signal.like(self.post_shift)
         r_pq = Signal()
         r_tau = Signal.like(self.tau)
-        prune = Signal()       # k_v < n: the probabilities go through the top-k engine
+        prune = Signal()       # k_v < n: the probabilities go through the selector
         r_vwait = Signal()     # V rows are fetched per query (see `kept`, `v_done`)
         acks = Signal(32)      # v_done pulses of the run
         pv_started = Signal(32)
@@ -539,13 +539,13 @@ class Attention(wiring.Component):
         wiring.connect(m, fork.o1, f1_skid.i)
         wiring.connect(m, fork.o0, wiring.flipped(self.probs))
 
-        # probabilities -> (pruning) top-k -> pairs -> prob x V
+        # probabilities -> (pruning) selector -> pairs -> prob x V
         f1 = f1_skid.o
         # index of the first lane of the current beat within its row
         base = Signal(cfg.index_width + 1)
         with m.If(f1.valid & f1.ready):
             m.d.sync += base.eq(Mux(f1.payload.last, 0, base + S))
-        # the pairs of each final pass: from the top-k engine (pruning) or every key
+        # the pairs of each final pass: from the selector (pruning) or every key
         pairs = Signal(kept_layout)
         pairs_v, pairs_r = Signal(), Signal()
         with m.If(prune):
@@ -571,7 +571,7 @@ class Attention(wiring.Component):
         via_fifo = Signal()
         m.d.comb += via_fifo.eq(prune | r_vwait)
         with m.If(via_fifo):
-            # the kept pairs wait here, so that the top-k engine empties into the FIFO at S
+            # the kept pairs wait here, so that the selector empties into the FIFO at S
             # pairs a cycle and takes the next row while prob x V still works through this one
             m.d.comb += [
                 self.kept.valid.eq(pairs_v & r_vwait & kept_fifo.w_rdy),

@@ -50,7 +50,7 @@ flagged keys of each P-key row S at a time into a beat packer.
 Cycles (one row of n keys, k < n, nothing else in flight, no stalls): load ceil(n/S) beats;
 the selector takes the row 3 cycles after its last beat; 2 + (L - 1) (ceil(n/P) + 4) cycles of
 bin selects and candidate passes; the output pass one cycle a P-key row plus one per further S
-kept keys of that row, and 6 to 10 cycles of pipeline (`golden.select_cycles` gives the exact
+kept keys of that row, and 9 or 10 cycles of pipeline (`golden.select_cycles` gives the exact
 figure). With a stream of rows the load of the next row hides behind the selection of this
 one: the selector takes a row every max(load + 3, selection + output pass) cycles.
 """

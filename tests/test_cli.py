@@ -157,3 +157,14 @@ def test_attention_progressive_quantization(tmp_path, capsys):
     assert runs["slow"]["cycles"] > runs["none"]["cycles"]
     # the datapath waits for K while it loads, longer on the slow memory
     assert runs["slow"]["memory_wait_cycles"]["k"] > runs["none"]["memory_wait_cycles"]["k"] > 0
+
+
+@pytest.mark.parametrize("mhz,msg", [("5", "f_out_mhz must be in"), ("nan", "--mhz nan"),
+                                     ("-3", "--mhz -3")])
+def test_synth_bad_clock_is_one_line(capsys, mhz, msg):
+    """A clock the board's PLL cannot make stops before any build, with one line."""
+    rc = main(["synth", "--board", "ulx3s-85f", "--top", "topk", "--mhz", mhz,
+               "-o", "build/synth/never"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert msg in err and err.count("\n") == 1, err

@@ -105,10 +105,16 @@ def test_value_select_ties_and_bypass():
 
 
 def test_value_select_over_the_whole_probability_range():
-    """The engine sees p - 2**15 (bit 15 inverted): the order of the whole U0.16 range, across
-    the flip at 2**15, is kept, and so are ties (lowest index first)."""
-    def reference(p, k):                       # stable: equal values keep index order
-        return np.sort(np.argsort(-p, kind="stable")[:k])
+    """Value selection keeps what the top-k engine's exact mode keeps (an independent model:
+    `golden.topk.select`, radix select on signed values, here p - 2**15) over the whole U0.16
+    range, across 2**15, with ties to the lowest index."""
+    from spatten.config import TopKConfig
+    from spatten.golden.topk import select
+
+    engine = TopKConfig(lanes=16, value_width=16, capacity=1024)
+
+    def reference(p, k):
+        return select(engine, np.asarray(p) - (1 << 15), k).indices
 
     p = np.array([0, 32767, 32768, 65535, 32768, 1, 32769, 32768, 65534, 0])
     for k in range(1, len(p) + 1):
