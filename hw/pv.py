@@ -221,9 +221,11 @@ class ProbV(wiring.Component):
     lane d - 1 and on down to lane 0): `pv_latency` = 4 + RECIP_READY + lane_depth + d, plus
     the issue cycles - 1. The exact schedule is `spatten.golden.pv_cycles.pv_schedule`.
 
-    Arithmetic: the accumulators hold the exact sums (acc_width bits) per lane. Without renorm,
-    out = sat((F + 2**(15 - fb)) >> (16 - fb)) (fb = out_frac_bits) is computed as the upper
-    bits plus the rounding bit. With renorm the column sum is first shifted left by
+    Arithmetic: the accumulators hold the exact sums (acc_width bits) per lane, plus the rounding
+    constant 2**(15 - fb) (fb = out_frac_bits) in the lanes e < d, set as a query's first word
+    comes in, so that each folded column F[j] holds its sum plus that constant once. Without
+    renorm, out = sat((sum + 2**(15 - fb)) >> (16 - fb)) is then F's upper bits, saturated. The
+    renormalisation lane subtracts the constant from each column it reads. With renorm the column sum is first shifted left by
     s = psum_width - bit_length(psum) (exact and in range since |acc| <= 2**(W-1) psum), so the
     product by the reciprocal needs a constant final shift: out = sat(((acc << s) * recip +
     2**(SH - 1)) >> SH), SH = 15 - fb + psum_width: the golden formula scaled by 2**s (the
@@ -268,6 +270,7 @@ class ProbV(wiring.Component):
         OW, FB = cfg.out_width, cfg.out_frac_bits
         SH0 = PB - FB                        # output shift without renorm
         SH1 = PB - 1 - FB + PW               # output shift with renorm (psum_width-normalised)
+        BIAS = (1 << (SH0 - 1)) if SH0 else 0   # the rounding constant, carried in F
         LMV = self._LMV
         GB = LMV - MIN_D_LOG2                 # slot bits: gv <= Mv/8 = 2**GB row-slots a word
         GMAX = 1 << GB
@@ -342,6 +345,7 @@ class ProbV(wiring.Component):
         # c_bm[j][b]: pair j's row-slot is the one of block b (multipliers 8b .. 8b+7)
         c_bm = [Signal(GMAX, name=f"c_bm{j}") for j in range(S)]
         c_last, c_rn = Signal(), Signal()
+        c_first = Signal()                    # the current beat starts a query, not yet issued
         c_dl = Signal(range(LMV + 1))
         psum_q = Signal(PW)                   # kept probabilities of the query so far
         macs = Signal(32)
@@ -514,7 +518,7 @@ class ProbV(wiring.Component):
         with m.If(c_take):
             m.d.sync += [
                 c_v.eq(1), c_cnt.eq(0), c_lastseg.eq(b_lastseg), c_fin.eq(b_lastseg == 0),
-                c_last.eq(b_last), c_dl.eq(b_dl), c_rn.eq(b_rn),
+                c_last.eq(b_last), c_dl.eq(b_dl), c_rn.eq(b_rn), c_first.eq(b_first),
                 psum_q.eq(Mux(b_first, 0, psum_q) + b_psum),
                 macs.eq(macs + (b_count << b_dl)),
             ]
@@ -528,13 +532,14 @@ class ProbV(wiring.Component):
                             m.d.sync += [c_bm[j][b].eq(b_slot[j] == (b >> (dl - MIN_D_LOG2)))
                                          for b in range(GMAX)]
         with m.Elif(c_done):
-            m.d.sync += c_v.eq(0)
+            m.d.sync += [c_v.eq(0), c_first.eq(0)]
         with m.Elif(issue):
-            m.d.sync += [c_cnt.eq(c_cnt + 1), c_fin.eq(c_cnt + 1 == c_lastseg)]
+            m.d.sync += [c_cnt.eq(c_cnt + 1), c_fin.eq(c_cnt + 1 == c_lastseg), c_first.eq(0)]
         m.d.comb += self.macs.eq(macs)
 
         # ------------------------------------------------------------ R1: the issued word
-        m.d.sync += [r1_v.eq(issue), r1_last.eq(issue & last_op)]
+        r1_first = Signal()                   # the query's first issue
+        m.d.sync += [r1_v.eq(issue), r1_last.eq(issue & last_op), r1_first.eq(issue & c_first)]
         # the multipliers' load enables (a V word is being read, its data next cycle): a copy per
         # fold group (lanes of equal e mod 8, neighbours on the FPGA: fpga/floorplan.py)
         r1_rd_g = copies(m, platform, issue & any_match, min(8, Mv), "r1_rd_g")
@@ -565,13 +570,21 @@ class ProbV(wiring.Component):
         # the array do not pull r2_last away from the issue logic)
         r2_last_fan = copies(m, platform, r1_last, 1, "r2_last_fan")[0]
         acc_clr = copies(m, platform, r2_last_fan | ResetSignal("sync"), Mv, "acc_clr", init=1)
+        # ... and set, as a query's first word reaches R2 (the accumulators are then free or
+        # being cleared), to the rounding constant 2**(SH0 - 1) in the lanes e < d of that query
+        # and 0 above: folded, each column holds exactly one, so the output register's rounding
+        # is a plain shift (the renormalisation lane takes it off again)
+        acc_init = copies(m, platform, r1_first, Mv, "acc_init")
+        acc_bias = [acc_init[e] if e < 8 else
+                    copies(m, platform, r1_first & (r1_dl >= e.bit_length()), 1,
+                           f"acc_bias{e}_")[0] for e in range(Mv)]
         sums = []
         for e in range(Mv):
             sm = Signal(signed(AW), name=f"accsum{e}")
             m.d.comb += sm.eq(acc[e] + r3_p[e])
             sums.append(sm)
-            with m.If(acc_clr[e]):
-                m.d.sync += acc[e].eq(0)
+            with m.If(acc_clr[e] | acc_init[e]):
+                m.d.sync += acc[e].eq(Mux(acc_bias[e], BIAS, 0))
             with m.Else():
                 m.d.sync += acc[e].eq(sm)
 
@@ -719,7 +732,7 @@ class ProbV(wiring.Component):
         # the column sum normalised by the sum's leading zeros (exact, see the docstring), into
         # the multipliers' input registers (L2); L3: products of 17-bit chunks (the top one
         # signed) by the reciprocal
-        m.d.comb += l2_x.eq((l1_x << lane_s)[:AW].as_signed())
+        m.d.comb += l2_x.eq(((l1_x - BIAS) << lane_s)[:AW].as_signed())
         l3_pp = []
         for k, (lo, w) in enumerate(chunks):
             top = k == len(chunks) - 1
@@ -774,7 +787,7 @@ class ProbV(wiring.Component):
             m.d.comb += [ld_e.eq(o_q_l[e] & ~(ld_q & ~rl_l[e]) & free_e),
                          ap_e.eq(ap_q_l[e] & ~ap_q & free_e)]
             m.d.sync += [ld_q.eq(ld_e), ap_q.eq(ap_e)]
-            rounded = _sat_inc(F[e][SH0:].as_signed(), F[e][SH0 - 1], OW)
+            rounded = _sat(F[e][SH0:].as_signed(), OW)     # (F holds the rounding constant)
             shift_in = o_data[e + 1] if e + 1 < Mv else Const(0, signed(OW))
             with m.If(ap_e | (ld_e & ~keep)):
                 m.d.sync += o_data[e].eq(0)
