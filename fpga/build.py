@@ -66,6 +66,21 @@ def tool_environment() -> dict:
     return env
 
 
+def _source() -> dict | None:
+    """The checkout a build elaborates: its commit and whether the hardware and flow sources
+    (hw/, spatten/, fpga/) differ from it; None outside a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                                capture_output=True, text=True, timeout=30, check=True)
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                 "--untracked-files=no", "--", "hw", "spatten", "fpga"],
+                                capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit.stdout.strip(), "modified": bool(status.stdout.strip())}
+
+
 def _versions(yosys_log: str) -> dict:
     versions = {}
     for pkg in _PACKAGES:
@@ -203,6 +218,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         raise ValueError(f"out_dir {out_dir} is under {tmp}, which the YoWASP tools cannot see; "
                          f"build under {BUILD_ROOT} instead")
 
+    source = _source()          # before elaboration: what the netlist is built from
     harness = BoardHarness(make_dut, board=b, mhz=mhz, config=config)
     platform = b.make_platform()
     target = b.target_mhz(config) if mhz is None else float(mhz)
@@ -346,6 +362,7 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         "nextpnr_opts": nextpnr_opts,
         "tools": _versions(yosys_log),
         "routed": not stalled,
+        "source": source,
         "patience": patience if router == "router2" and b.family == "ecp5" else None,
     }
     if router == "router2":

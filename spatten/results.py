@@ -52,8 +52,9 @@ def topk_table(bench: dict) -> str:
 def synth_table(reports: list[dict]) -> str:
     from spatten.fpga.report import router2_best
 
-    lines = ["| board | unit | config | Fmax (MHz) | target (MHz) | resources used / available |",
-             "|---|---|---|---:|---:|---|"]
+    lines = ["| board | unit | config | Fmax (MHz) | target (MHz) | resources used / available "
+             "| built from |",
+             "|---|---|---|---:|---:|---|---|"]
     for r in reports:
         fm = r.get("fmax_mhz", {}).get("sync", {})
         util = r.get("utilization", {})
@@ -68,9 +69,12 @@ def synth_table(reports: list[dict]) -> str:
             est = r.get("placer_estimate_mhz", {}).get("sync")
             fmax = (f"not routed ({best / 1000:.1f}k wires overused"
                     + (f"; placer estimate {est:.1f}" if est else "") + ")")
+        src = r.get("source") or {}
+        built = (f"{src['commit']}{' (modified)' if src.get('modified') else ''}"
+                 if src.get("commit") else "(not recorded)")
         lines.append(f"| {r.get('board')} | {r.get('top')} | {r.get('config')} "
                      f"| {fmax} | {r.get('target_mhz', fm.get('constraint', 0)):.1f} "
-                     f"| {'; '.join(cells)} |")
+                     f"| {'; '.join(cells)} | {built} |")
     return "\n".join(lines)
 
 

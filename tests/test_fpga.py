@@ -372,7 +372,20 @@ def test_tables_of_a_build_that_did_not_route():
     assert table.splitlines()[2].split() == ["cell", "used", "available", "percent"]   # no Fmax
     row = synth_table([report]).splitlines()[-1]
     assert "| not routed (4.0k wires overused; placer estimate 49.1) | 100.0 |" in row
-    assert row.endswith("| LUT4 + carry (TRELLIS_COMB) 43758 / 83640 |")
+    assert row.endswith("| LUT4 + carry (TRELLIS_COMB) 43758 / 83640 | (not recorded) |")
+    report["source"] = {"commit": "0123456789ab", "modified": True}
+    assert synth_table([report]).splitlines()[-1].endswith("| 0123456789ab (modified) |")
+
+
+def test_build_records_its_source():
+    """A build records the commit it elaborates, and whether hw/, spatten/ or fpga/ differ."""
+    from spatten.fpga.build import _source
+
+    src = _source()
+    if src is None:
+        pytest.skip("not a git checkout")
+    assert len(src["commit"]) == 12 and int(src["commit"], 16) >= 0
+    assert isinstance(src["modified"], bool)
 
 
 # ---------------------------------------------------------------------------------------------
