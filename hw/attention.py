@@ -249,7 +249,11 @@ class Attention(wiring.Component):
         m.submodules.qk = qk = QKArray(config=cfg)
         m.submodules.softmax = sm = Softmax(config=cfg)
         m.submodules.vsel = vsel = ValueSelect(config=cfg)
-        m.submodules.pv = pv = ProbV(config=cfg)
+        # the probabilities of a softmax row sum below 2**16 + 2 + n/2 (each is rounded from
+        # e * recip, whose sum is below 2**16 + 2: `golden.attention.softmax`), so below 2**17
+        # for any capacity the config allows: prob x V's accumulators need 17 bits of sum
+        assert (1 << cfg.prob_bits) + 2 + cfg.capacity // 2 < (1 << (cfg.prob_bits + 1))
+        m.submodules.pv = pv = ProbV(config=cfg, p_sum_bits=cfg.prob_bits + 1)
         prob_row = row_layout(unsigned(cfg.prob_bits), S)
         m.submodules.fork = fork = Fork(prob_row, ways=2)
         # registered readies on both sides of the fork, so that no ready path runs from prob x V

@@ -187,6 +187,15 @@ class ProbV(wiring.Component):
         A query is in the unit (accepted and its ``o`` beat not yet transferred).
     macs : Out(32)
         Useful multiply-accumulates since reset (d per kept pair), wrapping.
+    overflow : Out(1)
+        With ``p_sum_bits``: a query whose kept probabilities summed to 2**p_sum_bits or more has
+        been issued since reset (its output may have wrapped). Always 0 without.
+
+    ``p_sum_bits`` (keyword-only, default None): the user promises that the kept probabilities
+    of every query sum below 2**p_sum_bits; the accumulators, the fold register F and the
+    renormalisation lane's read multiplexers are then W + p_sum_bits + 1 bits instead of
+    acc_width (the query pipeline: the softmax's probabilities of a row sum below
+    2**16 + 2 + n/2, so 17 bits, 30 instead of 38 at the default formats).
 
     Throughput. Each cycle the array takes, from the current input beat, the run of its remaining
     pairs that fall into one V word (at most gv = Mv/d of them), reads that word, multiplies each
@@ -244,10 +253,18 @@ class ProbV(wiring.Component):
     wait for the fold register.
     """
 
-    def __init__(self, *, config):
+    def __init__(self, *, config, p_sum_bits=None):
         if not isinstance(config, AttentionConfig):
             raise TypeError(f"config must be a spatten.config.AttentionConfig, not {config!r}")
         cfg = config
+        if p_sum_bits is not None:
+            full = cfg.psum_width
+            if not isinstance(p_sum_bits, int) or isinstance(p_sum_bits, bool) \
+                    or not cfg.prob_bits <= p_sum_bits <= full:
+                raise ValueError(f"p_sum_bits must be an int from {cfg.prob_bits} to {full} (the "
+                                 f"kept probabilities of a query sum below 2**p_sum_bits), "
+                                 f"not {p_sum_bits!r}")
+        self.p_sum_bits = p_sum_bits
         self.config = cfg
         self.depth = v_depth(cfg)
         self.addr_width = max(1, (self.depth - 1).bit_length())
@@ -260,6 +277,7 @@ class ProbV(wiring.Component):
             "o": Out(stream.Signature(output_layout(cfg))),
             "busy": Out(1),
             "macs": Out(32),
+            "overflow": Out(1),
         })
 
     def elaborate(self, platform):
@@ -267,6 +285,10 @@ class ProbV(wiring.Component):
         cfg = self.config
         S, Mv, W = cfg.softmax_lanes, cfg.pv_mults, cfg.data_width
         IW, PW, AW, PB = cfg.index_width, cfg.psum_width, cfg.acc_width, cfg.prob_bits
+        # the accumulators, F and the lane's read multiplexers: AW bits, or with p_sum_bits
+        # (a query's kept probabilities sum below 2**p_sum_bits) W + p_sum_bits + 1, which holds
+        # any such sum of products, plus the rounding constant, with room to spare
+        AN = AW if self.p_sum_bits is None else min(AW, W + self.p_sum_bits + 1)
         OW, FB = cfg.out_width, cfg.out_frac_bits
         SH0 = PB - FB                        # output shift without renorm
         SH1 = PB - 1 - FB + PW               # output shift with renorm (psum_width-normalised)
@@ -364,14 +386,14 @@ class ProbV(wiring.Component):
         r3_v, r3_last, r3_rn = Signal(), Signal(), Signal()
         r3_dl = Signal(range(LMV + 1))
         r3_psum = Signal(PW)
-        acc = [Signal(signed(AW), name=f"acc{e}", reset_less=True) for e in range(Mv)]
+        acc = [Signal(signed(AN), name=f"acc{e}", reset_less=True) for e in range(Mv)]
         # D inputs of control registers that also have per-lane copies
         folding_nx = Signal()
         f_lvl_nx = Signal(range(GB + 1))
         f_dl_nx = Signal(range(LMV + 1))
 
         # ------------------------------------------------------------ fold register F
-        F = [Signal(signed(AW), name=f"F{e}", reset_less=True) for e in range(Mv)]
+        F = [Signal(signed(AN), name=f"F{e}", reset_less=True) for e in range(Mv)]
         f_v, f_rn = Signal(), Signal()
         f_dl = Signal(range(LMV + 1))
         f_psum = Signal(PW)
@@ -546,6 +568,12 @@ class ProbV(wiring.Component):
         m.d.sync += [r1_bp[b].eq(Mux(issue, bp_now[b], 0)) for b in range(GMAX)]
         with m.If(issue):
             m.d.sync += [r1_dl.eq(c_dl), r1_rn.eq(c_rn), r1_psum.eq(psum_q)]
+        # a query whose kept probabilities reach 2**p_sum_bits may have wrapped: flagged
+        overflow = Signal()
+        m.d.comb += self.overflow.eq(overflow)
+        if self.p_sum_bits is not None and self.p_sum_bits < PW:
+            with m.If(r1_last & (r1_psum >= (1 << self.p_sum_bits))):
+                m.d.sync += overflow.eq(1)
 
         # ------------------------------------------------------------ R2: multiplier inputs
         m.d.sync += [r2_v.eq(r1_v), r2_last.eq(r1_last), r2_dl.eq(r1_dl), r2_rn.eq(r1_rn),
@@ -580,7 +608,7 @@ class ProbV(wiring.Component):
                            f"acc_bias{e}_")[0] for e in range(Mv)]
         sums = []
         for e in range(Mv):
-            sm = Signal(signed(AW), name=f"accsum{e}")
+            sm = Signal(signed(AN), name=f"accsum{e}")
             m.d.comb += sm.eq(acc[e] + r3_p[e])
             sums.append(sm)
             with m.If(acc_clr[e] | acc_init[e]):
@@ -603,7 +631,7 @@ class ProbV(wiring.Component):
         fold_add = []
         for e in range(Mv // 2):
             steps = [k for k in range(GB) if e < Mv >> (k + 1)]
-            fa = Signal(signed(AW), name=f"fold_add{e}")
+            fa = Signal(signed(AN), name=f"fold_add{e}")
             fold_add.append(fa)
             if not steps:                     # Mv = 8: d = Mv always, nothing to fold
                 continue
@@ -717,7 +745,7 @@ class ProbV(wiring.Component):
         for k in range((LMV + 1) // 2):
             bits = min(2, rem)
             rem -= bits
-            regs = [Signal(signed(AW), name=f"lm{k}_{g}", reset_less=True)
+            regs = [Signal(signed(AN), name=f"lm{k}_{g}", reset_less=True)
                     for g in range(1 << rem)]
             if k == 0:
                 # the first level's selects: a copy of ap_j's top bits per multiplexer (they

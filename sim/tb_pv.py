@@ -73,9 +73,9 @@ class PvTop(BufferedUnitTop):
     """`ProbV` with its V buffer, a ``load`` stream into the buffer and cycle stamps on ``o``
     (see the module docstring)."""
 
-    def __init__(self, config: AttentionConfig, init=None):
+    def __init__(self, config: AttentionConfig, init=None, p_sum_bits=None):
         self.config = config
-        self.pv = ProbV(config=config)
+        self.pv = ProbV(config=config, p_sum_bits=p_sum_bits)
         super().__init__(self.pv, {
             "i": In(stream.Signature(top_input_layout(config))),
             "o": Out(stream.Signature(top_output_layout(config))),

@@ -63,7 +63,7 @@ def random_flat(cfg, rng, kind="uniform"):
 
 
 def run_pv(cfg, flat, queries, *, seed=0, gap=0.0, stall=0.0, junk=True, patch=None, quiet=3,
-           max_cycles=None):
+           max_cycles=None, p_sum_bits=None):
     """Simulate `PvTop` with the V buffer holding `flat` and offer the beats of `queries`
     ((kept, probs, d, renorm) each; fields of `patch` overwritten in every beat) on ``i`` (idle
     with probability `gap` before each beat); ``o.ready`` is low with probability `stall`.
@@ -71,7 +71,7 @@ def run_pv(cfg, flat, queries, *, seed=0, gap=0.0, stall=0.0, junk=True, patch=N
     that nothing more comes out in `quiet` cycles, that ``busy`` falls, and the ``macs``
     counter. Returns the output beats (with their cycle stamps)."""
     rng = random.Random(seed)
-    top = PvTop(cfg, init=v_words(cfg, flat))
+    top = PvTop(cfg, init=v_words(cfg, flat), p_sum_bits=p_sum_bits)
     beats = []
     for q in queries:
         beats += [dict(b, **(patch or {})) for b in query_beats(cfg, *q, rng=rng if junk else None)]
@@ -81,6 +81,7 @@ def run_pv(cfg, flat, queries, *, seed=0, gap=0.0, stall=0.0, junk=True, patch=N
     async def finish(ctx):
         assert not ctx.get(top.busy), "busy after the last output"
         info["macs"] = ctx.get(top.macs)
+        info["overflow"] = ctx.get(top.pv.overflow)
 
     res = run_streams(top, sources={"i": beats}, sinks={"o": len(queries)}, rng=rng, gap=gap,
                       stall=stall, quiet=quiet, finish=finish,
@@ -92,6 +93,8 @@ def run_pv(cfg, flat, queries, *, seed=0, gap=0.0, stall=0.0, junk=True, patch=N
                              f"{res['seen']['o'][k]}:\n got  {got}\n want {want}")
     macs = sum(len(q[0]) * q[2] for q in queries) % (1 << 32)
     assert info["macs"] == macs, f"macs {info['macs']} != {macs}"
+    big = p_sum_bits is not None and any(sum(q[1]) >= 1 << p_sum_bits for q in queries)
+    assert info["overflow"] == big, f"overflow {info['overflow']}, expected {big}"
     return outs
 
 
@@ -358,3 +361,38 @@ def test_cocotb(name, cfg, runs, sim, seed):
     print(f"{name} on {sim}: {res.summary()} in {time.time() - t:.1f} s (built: {res.built}, "
           f"{res.build_seconds:.1f} s)")
     assert res.failed == 0 and res.passed == 4, res.summary()
+
+
+@pytest.mark.parametrize("renorm", [False, True])
+def test_narrow_accumulators(renorm, seed):
+    """With ``p_sum_bits`` (the pipeline's 17) the accumulators are W + 18 bits: bit-exact for
+    queries whose kept probabilities sum below 2**17, among them the extremes (every V element
+    at the format's minimum or maximum, probabilities up to the bound) and softmax-like rows;
+    cycle-exact as the full-width unit; ``overflow`` stays low, and rises for a query beyond the
+    bound."""
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    cfg = DEFAULT
+    bits = cfg.prob_bits + 1
+    queries = []
+    for d in (8, 32, 64):
+        for kind in ("softmaxish", "sparse", "max"):
+            kept, probs, _, _ = make_query(cfg, rng, d, rows_of(cfg, d), kind, renorm)
+            scale = ((1 << bits) - 1) / max(1, sum(probs))
+            probs = [int(p * scale) if sum(probs) >= 1 << bits else p for p in probs]
+            assert sum(probs) < 1 << bits
+            queries.append((kept, probs, d, renorm))
+    for fill in (cfg.data_min, cfg.data_max):
+        flat = np.full(v_depth(cfg) * cfg.pv_mults, fill)
+        outs = run_pv(cfg, flat, queries, seed=seed, p_sum_bits=bits)
+        check_cycles(cfg, queries, outs)
+    flat = random_flat(cfg, rng)
+    run_pv(cfg, flat, queries, seed=seed, p_sum_bits=bits)
+    over = [(list(range(3)), [65535, 65535, 2], 8, renorm)]           # 2**17 exactly
+    run_pv(cfg, flat, queries[:1] + over, seed=seed, p_sum_bits=bits, quiet=0)
+
+
+def test_bad_p_sum_bits():
+    for bad in (15, 27, 17.0, True, "17"):
+        with pytest.raises(ValueError, match="p_sum_bits must be an int from 16 to 26"):
+            ProbV(config=DEFAULT, p_sum_bits=bad)
