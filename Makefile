@@ -57,9 +57,9 @@ bench: $(STAMP)
 synth: $(STAMP)
 	$(SPATTEN) synth --board ulx3s-85f --top topk --config default
 	$(SPATTEN) synth --board icebreaker --top topk --config small
-	# the query pipeline, fed as the fetch unit feeds it, at half the multipliers (about 10
-	# minutes); at the default configuration router2 stalls (README, "ECP5-85F")
-	$(SPATTEN) synth --board ulx3s-85f --top attention_fed --config half --router router2
+	# the query pipeline at the default configuration, fed as the fetch unit feeds it (about
+	# 15 minutes; the placement and seed of the routed build in the README, "ECP5-85F")
+	$(SPATTEN) synth --board ulx3s-85f --top attention_fed --router router2 --placer static --seed 1
 
 demo: $(STAMP)
 	$(SPATTEN) demo
