@@ -125,7 +125,9 @@ class AttentionConfig:
     recip          round(2**33 / m), m = esum normalised to [2**16, 2**17) (truncated), capped at
                    2**17 - 1: U17
     p              probability, U0.`prob_bits`: min((e * recip + half) >> (17 + norm), 2**16 - 1)
-    acc            sum of p * v over the kept keys: S(prob_bits + W + log2 n_max), exact
+    acc            sum of p * v over the kept keys: S(prob_bits + W + log2 n_max), exact (the
+                   pipeline's prob x V holds it in S(W + prob_bits + 2): a softmax row's
+                   probabilities sum below 2**16 + 2 + n/2 < 2**17, `hw.pv.ProbV` p_sum_bits)
     out            S(data_width + out_frac_bits): v's scale with out_frac_bits more fraction bits (a
                    convex combination of v rows stays in v's range; the extra bits keep rows of
                    small norm accurate): round(acc / 2**(prob_bits - out_frac_bits)), or with
@@ -141,6 +143,7 @@ class AttentionConfig:
     softmax_lanes  S, scores the softmax handles per cycle (power of two, <= qk_mults / 8 keeps the
                    Q.K array busy down to d = M / S)
     topk_lanes     P, keys a pass of value pruning's selector reads a cycle (`hw/value_select.py`)
+    topk_digit_bits  D, bits of the selector's radix digit: ceil(prob_bits / D) passes a row
     """
 
     data_width: int = 12
