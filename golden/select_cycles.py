@@ -38,7 +38,6 @@ from spatten.config import AttentionConfig
 
 __all__ = ["select_cycles", "select_timeline", "select_stream_starts", "kept_per_row"]
 
-OUT_STAGES = 6          # bin select -> R4 of the output pass's first row (issue, M, R1..R4)
 TAIL = 3                # serializer -> skid buffer -> beat packer -> o
 
 

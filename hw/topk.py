@@ -52,7 +52,8 @@ from .stat_threshold import StatThreshold
 from .skid import SkidBuffer
 from .zero_elim import PrefixCount, ZeroEliminator, compact_layout, keep_layout
 
-__all__ = ["Mode", "ErrorCode", "TopK", "input_layout", "output_layout"]
+__all__ = ["Mode", "ErrorCode", "TopK", "input_layout", "output_layout", "bin_picker",
+           "set_ties", "count_ties"]
 
 
 class Mode(enum.Enum, shape=2):
@@ -85,6 +86,45 @@ def output_layout(cfg: TopKConfig) -> data.StructLayout:
         "count": range(cfg.lanes + 1),
         "last": 1,
     })
+
+
+def bin_picker(m: Module, counts: list, name: str = "bs_sel"):
+    """The radix bin select of the top-k engine and of value pruning's selector: ``counts[b]``
+    (b = 0 .. NB) is the number of candidates with digit >= b minus those still to find
+    (``counts[0] >= 0`` always, ``counts[NB] < 0``); the chosen bin is the highest b with
+    ``counts[b] >= 0``. The sign bits form a thermometer code, so the select is one-hot and a
+    pick is an AND-OR tree, not a priority chain. Returns ``pick(values)``: values[b] of the
+    chosen bin."""
+    bins = len(counts) - 1
+    sel = [Signal(name=f"{name}{b}") for b in range(bins)]
+    for b in range(bins):
+        ok_b = ~counts[b][-1] if b else Const(1)
+        ok_up = ~counts[b + 1][-1] if b + 1 < bins else Const(0)
+        m.d.comb += sel[b].eq(ok_b & ~ok_up)
+
+    def pick(values):
+        acc = Mux(sel[0], values[0], 0)
+        for b in range(1, bins):
+            acc = acc | Mux(sel[b], values[b], 0)
+        return acc
+    return pick
+
+
+def set_ties(ties_left, ties_cap, value, lanes: int) -> list:
+    """Statements that set the keys equal to the threshold still to keep, and their cap per
+    beat (min(value, lanes): all a beat of `lanes` keys can compare with)."""
+    return [ties_left.eq(value), ties_cap.eq(Mux(value >= lanes, lanes, value))]
+
+
+def count_ties(ties_left, ties_cap, tot, lanes: int) -> list:
+    """Statements that take a beat's `tot` ties off ``ties_left`` and set the next beat's cap,
+    from compares that run side by side (no subtraction before a compare)."""
+    none_left = tot > ties_left
+    return [
+        ties_left.eq(Mux(none_left, 0, ties_left - tot)),
+        ties_cap.eq(Mux(none_left, 0, Mux(ties_left >= tot + lanes, lanes,
+                                          (ties_left - tot)[:len(ties_cap)]))),
+    ]
 
 
 class TopK(wiring.Component):
@@ -192,8 +232,8 @@ class TopK(wiring.Component):
         ties_left = Signal(cnt_shape)           # keys equal to the threshold still to keep
         ties_cap = Signal(range(P + 1))         # min(ties_left, P): all a beat can compare to
 
-        def set_ties(value):
-            return [ties_left.eq(value), ties_cap.eq(Mux(value >= P, P, value))]
+        def set_ties_to(value):
+            return set_ties(ties_left, ties_cap, value, P)
 
         # reader
         src = Signal(range(3))                  # 0: A, 1: B, 2: C
@@ -344,18 +384,7 @@ class TopK(wiring.Component):
         # The sign bits form a thermometer code, so `sel` is one-hot and the selection is an
         # AND-OR tree (not a priority chain).
         m.d.sync += bs_valid.eq(bs_go)
-        sel = [Signal(name=f"bs_sel{b}") for b in range(NB)]
-        for b in range(NB):
-            ok_b = ~dcnt[b][-1] if b else Const(1)
-            ok_up = ~dcnt[b + 1][-1] if b + 1 < NB else Const(0)
-            m.d.comb += sel[b].eq(ok_b & ~ok_up)
-
-        def pick(values):
-            """values[b] of the selected bin: an OR of the masked candidates."""
-            acc = Mux(sel[0], values[0], 0)
-            for b in range(1, NB):
-                acc = acc | Mux(sel[b], values[b], 0)
-            return acc
+        pick = bin_picker(m, dcnt)
 
         with m.If(bs_go):
             m.d.sync += [
@@ -371,7 +400,7 @@ class TopK(wiring.Component):
                 d0.eq(bs_dat),
                 fbin.eq(bs_bin),
                 thr_key.eq(Cat(bs_bin, thr_key[:-D]) if KW > D else bs_bin),
-                *set_ties(-bs_dab),
+                *set_ties_to(-bs_dab),
             ]
             m.d.comb += [d_load.eq(1), d_init.eq(bs_dab)]
 
@@ -424,14 +453,7 @@ class TopK(wiring.Component):
                 m.d.sync += r4_keep[lane].eq(
                     r3_gt[lane] | (r3_eq[lane] & (r3_prefix[lane] < ties_cap)))
             with m.If(r3_valid):
-                # the count after this beat and its cap, from compares that run side by side
-                tot = r3_eqn
-                none_left = tot > ties_left
-                m.d.sync += [
-                    ties_left.eq(Mux(none_left, 0, ties_left - tot)),
-                    ties_cap.eq(Mux(none_left, 0, Mux(ties_left >= tot + P, P,
-                                                      (ties_left - tot)[:len(ties_cap)]))),
-                ]
+                m.d.sync += count_ties(ties_left, ties_cap, r3_eqn, P)
 
         # ================================================================ zero eliminator input
         def shifted_key(key):                   # a survivor drops its (shared) top digit
@@ -691,7 +713,7 @@ class TopK(wiring.Component):
                         with m.If(stat.select_none):
                             m.next = "EMPTY"
                         with m.Else():
-                            m.d.sync += [sel_all.eq(stat.select_all), *set_ties(CAP),
+                            m.d.sync += [sel_all.eq(stat.select_all), *set_ties_to(CAP),
                                          out_pass.eq(1), *start_reader(0, n_reg)]
                             m.next = "OUTPUT"
 

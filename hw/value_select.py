@@ -67,7 +67,7 @@ from spatten.config import AttentionConfig
 from .packer import BeatPacker
 from .rowstream import row_layout
 from .skid import SkidBuffer
-from .topk import ErrorCode
+from .topk import ErrorCode, bin_picker, count_ties, set_ties
 from .zero_elim import PrefixCount
 
 __all__ = ["ValueSelect", "pair_layout"]
@@ -218,9 +218,6 @@ class ValueSelect(wiring.Component):
         ties_left = Signal(cnt_shape)
         ties_cap = Signal(range(P + 1))
 
-        def set_ties(value):
-            return [ties_left.eq(value), ties_cap.eq(Mux(value >= P, P, value))]
-
         # reader
         rd_row = Signal(range(R))
         rd_final = Signal(range(R))
@@ -284,17 +281,7 @@ class ValueSelect(wiring.Component):
         bs_dat, bs_dab = Signal(d_shape), Signal(d_shape)
         bs_dig = Signal.like(hdig)
         m.d.sync += bs_valid.eq(bs_go)
-        sel = [Signal(name=f"bs_sel{b}") for b in range(NB)]
-        for b in range(NB):
-            ok_b = ~dcnt[b][-1] if b else Const(1)
-            ok_up = ~dcnt[b + 1][-1] if b + 1 < NB else Const(0)
-            m.d.comb += sel[b].eq(ok_b & ~ok_up)
-
-        def pick(values):
-            acc = Mux(sel[0], values[0], 0)
-            for b in range(1, NB):
-                acc = acc | Mux(sel[b], values[b], 0)
-            return acc
+        pick = bin_picker(m, dcnt)
 
         with m.If(bs_go):
             m.d.sync += [bs_bin.eq(pick([Const(b, D) for b in range(NB)])),
@@ -309,7 +296,7 @@ class ValueSelect(wiring.Component):
             # (only the last digit's commit sets the ties: the output rows of the row before
             # may still be on their way through R3 and R4 during the earlier ones)
             with m.If(bs_dig == 0):
-                m.d.sync += set_ties(-bs_dab)
+                m.d.sync += set_ties(ties_left, ties_cap, -bs_dab, P)
             m.d.comb += [d_load.eq(1)] + [d_init[b].eq(bs_dab) for b in range(1, NB)]
 
         # ================================================================ output pass: R2-R4
@@ -346,13 +333,7 @@ class ValueSelect(wiring.Component):
                                                          & (r3_prefix[lane] < ties_cap)))
                          for lane in range(P)]
             with m.If(r3_valid):
-                tot = r3_eqn
-                none_left = tot > ties_left
-                m.d.sync += [
-                    ties_left.eq(Mux(none_left, 0, ties_left - tot)),
-                    ties_cap.eq(Mux(none_left, 0, Mux(ties_left >= tot + P, P,
-                                                      (ties_left - tot)[:len(ties_cap)]))),
-                ]
+                m.d.sync += count_ties(ties_left, ties_cap, r3_eqn, P)
 
         # ================================================================ serializer
         # A skid buffer holds each flagged row; the serializer sends its flagged keys S at a
