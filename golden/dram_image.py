@@ -346,7 +346,7 @@ def coalesce(indices) -> list[tuple[int, int]]:
     breaks = np.flatnonzero(step != 1) + 1
     starts = np.concatenate(([0], breaks))
     ends = np.concatenate((breaks, [idx.size]))
-    return [(int(idx[s]), int(e - s)) for s, e in zip(starts, ends)]
+    return [(int(idx[s]), int(e - s)) for s, e in zip(starts, ends, strict=True)]
 
 
 def fetch_runs(plane: PlaneLayout, indices, beat_bytes: int = 16,

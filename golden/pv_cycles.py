@@ -59,7 +59,7 @@ def pv_beat_ops(cfg: AttentionConfig, kept: Sequence[int], d: int) -> list[int]:
     """Issue cycles of each input beat of a query keeping the ascending indices `kept`."""
     _check_d(cfg, d)
     kept = [int(x) for x in kept]
-    if any(b <= a for a, b in zip(kept, kept[1:])):
+    if any(b <= a for a, b in zip(kept, kept[1:], strict=False)):
         raise ValueError("kept indices must be strictly ascending")
     if kept and (kept[0] < 0 or kept[-1] >= cfg.capacity):
         raise ValueError(f"kept indices must lie in 0..{cfg.capacity - 1}")

@@ -57,7 +57,7 @@ def qk_schedule(cfg: AttentionConfig, n, d, queries: int = 1) -> list[tuple[int,
     read_latency = qk_latency(cfg) - 1
     S = cfg.softmax_lanes
     out, start = [], 1
-    for ni, di in zip(ns, ds):
+    for ni, di in zip(ns, ds, strict=True):
         t = qk_query_cycles(cfg, ni, di)
         per = min(cfg.qk_mults // di, S)
         first_words = -(-min(ni, S) // per)

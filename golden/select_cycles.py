@@ -128,12 +128,15 @@ def select_stream_starts(cfg: AttentionConfig, rows, ks) -> list[int]:
     first row's), with the input always valid and ``o`` always ready; exact when no row of A
     keeps more than S keys (see the module docstring)."""
     starts, t = [], 0
-    for i, (p, k) in enumerate(zip(rows, ks)):
+    take = None  # the cycle row i is taken by the selector (known once row i - 1 is timed)
+    for i, (p, k) in enumerate(zip(rows, ks, strict=True)):
         starts.append(t)
         ev = select_timeline(cfg, p, k)
         if i + 1 < len(rows):
             b_next = -(-len(rows[i + 1]) // cfg.softmax_lanes)
-            take = t + ev["take"] if i == 0 else take_next
-            take_next = max(take + b_next + 3, take + ev["free"] - ev["take"])
-            t = take + 1
+            if take is None:
+                take = t + ev["take"]
+            take_now = take
+            take = max(take_now + b_next + 3, take_now + ev["free"] - ev["take"])
+            t = take_now + 1
     return starts

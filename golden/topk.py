@@ -166,7 +166,7 @@ def _packer_writes(counts, arrivals, lanes):
     whose beats carry `counts` items and arrive (are accepted) in cycles `arrivals`: two cycles
     after the beat that releases a beat, three for the remainder of a split last beat."""
     out, fill = [], 0
-    for idx, (c, a) in enumerate(zip(counts, arrivals)):
+    for idx, (c, a) in enumerate(zip(counts, arrivals, strict=True)):
         total = fill + c
         if idx < len(counts) - 1:
             if total > lanes:
@@ -190,7 +190,8 @@ def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
     The model follows the RTL's pipeline: a row read in cycle x is in R1 at x + 2 (histogram
     flags H1 at x + 3, counts at x + 4; candidate passes feed the skid buffer in front of the
     zero eliminator from R2 at x + 3, the output pass from R4 at x + 5, one more cycle to the
-    zero eliminator, one more from it to the packer); a pass's bin is selected 4 cycles after its last read and committed the
+    zero eliminator, one more from it to the packer); a pass's bin is selected 4 cycles after its
+    last read and committed the
     cycle after, while the next pass already reads; a buffer row may be read from the cycle after
     it is written.
     """

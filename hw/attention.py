@@ -49,7 +49,8 @@ selector and prob x V, so the selector can take the next row while prob x V work
 last one. The selector (`hw/value_select.py`) loads row i + 1 while it selects row i; a row
 costs it 2 + (L - 1)(n/P + 4) cycles of selection and an output pass of one cycle per P keys
 (more where a P-key row keeps more than S) plus about 10 (`golden.select_cycles`: 155-158 at
-n = 512, k_v = 128), less than the Q.K array's n*d/M for n >= 128 at d >= 32. ``macs`` counts useful multiply-accumulates (Q.K and prob x V),
+n = 512, k_v = 128), less than the Q.K array's n*d/M for n >= 128 at d >= 32. ``macs`` counts
+useful multiply-accumulates (Q.K and prob x V),
 ``cycles`` the cycles from a run's first query to its last output: utilization is
 macs / ((M + Mv) * cycles).
 
@@ -223,8 +224,7 @@ class Attention(wiring.Component):
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        S, P, M, Mv, W = (cfg.softmax_lanes, cfg.topk_lanes, cfg.qk_mults, cfg.pv_mults,
-                          cfg.data_width)
+        S, M, Mv, W = cfg.softmax_lanes, cfg.qk_mults, cfg.pv_mults, cfg.data_width
         MB, LB = self.msb_bits, self.lsb_bits
 
         # ---------------------------------------------------------------- buffers

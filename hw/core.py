@@ -50,8 +50,8 @@ from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig, Config
 
-from .attention import (Attention, ErrorCode as AttnError, output_layout, row_info_layout,
-                        run_registers, two_banks)
+from .attention import Attention, output_layout, row_info_layout, run_registers, two_banks
+from .attention import ErrorCode as AttnError
 from .fetch import DramArbiter, PlaneReader, req_layout, resp_layout, run_layout
 from .rowstream import row_layout
 

@@ -14,8 +14,18 @@ Shared layouts (also used by the query pipeline and the testbenches):
 
 from __future__ import annotations
 
-from amaranth.hdl import (Array, Cat, Const, Module, Mux, ResetSignal,
-                          Shape, Signal, Value, signed, unsigned)
+from amaranth.hdl import (
+    Array,
+    Cat,
+    Const,
+    Module,
+    Mux,
+    ResetSignal,
+    Shape,
+    Signal,
+    signed,
+    unsigned,
+)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
@@ -234,7 +244,8 @@ class ProbV(wiring.Component):
     constant 2**(15 - fb) (fb = out_frac_bits) in the lanes e < d, set as a query's first word
     comes in, so that each folded column F[j] holds its sum plus that constant once. Without
     renorm, out = sat((sum + 2**(15 - fb)) >> (16 - fb)) is then F's upper bits, saturated. The
-    renormalisation lane subtracts the constant from each column it reads. With renorm the column sum is first shifted left by
+    renormalisation lane subtracts the constant from each column it reads. With renorm the column
+    sum is first shifted left by
     s = psum_width - bit_length(psum) (exact and in range since |acc| <= 2**(W-1) psum), so the
     product by the reciprocal needs a constant final shift: out = sat(((acc << s) * recip +
     2**(SH - 1)) >> SH), SH = 15 - fb + psum_width: the golden formula scaled by 2**s (the
@@ -511,7 +522,7 @@ class ProbV(wiring.Component):
             for j in range(S):
                 m.d.sync += [a_word[j].eq(w_in[j]), a_slot[j].eq(s_in[j]),
                              a_prob[j].eq(p_in[j]), a_pv[j].eq(pv_in[j])]
-            m.d.sync += [a.eq(v) for a, v in zip(a_part, a_part_in)]
+            m.d.sync += [a.eq(v) for a, v in zip(a_part, a_part_in, strict=True)]
         with m.Elif(b_take):
             m.d.sync += a_v.eq(0)
 
@@ -754,7 +765,7 @@ class ProbV(wiring.Component):
             else:
                 sels = [lj[k - 1][rem:rem + bits]] * len(regs)
             m.d.sync += [r.eq(Array(vals[g + (t << rem)] for t in range(1 << bits))[sel])
-                         for g, (r, sel) in enumerate(zip(regs, sels))]
+                         for g, (r, sel) in enumerate(zip(regs, sels, strict=True))]
             vals = regs
         l1_x = vals[0]
         # the column sum normalised by the sum's leading zeros (exact, see the docstring), into

@@ -22,7 +22,8 @@ from spatten.config import AttentionConfig
 from .dsp import mult18x18d
 from .zero_elim import compact_layout
 
-__all__ = ["QKArray", "Multiplier", "q_layout", "k_word_layout", "dots_layout", "k_depth", "qk_latency"]
+__all__ = ["QKArray", "Multiplier", "q_layout", "k_word_layout", "dots_layout", "k_depth",
+           "qk_latency"]
 
 MIN_D_LOG2 = 3
 
@@ -337,7 +338,7 @@ class QKArray(wiring.Component):
             for stage in range(L - lv):
                 dl = [Signal.like(v, name=f"tap{lv}_{stage}_{i}", reset_less=True)
                       for i, v in enumerate(vals)]
-                m.d.sync += [a.eq(b) for a, b in zip(dl, vals)]
+                m.d.sync += [a.eq(b) for a, b in zip(dl, vals, strict=True)]
                 vals = dl
             taps[lv] = vals
         tm = metas[-1]

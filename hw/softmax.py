@@ -196,14 +196,14 @@ class Softmax(wiring.Component):
                 m.d.sync += [idx.eq(Mux(over, idx, idx + 1)), r_err.eq(err_now)]
 
         # running maximum per lane, then a registered tree
-        lane_max = [reg(signed(DW), f"lane_max{l}") for l in range(S)]
+        lane_max = [reg(signed(DW), f"lane_max{lane}") for lane in range(S)]
         with m.If(b_v):
-            for l in range(S):
-                ok = cnt > l
+            for lane in range(S):
+                ok = cnt > lane
                 with m.If(b_first):
-                    m.d.sync += lane_max[l].eq(Mux(ok, b.data[l], dmin))
-                with m.Elif(ok & (b.data[l] > lane_max[l])):
-                    m.d.sync += lane_max[l].eq(b.data[l])
+                    m.d.sync += lane_max[lane].eq(Mux(ok, b.data[lane], dmin))
+                with m.Elif(ok & (b.data[lane] > lane_max[lane])):
+                    m.d.sync += lane_max[lane].eq(b.data[lane])
         level = lane_max
         for k in range(R):
             nxt = []
@@ -309,66 +309,66 @@ class Softmax(wiring.Component):
         p1 = carry(p0, side + ["max", "shift", "scale", "ps"], "x1")
         # P2: the dots, straight from the bank into registers
         p2 = carry(p1, side + ["max", "shift", "scale", "ps"], "x2")
-        dot = [Signal(signed(DW), name=f"x2_dot{l}") for l in range(S)]
-        for l in range(S):
-            m.d.sync += dot[l].eq(s_rd.data[l])
+        dot = [Signal(signed(DW), name=f"x2_dot{lane}") for lane in range(S)]
+        for lane in range(S):
+            m.d.sync += dot[lane].eq(s_rd.data[lane])
         # P3: t = max - dot
         p3 = carry(p2, side + ["shift", "scale", "ps"], "x3")
-        t = [Signal(unsigned(DW), name=f"x3_t{l}") for l in range(S)]
-        for l in range(S):
-            m.d.sync += t[l].eq((p2["max"] - dot[l])[:DW])
+        t = [Signal(unsigned(DW), name=f"x3_t{lane}") for lane in range(S)]
+        for lane in range(S):
+            m.d.sync += t[lane].eq((p2["max"] - dot[lane])[:DW])
         # P4: t >> shift[0:3]
         p4 = carry(p3, side + ["shift", "scale", "ps"], "x4")
-        u = [Signal(unsigned(DW), name=f"x4_u{l}") for l in range(S)]
-        for l in range(S):
-            m.d.sync += u[l].eq(t[l] >> p3["shift"][:3])
+        u = [Signal(unsigned(DW), name=f"x4_u{lane}") for lane in range(S)]
+        for lane in range(S):
+            m.d.sync += u[lane].eq(t[lane] >> p3["shift"][:3])
         # P5: t >> shift[3:], saturated to t_bits: the multiplier's inputs
         p5 = carry(p4, side + ["scale", "ps"], "x5")
-        ts = [Signal(unsigned(TB), name=f"x5_ts{l}") for l in range(S)]
-        for l in range(S):
-            w = u[l] >> Cat(Const(0, 3), p4["shift"][3:])
+        ts = [Signal(unsigned(TB), name=f"x5_ts{lane}") for lane in range(S)]
+        for lane in range(S):
+            w = u[lane] >> Cat(Const(0, 3), p4["shift"][3:])
             hi = w[TB:] if DW > TB else Const(0, 1)
-            m.d.sync += ts[l].eq(Mux(hi != 0, (1 << TB) - 1, w[:TB]))
+            m.d.sync += ts[lane].eq(Mux(hi != 0, (1 << TB) - 1, w[:TB]))
         # P6: the product
         p6 = carry(p5, side + ["ps"], "x6")
-        prod = [Signal(unsigned(TB + SB), name=f"x6_prod{l}") for l in range(S)]
-        for l in range(S):
-            m.d.sync += prod[l].eq(ts[l] * p5["scale"])
+        prod = [Signal(unsigned(TB + SB), name=f"x6_prod{lane}") for lane in range(S)]
+        for lane in range(S):
+            m.d.sync += prod[lane].eq(ts[lane] * p5["scale"])
         # P7, P8: v = (2 prod) >> post_shift in two steps; y = (v + 1) >> 1 saturated later
         VW = max(TB + SB + 1, YW + 2)
         p7 = carry(p6, side + ["ps"], "x7")
-        v1 = [Signal(unsigned(VW), name=f"x7_v{l}") for l in range(S)]
-        for l in range(S):
-            m.d.sync += v1[l].eq(Cat(Const(0, 1), prod[l]) >> p6["ps"][:3])
+        v1 = [Signal(unsigned(VW), name=f"x7_v{lane}") for lane in range(S)]
+        for lane in range(S):
+            m.d.sync += v1[lane].eq(Cat(Const(0, 1), prod[lane]) >> p6["ps"][:3])
         p8 = carry(p7, side, "x8")
-        v2 = [Signal(unsigned(VW), name=f"x8_v{l}") for l in range(S)]
-        for l in range(S):
-            m.d.sync += v2[l].eq(v1[l] >> Cat(Const(0, 3), p7["ps"][3:]))
+        v2 = [Signal(unsigned(VW), name=f"x8_v{lane}") for lane in range(S)]
+        for lane in range(S):
+            m.d.sync += v2[lane].eq(v1[lane] >> Cat(Const(0, 3), p7["ps"][3:]))
         # P9: y (saturated at y_max) addresses the exponent ROM; its integer part goes on
         p9 = carry(p8, side, "x9")
-        yi = [Signal(unsigned(cfg.y_int_bits), name=f"x9_yi{l}") for l in range(S)]
-        for l in range(S):
-            v = v2[l]
+        yi = [Signal(unsigned(cfg.y_int_bits), name=f"x9_yi{lane}") for lane in range(S)]
+        for lane in range(S):
+            v = v2[lane]
             sat = (v[YW + 1:] != 0) | (v[:YW + 1] == (1 << (YW + 1)) - 1)
             y = Mux(sat, cfg.y_max, (v[1:YW + 1] + v[0])[:YW])
-            m.d.comb += [rom_rd[l].addr.eq(y[:YF])]
-            m.d.sync += yi[l].eq(y[YF:])
+            m.d.comb += [rom_rd[lane].addr.eq(y[:YF])]
+            m.d.sync += yi[lane].eq(y[YF:])
         # P10: the ROM's output, registered
         p10 = carry(p9, side, "x10")
-        tab = [Signal(unsigned(PB + 1), name=f"x10_tab{l}") for l in range(S)]
-        yi10 = [Signal.like(yi[l], name=f"x10_yi{l}") for l in range(S)]
-        for l in range(S):
-            m.d.sync += [tab[l].eq(rom_rd[l].data), yi10[l].eq(yi[l])]
+        tab = [Signal(unsigned(PB + 1), name=f"x10_tab{lane}") for lane in range(S)]
+        yi10 = [Signal.like(yi[lane], name=f"x10_yi{lane}") for lane in range(S)]
+        for lane in range(S):
+            m.d.sync += [tab[lane].eq(rom_rd[lane].data), yi10[lane].eq(yi[lane])]
         # P11: (2 tab) >> yi
         p11 = carry(p10, side, "x11")
-        h = [Signal(unsigned(PB + 2), name=f"x11_h{l}") for l in range(S)]
-        for l in range(S):
-            m.d.sync += h[l].eq(Cat(Const(0, 1), tab[l]) >> yi10[l])
+        h = [Signal(unsigned(PB + 2), name=f"x11_h{lane}") for lane in range(S)]
+        for lane in range(S):
+            m.d.sync += h[lane].eq(Cat(Const(0, 1), tab[lane]) >> yi10[lane])
         # P12: e = (h + 1) >> 1, zero in the lanes above count
         p12 = carry(p11, side, "x12")
-        e = [Signal(unsigned(PB + 1), name=f"x12_e{l}") for l in range(S)]
-        for l in range(S):
-            m.d.sync += e[l].eq(Mux(p11["cnt"] > l, (h[l][1:] + h[l][0])[:PB + 1], 0))
+        e = [Signal(unsigned(PB + 1), name=f"x12_e{lane}") for lane in range(S)]
+        for lane in range(S):
+            m.d.sync += e[lane].eq(Mux(p11["cnt"] > lane, (h[lane][1:] + h[lane][0])[:PB + 1], 0))
         m.d.comb += [e_wr.addr.eq(bank_addr(p12["eb"], p12["ea"])), e_wr.data.eq(Cat(*e)),
                      e_wr.en.eq(p12["v"])]
         # esum: an adder tree, registered per level, then the accumulator
@@ -466,26 +466,26 @@ class Softmax(wiring.Component):
         q1 = carry(q0, ["v", "last", "cnt", "recip", "norm"], "n1")
         # Q2: e from the bank and the reciprocal: the multiplier's inputs
         q2 = carry(q1, ["v", "last", "cnt", "recip", "norm"], "n2")
-        ne = [Signal(unsigned(PB + 1), name=f"n2_e{l}") for l in range(S)]
-        for l in range(S):
-            m.d.sync += ne[l].eq(e_rd.data[l])
+        ne = [Signal(unsigned(PB + 1), name=f"n2_e{lane}") for lane in range(S)]
+        for lane in range(S):
+            m.d.sync += ne[lane].eq(e_rd.data[lane])
         # Q3: the product
         q3 = carry(q2, ["v", "last", "cnt", "norm"], "n3")
-        nprod = [Signal(unsigned(2 * PB + 2), name=f"n3_prod{l}") for l in range(S)]
-        for l in range(S):
-            m.d.sync += nprod[l].eq(ne[l] * q2["recip"])
+        nprod = [Signal(unsigned(2 * PB + 2), name=f"n3_prod{lane}") for lane in range(S)]
+        for lane in range(S):
+            m.d.sync += nprod[lane].eq(ne[lane] * q2["recip"])
         # Q4: v = prod >> (16 + norm); then p = min((v + 1) >> 1, 65535) into the FIFO
         q4 = carry(q3, ["v", "last", "cnt"], "n4")
-        nv = [Signal(unsigned(PB + 2), name=f"n4_v{l}") for l in range(S)]
-        for l in range(S):
-            m.d.sync += nv[l].eq(nprod[l][PB:] >> q3["norm"])
+        nv = [Signal(unsigned(PB + 2), name=f"n4_v{lane}") for lane in range(S)]
+        for lane in range(S):
+            m.d.sync += nv[lane].eq(nprod[lane][PB:] >> q3["norm"])
         m.submodules.out_fifo = fifo = SyncFIFOBuffered(width=probs_layout(cfg).size,
                                                          depth=self.OUT_DEPTH)
         beat = Signal(probs_layout(cfg), name="n_beat")
-        for l in range(S):
-            pv = nv[l][1:] + nv[l][0]
+        for lane in range(S):
+            pv = nv[lane][1:] + nv[lane][0]
             p = Mux(pv[PB:] != 0, (1 << PB) - 1, pv[:PB])
-            m.d.comb += beat.data[l].eq(Mux(q4["cnt"] > l, p, 0))
+            m.d.comb += beat.data[lane].eq(Mux(q4["cnt"] > lane, p, 0))
         m.d.comb += [beat.count.eq(q4["cnt"]), beat.last.eq(q4["last"]),
                      fifo.w_data.eq(beat), fifo.w_en.eq(q4["v"]),
                      self.o.payload.eq(fifo.r_data), self.o.valid.eq(fifo.r_rdy),

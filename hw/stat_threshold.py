@@ -195,7 +195,7 @@ class StatThreshold(wiring.Component):
             with m.If(self.start):
                 m.d.sync += [phase.eq(P.RDIV), cnt.eq(RB - 1)]
         with m.Elif(last):
-            for cur, nxt in zip(order, order[1:] + [P.IDLE]):
+            for cur, nxt in zip(order, order[1:] + [P.IDLE], strict=True):
                 with m.If(phase == cur):
                     m.d.sync += phase.eq(nxt)
                     if nxt != P.IDLE:

@@ -8,7 +8,8 @@ run (its count is 1..lanes). ``k`` and ``mode`` are sampled with the first beat 
 
 Output ``o`` (stream): the selected ``(index, value)`` pairs in ascending index order, packed
 ``lanes`` per beat (``index[0..count-1]``, ``value[0..count-1]``; lanes above read zero); only
-the final beat (``last``) may be partial. A run that selects nothing (``k = 0``, or an error) emits one beat with
+the final beat (``last``) may be partial. A run that selects nothing (``k = 0``, or an error) emits
+one beat with
 ``count = 0, last = 1``, so a consumer never waits for an end that does not come.
 
 ``mode = EXACT``: exactly ``k`` values: the ``k`` largest; of the values equal to the k-th
@@ -48,8 +49,8 @@ from amaranth.lib.wiring import In, Out
 from spatten.config import TopKConfig
 
 from .packer import BeatPacker
-from .stat_threshold import StatThreshold
 from .skid import SkidBuffer
+from .stat_threshold import StatThreshold
 from .zero_elim import PrefixCount, ZeroEliminator, compact_layout, keep_layout
 
 __all__ = ["Mode", "ErrorCode", "TopK", "input_layout", "output_layout", "bin_picker",

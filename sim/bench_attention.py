@@ -65,7 +65,7 @@ def accuracy(cfg_name: str = "default", texts=None) -> dict:
         hidden, records = model.forward(ids, record=True)
         ref_emb = model.embed(text)
         for layer, heads in enumerate(records):
-            for head, rec in enumerate(heads):
+            for rec in heads:
                 q, k, v = rec["q"], rec["k"], rec["v"]
                 n, d = k.shape
                 qi, qs = quantize(q, cfg.data_width)
@@ -149,7 +149,7 @@ def utilization(cfg_name: str = "default", sim: str = "verilator", seed: int = 2
     wall = time.time() - t0
     out = []
     mults = cfg.qk_mults + cfg.pv_mults
-    for (n, d, k_v, qi, ki, vi, params), res in zip(meta, results):
+    for (n, d, k_v, qi, ki, vi, params), res in zip(meta, results, strict=True):
         ref = golden.attention(cfg, qi, ki, vi, params, k_v)
         got = np.array([row[:d] for row in res["out"]])
         ok = bool(np.array_equal(got, ref.out) and res["probs"] == ref.p.tolist())

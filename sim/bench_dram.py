@@ -51,8 +51,8 @@ import dataclasses
 import importlib.util
 import json
 import math
-import time
 import sys
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -308,7 +308,7 @@ def bench_minilm(cfg: Config, taus=TAUS, texts=None, splits=SPLITS, thetas=None)
             fn = _minilm_attention(cfg, s, tally)
         cos = []
         bar = _progress(len(texts), f"MiniLM {s.label}")
-        for text, e_ref in zip(texts, ref):
+        for text, e_ref in zip(texts, ref, strict=True):
             cos.append(_cos(model.embed(text, attention=fn), e_ref))
             bar.update(1)
         bar.close()
@@ -397,7 +397,8 @@ def _smollm2_attention(cfg: Config, s: Setting, tally: _Tally, scales: dict, pro
 
     att = cfg.attention
     W, F = att.data_width, att.out_frac_bits
-    params = [score_params(att, qs, ks, sm.HEAD_DIM) for qs, ks in zip(scales["q"], scales["k"])]
+    params = [score_params(att, qs, ks, sm.HEAD_DIM)
+              for qs, ks in zip(scales["q"], scales["k"], strict=True)]
     queries = [(h, 0) for h in range(sm.GROUP)]
 
     def attend(q, k, v, layer, g):
@@ -603,9 +604,9 @@ def bench_rtl(cfg: Config, sim: str = "verilator") -> dict:
     results = run_core(cfg, jobs, group=group_size, depth_beats=depth, sim=sim)
     rows, batches = [], {}
     mults = cfg.attention.qk_mults + cfg.attention.pv_mults
-    for job_meta, ref, res in zip(meta, refs, results):
+    for job_meta, ref, res in zip(meta, refs, results, strict=True):
         d = job_meta["d"]
-        by_tag = {t: row[:d] for t, row in zip(res["tags"], res["out"])}
+        by_tag = {t: row[:d] for t, row in zip(res["tags"], res["out"], strict=True)}
         out_ok = (res["error"] == "NONE"
                   and all(by_tag.get(j) == ref.out[j].tolist() for j in range(len(ref.out))))
         macs = len(ref.passes) * job_meta["n"] * d + sum(len(x) for x in ref.kept) * d
@@ -631,7 +632,7 @@ def bench_rtl(cfg: Config, sim: str = "verilator") -> dict:
         for t in TENSORS:
             b["want"][t] += want[t]
     summary = []
-    for key, b in batches.items():
+    for b in batches.values():
         st = b.pop("stats")
         got = {t: st["beats"][t] * B for t in TENSORS}
         total = sum(got.values())

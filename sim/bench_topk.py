@@ -69,9 +69,9 @@ def measure(*, trials: int, seed: int, sim: str, stat_trials: int | None = None)
         tot = np.array([r["total_cycles"] for r in exact], float)
         model = [golden.cycle_model(cfg, v, k) for v in inputs]
         mismatch = sum((m["select"], m["total"]) != (r["select_cycles"], r["total_cycles"])
-                       for m, r in zip(model, exact))
+                       for m, r in zip(model, exact, strict=True))
         wrong = sum(r["indices"] != golden.select(cfg, v, k).indices.tolist()
-                    for r, v in zip(exact, inputs))
+                    for r, v in zip(exact, inputs, strict=True))
         rnd = np.array([golden.random_pivot_cycles(v, k, P, rng) for v in inputs], float)
         st_sel = np.array([r["select_cycles"] for r in stat], float)
         st_cnt = np.array([len(r["indices"]) for r in stat], float)
@@ -110,12 +110,14 @@ def table(result: dict) -> str:
     ]
     rows.append("-" * len(rows[1]))
     for p in result["points"]:
+        model = "exact" if p["model_mismatches"] == 0 else f"{p['model_mismatches']} off"
         rows.append(
-            f"{p['dist']:>8} {p['n']:>5} {p['k']:>5} | {p['select_per_nP']:>6.2f} +- {p['select_per_nP_std']:<4.2f}"
+            f"{p['dist']:>8} {p['n']:>5} {p['k']:>5} | "
+            f"{p['select_per_nP']:>6.2f} +- {p['select_per_nP_std']:<4.2f}"
             f" {p['total_per_nP']:>6.2f} +- {p['total_per_nP_std']:<4.2f} | "
             f"{p['random_pivot_per_nP']:>10.2f} +- {p['random_pivot_per_nP_std']:<5.2f} "
             f"{p['speedup_vs_random_pivot']:>6.2f}x | "
-            f"{'exact' if p['model_mismatches'] == 0 else str(p['model_mismatches']) + ' off':>5} | "
+            f"{model:>5} | "
             f"{p['statistical']['count_over_k_mean']:>7.2f}k")
     rows.append("select: cycles after the last input beat until the k-th value is known; total: "
                 "first input beat to last output beat; model: RTL counters vs the golden cycle "

@@ -10,7 +10,7 @@ import dataclasses
 
 from amaranth.hdl import Module
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
 from spatten.config import Config
 

@@ -14,7 +14,8 @@ It reads the JUnit file the run writes, so it behaves the same under pytest and 
 line (cocotb's own pytest integration is switched off for the call).
 
 Builds: Verilator with ``-Wno-fatal -Wno-lint --x-assign 0`` (Amaranth's Verilog trips width
-lint warnings; the C++ is compiled at -O1, see toolchain.py), Icarus with ``-g2012``; both with timescale 1ns/1ps. A build is skipped when
+lint warnings; the C++ is compiled at -O1, see toolchain.py), Icarus with ``-g2012``; both with
+timescale 1ns/1ps. A build is skipped when
 a stamp of everything that goes into it (simulator, top, arguments, and the contents of every
 Verilog file) matches the last successful build in `build_dir`; `emit_verilog` leaves an
 unchanged file untouched. Build output goes to ``build_dir/build.log`` and only its tail is shown,
@@ -46,7 +47,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .toolchain import build_root, have_icarus, setup_environ, verilator_bin_dir, patched_environ
+from .toolchain import build_root, have_icarus, patched_environ, setup_environ, verilator_bin_dir
 
 __all__ = ["emit_verilog", "run_cocotb", "sim_build_dir", "CocotbResult", "CocotbFailure",
            "SimBuildError", "SimRunError", "SIMULATORS", "available_simulators"]

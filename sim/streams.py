@@ -41,8 +41,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import cocotb
 from amaranth.hdl import Shape
-from cocotb.clock import Clock
 from amaranth.lib import data
+from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, Event, First, ReadOnly, RisingEdge, Timer
 from cocotb.utils import get_sim_time
 
@@ -149,7 +149,7 @@ def _compile_array(layout: data.ArrayLayout, path):
         if len(value) != length:
             raise ValueError(f"{path}: expected {length} elements, got {len(value)}")
         bits = 0
-        for s, v in zip(shifts, value):
+        for s, v in zip(shifts, value, strict=True):
             bits |= epack(v) << s
         return bits
 

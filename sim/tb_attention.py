@@ -21,8 +21,13 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from spatten.config import AttentionConfig
 from spatten.golden import attention as golden
-from spatten.hw.attention import (ErrorCode, load_layout, output_layout, query_layout,
-                                  row_info_layout)
+from spatten.hw.attention import (
+    ErrorCode,
+    load_layout,
+    output_layout,
+    query_layout,
+    row_info_layout,
+)
 from spatten.hw.rowstream import row_layout
 
 from .streams import StreamSink, StreamSource, clock_and_reset, with_timeout
@@ -422,7 +427,8 @@ async def run_pq(bench, job, tau, fill, *, lsb_late=False):
     got_rows = [(int(r["tag"]), int(r["full"]), int(r["refetch"])) for r in rows]
     if got_rows != want_rows:
         errs.append(f"row beats {got_rows} != golden {want_rows}")
-    msb_pmax = [int(r["p_max"]) for r, (kind, _) in zip(rows, ref.passes) if kind == "M"]
+    msb_pmax = [int(r["p_max"]) for r, (kind, _) in zip(rows, ref.passes, strict=True)
+                if kind == "M"]
     if msb_pmax != ref.p_max_msb.tolist():
         errs.append("p_max of the MSB passes differs")
     if probs != ref.final_probs():

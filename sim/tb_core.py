@@ -424,9 +424,9 @@ async def jobs_back_to_back(dut):
         alone += bench.status()["busy_cycles"] - st0["busy_cycles"]
         await RisingEdge(dut.clk)
     st0 = bench.status()
-    for surv, queries, ref, desc in good:
+    for surv, queries, _ref, desc in good:
         bench.send_job(desc, surv, queries)
-    for surv, queries, ref, desc in good:
+    for _surv, queries, ref, _desc in good:
         errs += [f"back to back: {e}" for e in compare(
             grp, ref, queries, *await bench.collect(len(queries), 400_000))]
     await RisingEdge(dut.clk)

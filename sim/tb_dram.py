@@ -110,7 +110,7 @@ if cocotb is not None:
 
         got, t1, w1 = await with_timeout(collect(), dut, 200 + 100 * len(want) + 50 * len(reqs))
         cycles, wall = (t1 - t0) / PERIOD, w1 - w0
-        for k, (g, w) in enumerate(zip(got, want)):
+        for k, (g, w) in enumerate(zip(got, want, strict=True)):
             assert g == w, f"seed {SEED}: beat {k}: {g} != {w}"
         await ClockCycles(dut.clk, 4)
         await ReadOnly()

@@ -38,8 +38,15 @@ from amaranth.lib.wiring import In, Out
 from spatten.config import AttentionConfig
 from spatten.hw.pv import ProbV, input_layout, output_layout, v_depth, v_word_layout
 
-from .unit_top import (BufferedUnitTop, UnitBench, cocotb, random_elements, report, tb_config,
-                       words_of)
+from .unit_top import (
+    BufferedUnitTop,
+    UnitBench,
+    cocotb,
+    random_elements,
+    report,
+    tb_config,
+    words_of,
+)
 
 __all__ = ["PvTop", "top_input_layout", "top_output_layout", "load_layout", "v_words",
            "query_beats", "make_query", "expected_beat", "STAMP_FIFO_DEPTH"]
@@ -238,7 +245,7 @@ if cocotb is not None:
             if len(got) < len(queries):
                 return [f"query {len(got)}: no output beat (hang)"]
             errs = []
-            for i, (q, beat) in enumerate(zip(queries, got)):
+            for i, (q, beat) in enumerate(zip(queries, got, strict=True)):
                 want = expected_beat(CFG, flat, q)
                 if beat["data"] != want["data"] or beat["psum"] != want["psum"]:
                     bad = [j for j in range(CFG.pv_mults) if beat["data"][j] != want["data"][j]]

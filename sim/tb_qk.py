@@ -30,8 +30,7 @@ from amaranth.lib.wiring import In, Out
 from spatten.config import AttentionConfig
 from spatten.hw.qk import QKArray, dots_layout, k_word_layout, q_layout
 
-from .unit_top import (BufferedUnitTop, UnitBench, cocotb, lane_beats, report, tb_config,
-                       words_of)
+from .unit_top import BufferedUnitTop, UnitBench, cocotb, lane_beats, report, tb_config, words_of
 
 __all__ = ["QKTop", "k_words", "q_word", "expected_beats", "random_batch", "edge_batches"]
 
@@ -152,8 +151,8 @@ if cocotb is not None:
             for i, packet in enumerate(got):
                 want = expected_beats(CFG, ref[i])
                 if packet != want:
-                    bad = next(j for j, (a, b) in enumerate(zip(packet + [None] * len(want),
-                                                                 want + [None] * len(packet)))
+                    pad_got, pad_want = packet + [None] * len(want), want + [None] * len(packet)
+                    bad = next(j for j, (a, b) in enumerate(zip(pad_got, pad_want, strict=True))
                                if a != b)
                     errs.append(f"query {i}: beat {bad} of {len(packet)}: "
                                 f"{packet[bad] if bad < len(packet) else None} != "

@@ -36,8 +36,7 @@ from spatten.golden.softmax_cycles import softmax_cycle_model
 from spatten.hw.softmax import Softmax, dots_layout, probs_layout, row_info_layout
 
 from .runner import CocotbResult
-from .unit_top import (UnitBench, cocotb, cycle_now, lane_beats, report, tb_config,
-                       unit_test)
+from .unit_top import UnitBench, cocotb, cycle_now, lane_beats, report, tb_config, unit_test
 
 __all__ = ["SoftmaxTop", "feed_layout", "softmax_selftest", "beats_of", "make_rows",
            "cycle_errors", "TOPLEVEL"]
@@ -93,11 +92,11 @@ def cycle_errors(cfg: AttentionConfig, model_rows, first_in, last_out) -> list[s
     row's first input, with `softmax_cycle_model(cfg, model_rows)`; return the problems found
     (the first differing row)."""
     t0 = first_in[0]
-    got = [(f - t0, z - t0) for f, z in zip(first_in, last_out)]
+    got = [(f - t0, z - t0) for f, z in zip(first_in, last_out, strict=True)]
     want = [(ev.first_in, ev.last_out) for ev in softmax_cycle_model(cfg, model_rows)]
     if got == want:
         return []
-    bad = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+    bad = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), None)
     if bad is None:
         return [f"cycles of {len(got)} rows for {len(want)} in the model"]
     return [f"cycles of row {bad}: (first in, last out) {got[bad]} != model {want[bad]}"]
@@ -219,7 +218,8 @@ if cocotb is not None:
             limit = 60 * sum(len(r[1]) + 1 for r in rows) + 400 * len(rows) + 2000
             got = await self.exchange(self.feed(rows), self._row, len(rows), limit)
             errs = []
-            for ri, ((label, beats, p, dots), (packet, info)) in enumerate(zip(rows, got)):
+            for ri, (row, (packet, info)) in enumerate(zip(rows, got, strict=True)):
+                label, beats, p, dots = row
                 errs += [f"row {ri} ({label}): {e}" for e in _check(beats, p, dots, packet,
                                                                        info)]
             if len(got) < len(rows):
@@ -257,7 +257,7 @@ if cocotb is not None:
             return errs + [f"beat structure {[(b['count'], b['last']) for b in packet]}"]
         got = [x for b in packet for x in b["data"][:b["count"]]]
         if got != g.p.tolist():
-            bad = next(i for i, (a, b) in enumerate(zip(got, g.p.tolist())) if a != b)
+            bad = next(i for i, (a, b) in enumerate(zip(got, g.p.tolist(), strict=False)) if a != b)
             errs.append(f"p[{bad}] = {got[bad]} != golden {int(g.p[bad])}")
         if any(x for b in packet for x in b["data"][b["count"]:S]):
             errs.append("lanes above count are not 0")

@@ -344,7 +344,7 @@ if cocotb is not None:
             limit = max(row_limit(CFG, r) for r in rows) * 2
             got = await self.exchange(beats, self.sink.recv_packet, len(rows), limit)
             errs = []
-            for r, packet in zip(rows, got):
+            for r, packet in zip(rows, got, strict=True):
                 errs += check_packet(r, packet)
             if len(got) < len(rows):
                 return errs + [f"row {len(got)} ({rows[len(got)].label}): no output (hang)"]
@@ -396,7 +396,7 @@ if cocotb is not None:
         if [(b["count"], b["last"]) for b in have] != [(b["count"], b["last"]) for b in want]:
             return [f"{row.label}: beats (count, last) {[(b['count'], b['last']) for b in have]}"
                     f" != golden {[(b['count'], b['last']) for b in want]}"[:400]]
-        for j, (a, b) in enumerate(zip(have, want)):
+        for j, (a, b) in enumerate(zip(have, want, strict=True)):
             if a != b:
                 return [f"{row.label}: beat {j} {a['data']} != golden {b['data']}"]
         return []

@@ -17,8 +17,8 @@ a folder under `build_root()`.
 
 from __future__ import annotations
 
-import functools
 import contextlib
+import functools
 import os
 import shutil
 import sys

@@ -47,7 +47,8 @@ def _settings_file(bdir: Path, settings: dict) -> Path:
 def run_topk(cfg: TopKConfig, jobs: list[dict], *, sim: str = "verilator", idle: float = 0.0,
              stall: float = 0.0, purpose: str = "jobs") -> list[dict]:
     """Run `jobs` ({"values": [...], "k": int, "mode": "exact"|"statistical"}) through the RTL;
-    return one dict per job (indices, values, threshold, select_cycles, total_cycles, error, ...)."""
+    return one dict per job (indices, values, threshold, select_cycles, total_cycles, error,
+    ...)."""
     bdir = build_dir_for(cfg, sim, purpose)
     bdir.mkdir(parents=True, exist_ok=True)
     verilog = _verilog(cfg, bdir / "rtl")

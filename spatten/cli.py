@@ -192,7 +192,7 @@ def cmd_attention(args):
         (res,) = run_core(full, [job], group=1, depth_beats=depth, sim=args.sim)
     finally:
         img.unlink(missing_ok=True)
-    by_tag = {t: row[:d] for t, row in zip(res["tags"], res["out"])}
+    by_tag = {t: row[:d] for t, row in zip(res["tags"], res["out"], strict=True)}
     out = np.array([by_tag.get(j, [0] * d) for j in range(m)], dtype=np.int64)
     dram = {t: res["beats"][t] * mem.beat_bytes for t in ("k_msb", "k_lsb", "q", "v")}
     dram["total"] = sum(dram.values())
@@ -286,7 +286,7 @@ def cmd_synth(args):
         try:
             pins = top_pins(args.top, cfg.attention, args.board)
         except ValueError as exc:
-            raise UserError(f"{exc} (build with --no-floorplan to let the placer choose)")
+            raise UserError(f"{exc} (build with --no-floorplan to let the placer choose)") from None
     report = build(args.board, lambda: make_top(args.top, cfg), name=args.top, out_dir=out_dir,
                    seed=args.seed, config=cfg, router=args.router, pins=pins,
                    density=args.density, heatmaps=args.heatmaps,
@@ -330,7 +330,8 @@ def build_parser():
 
     p = sub.add_parser("verilog", help="emit a unit's Verilog",
                        description="Emit the Verilog of one unit (DIR/TOP.v).")
-    p.add_argument("--top", required=True, help="unit to emit: topk, attention, attention_fed, core")
+    p.add_argument("--top", required=True,
+                   help="unit to emit: topk, attention, attention_fed, core")
     _add_config(p)
     p.add_argument("-o", "--output", default="build/verilog", metavar="DIR",
                    help="output folder (default: build/verilog)")
@@ -404,7 +405,8 @@ def build_parser():
                                    "amaranth-boards platform and the YoWASP tools; write "
                                    "report.json beside the bitstream.")
     p.add_argument("--board", required=True, choices=["ulx3s-85f", "icebreaker"])
-    p.add_argument("--top", required=True, help="unit to build: topk, attention, attention_fed, core")
+    p.add_argument("--top", required=True,
+                   help="unit to build: topk, attention, attention_fed, core")
     _add_config(p)
     p.add_argument("--seed", type=int, default=None,
                    help="nextpnr placer seed (default: the board's, 3 for ulx3s-85f, 2 for "

@@ -53,7 +53,8 @@ class TopKConfig:
     def __post_init__(self):
         _check_int("lanes", self.lanes, 1, 32)
         if not _is_pow2(self.lanes):
-            raise ValueError(f"lanes must be a power of two (1, 2, 4, 8, 16 or 32), not {self.lanes}")
+            raise ValueError(
+                f"lanes must be a power of two (1, 2, 4, 8, 16 or 32), not {self.lanes}")
         _check_int("value_width", self.value_width, 2, 32)
         _check_int("capacity", self.capacity, 1, 65536)
         if self.capacity % self.lanes:
@@ -189,7 +190,8 @@ class AttentionConfig:
         _check_int("t_bits", self.t_bits, 8, 24)
         _check_int("scale_bits", self.scale_bits, 8, 24)
         if self.prob_bits != 16:
-            raise ValueError(f"prob_bits is fixed at 16 (U0.16 probabilities), not {self.prob_bits}")
+            raise ValueError(
+                f"prob_bits is fixed at 16 (U0.16 probabilities), not {self.prob_bits}")
         _check_int("topk_digit_bits", self.topk_digit_bits, 1, 6)
 
     # --- derived widths: computed here once so that every user agrees on them ---

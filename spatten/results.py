@@ -33,14 +33,16 @@ def topk_table(bench: dict) -> str:
         f"{bench['capacity']}, {bench['points'][0]['trials']} random inputs per point "
         f"(seed {bench['seed']}, RTL cycle counters from {bench['sim']}); cycles in units of n/P:",
         "",
-        "| inputs | n | k | select (RTL) | total latency (RTL) | random pivot (paper's engine, model) "
+        "| inputs | n | k | select (RTL) | total latency (RTL) "
+        "| random pivot (paper's engine, model) "
         "| speed-up | cycle model | statistical mode: selected / k |",
         "|---|---:|---:|---:|---:|---:|---:|:---:|---:|",
     ]
     for p in bench["points"]:
         model = "exact" if p["model_mismatches"] == 0 else f"{p['model_mismatches']} differ"
         lines.append(
-            f"| {p.get('dist', 'uniform')} | {p['n']} | {p['k']} | {p['select_per_nP']:.2f} ± {p['select_per_nP_std']:.2f} "
+            f"| {p.get('dist', 'uniform')} | {p['n']} | {p['k']} "
+            f"| {p['select_per_nP']:.2f} ± {p['select_per_nP_std']:.2f} "
             f"| {p['total_per_nP']:.2f} ± {p['total_per_nP_std']:.2f} "
             f"| {p['random_pivot_per_nP']:.2f} ± {p['random_pivot_per_nP_std']:.2f} "
             f"| {p['speedup_vs_random_pivot']:.2f}x | {model} "

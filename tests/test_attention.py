@@ -76,7 +76,7 @@ def test_minilm_rows_rtl():
     cfg = CONFIGS["default"]
     model = MiniLM()
     jobs, refs = [], []
-    for t, text in enumerate(SAMPLE_TEXTS[:2]):
+    for text in SAMPLE_TEXTS[:2]:
         _, records = model.forward(model.tokenize(text), record=True)
         for layer, head, keep in ((0, 0, None), (3, 7, 0.25), (5, 11, 0.5)):
             rec = records[layer][head]
@@ -88,7 +88,7 @@ def test_minilm_rows_rtl():
             jobs.append(job_from_arrays(q, k, v, params, k_v, renorm))
             refs.append(golden.attention(cfg, q, k, v, params, k_v, renorm))
     results = run_attention(cfg, jobs)
-    for job, ref, res in zip(jobs, refs, results):
+    for job, ref, res in zip(jobs, refs, results, strict=True):
         d = job["d"]
         got = np.array([row[:d] for row in res["out"]])
         assert res["error"] == "NONE"

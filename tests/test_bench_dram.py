@@ -62,7 +62,7 @@ def test_keys_and_settings(result):
 
 
 def test_tau_extremes_and_bytes(result):
-    for name, res in _models(result):
+    for _name, res in _models(result):
         by = _by_label(res)
         full = by["12-bit"]["totals"]
         assert full["share_rows_refetched"] == 0.0 and full["bytes"]["k_lsb"] > 0
@@ -136,7 +136,7 @@ def test_error_estimate():
 
 
 def test_error_trigger_counts(result):
-    for name, res in _models(result):
+    for _name, res in _models(result):
         by = _by_label(res)
         for s in res["settings"]:
             if s["kind"] != "error":

@@ -20,6 +20,7 @@ import time
 from collections import deque
 
 import pytest
+
 from spatten.sim.amaranth_tb import run_streams
 from spatten.sim.dram import DramModel, expected_resp, image_beats, lfsr_bytes
 
@@ -182,8 +183,8 @@ def simulate(dut, image, requests, *, knobs, gap=0.0, backpressure=0.0, seed=0, 
     assert sent == len(requests), f"{sent}/{len(requests)} requests in after the last beat"
     names = ("requests", "beats", "bytes", "outstanding", "busy", "error")
     out = {"accepted": res["accepted"]["req"], "cycles": res["cycles"],
-           "beats": list(zip(res["seen"]["resp"], res["beats"]["resp"])),
-           "counters": dict(zip(names, counters))}
+           "beats": list(zip(res["seen"]["resp"], res["beats"]["resp"], strict=True)),
+           "counters": dict(zip(names, counters, strict=True))}
     # the beats, checked against the image independently of the cycle model
     B = dut.beat_bytes
     padded = bytes(image).ljust(dut.depth_beats * B, b"\0")
@@ -370,7 +371,7 @@ def test_bandwidth(bpc):
     assert abs(span - 126 * B / bpc) <= 1 + B / bpc
     if B % bpc == 0:            # the full bucket's 2 beats, then exactly one per B / bpc cycles
         assert cycles[:2] == [L, L + 1]
-        assert all(b - a == B // bpc for a, b in zip(cycles[2:], cycles[3:]))
+        assert all(b - a == B // bpc for a, b in zip(cycles[2:], cycles[3:], strict=False))
 
 
 def test_stall_rate(seed):

@@ -282,7 +282,7 @@ def test_requests_cover_rows_random():
         runs = di.fetch_runs(p, idx, beat, burst)
         assert len(runs) == len(di.coalesce(idx))
         total = 0
-        for (start, count), run in zip(di.coalesce(idx), runs):
+        for (start, count), run in zip(di.coalesce(idx), runs, strict=True):
             first = p.row_addr(start)
             stop = first + count * p.row_bytes
             addr = run.requests[0].addr

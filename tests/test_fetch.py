@@ -85,7 +85,7 @@ def _simulate(layout, image, mem, elems, capacity, jobs, d, *, latency=1, bpc=16
         pending = {k: list(jobs.get(k, [])) for k in KINDS}
         presenting = {k: False for k in KINDS}
         idle = 0
-        for cycle in range(max_cycles):
+        for cycle in range(max_cycles):  # noqa: B007 (read after the loop: its last cycle)
             for kind in KINDS:
                 r = h.readers[kind]
                 if not presenting[kind] and pending[kind] and rng.random() >= gap:

@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from spatten.config import Config, preset
 from spatten.fpga import report as rpt
-from spatten.fpga.boards import (BOARDS, ICE40_VCO, ECP5_VCO, board, ecp5_pll, ice40_pll)
+from spatten.fpga.boards import BOARDS, ECP5_VCO, ICE40_VCO, board, ecp5_pll, ice40_pll
 from spatten.fpga.build import BUILD_ROOT, build, tool_environment
 from spatten.fpga.harness import BoardHarness, dut_port_bits
 
@@ -588,8 +588,15 @@ def test_build_topk_small_on_icebreaker():
 # Floorplan: the query pipeline's multipliers on the ECP5-85F
 
 def test_attention_floorplan_pins_each_array_in_its_own_rows():
-    from spatten.fpga.floorplan import (ECP5_85F_DSP_ROWS, attention_bels, attention_pins,
-                                        bel_column, dsp_sites, pv_lane_order, top_pins)
+    from spatten.fpga.floorplan import (
+        ECP5_85F_DSP_ROWS,
+        attention_bels,
+        attention_pins,
+        bel_column,
+        dsp_sites,
+        pv_lane_order,
+        top_pins,
+    )
 
     cfg = Config().attention
     bels = attention_bels(cfg, "dut.unit")
@@ -685,7 +692,7 @@ def test_pins_put_block_rams_near_their_columns_in_order():
     assert cells["u.mul.dsp"]["attributes"]["BEL"] == "X4/Y10/MULT18_0"
     cols = [int(placed[f"u.mem.0.{k}"].split("/")[0][1:]) for k in range(6)]
     assert cols == sorted(cols, reverse=True) and len(set(placed.values())) == 7
-    assert all(abs(c - t) <= 2 for c, t in zip(cols, [100, 80, 60, 40, 20, 0][:5]))
+    assert all(abs(c - t) <= 2 for c, t in zip(cols, [100, 80, 60, 40, 20, 0][:5], strict=False))
     assert all(placed[f"u.mem.0.{k}"] in ebr_sites(46) for k in range(6))
     assert "attributes" not in cells["u.other.0.1"]
     # two rules share a row without sharing a site

@@ -5,8 +5,8 @@ import random
 
 import pytest
 from amaranth.hdl import signed, unsigned
-from spatten.hw.packer import BeatPacker
 
+from spatten.hw.packer import BeatPacker
 from spatten.sim.amaranth_tb import run_streams, to_py
 
 ALL_LANES = (1, 2, 4, 8, 16, 32)
@@ -124,7 +124,7 @@ def run_packer(dut, beats, *, rng, gap=0.0, stall=0.0):
                       max_cycles=50 + 3 * (len(beats) + n_out) * (1 + int(10 * max(gap, stall))))
     assert sent == len(beats), f"{sent}/{len(beats)} beats in after the last output"
     assert res["beats"]["o"] == pack(beats, lanes)
-    return list(zip(res["seen"]["o"], res["beats"]["o"])), res["ready"]["i"]
+    return list(zip(res["seen"]["o"], res["beats"]["o"], strict=True)), res["ready"]["i"]
 
 
 def mk(lanes, counts_lasts, rng, width=8):

@@ -1,4 +1,5 @@
-"""The golden model of progressive quantization and head-group DRAM traffic (golden/progressive.py)."""
+"""The golden model of progressive quantization and head-group DRAM traffic
+(golden/progressive.py)."""
 
 import os
 

@@ -87,7 +87,7 @@ def run_pv(cfg, flat, queries, *, seed=0, gap=0.0, stall=0.0, junk=True, patch=N
                       stall=stall, quiet=quiet, finish=finish,
                       max_cycles=max_cycles or int(200 + 2 * work * (1 + 10 * max(gap, stall))))
     outs = res["beats"]["o"]
-    for k, (out, q) in enumerate(zip(outs, queries)):
+    for k, (out, q) in enumerate(zip(outs, queries, strict=True)):
         got, want = {"data": out["data"], "psum": out["psum"]}, expected_beat(cfg, flat, q)
         assert got == want, (f"query {k} (d={q[2]}, renorm={q[3]}, {len(q[0])} kept) in cycle "
                              f"{res['seen']['o'][k]}:\n got  {got}\n want {want}")
@@ -105,7 +105,7 @@ def check_cycles(cfg, queries, outs):
     t0 = outs[0]["t_in"]
     have = [(o["t_in"] - t0, o["t_out"] - t0) for o in outs]
     want = [(r["in"], r["out"]) for r in model]
-    for k, (h, w) in enumerate(zip(have, want)):
+    for k, (h, w) in enumerate(zip(have, want, strict=True)):
         assert h == w, (f"query {k} (d={queries[k][2]} renorm={queries[k][3]} "
                         f"{len(queries[k][0])} kept): (in, out) cycles {h} != model {w}")
 
@@ -233,7 +233,7 @@ def test_gaps_and_backpressure(gap, stall, seed):
     outs = run_pv(SMALL, flat, queries, seed=seed, gap=gap, stall=stall)
     model = pv_schedule(SMALL, [(q[0], q[2], q[3]) for q in queries])
     t0 = outs[0]["t_in"]
-    assert all(o["t_out"] - t0 >= r["out"] for o, r in zip(outs, model))
+    assert all(o["t_out"] - t0 >= r["out"] for o, r in zip(outs, model, strict=True))
 
 
 def test_d_log2_clamped():

@@ -83,7 +83,7 @@ def run_queries(cfg, flat, queries, *, rng=None, gap=0.0, stall=0.0, max_cycles=
                       sideband={"q": side}, rng=rng or random.Random(0), gap=gap, stall=stall,
                       max_cycles=max_cycles, watch=watch, quiet=3, finish=finish)
     res.update(q=run["accepted"]["q"], o=run["seen"]["o"], beats=run["beats"]["o"])
-    for k, (beat, w) in enumerate(zip(res["beats"], want)):
+    for k, (beat, w) in enumerate(zip(res["beats"], want, strict=True)):
         assert beat == w, f"beat {k} in cycle {res['o'][k]}: {beat} != {w}"
     return res
 
@@ -112,9 +112,10 @@ def check_unstalled(cfg, queries, res):
     # first and last beat of every query where the model puts them (no bubble between queries)
     ends = [i for i, b in enumerate(res["beats"]) if b["last"]]
     starts = [0] + [i + 1 for i in ends[:-1]]
-    got = [(res["o"][a] - res["q"][0], res["o"][b] - res["q"][0]) for a, b in zip(starts, ends)]
+    q0 = res["q"][0]
+    got = [(res["o"][a] - q0, res["o"][b] - q0) for a, b in zip(starts, ends, strict=True)]
     assert got == qk_schedule(cfg, ns, ds, len(queries))
-    assert res["reads"] == sum(-(-n // (cfg.qk_mults // d)) for n, d in zip(ns, ds))
+    assert res["reads"] == sum(-(-n // (cfg.qk_mults // d)) for n, d in zip(ns, ds, strict=True))
     if ns[0] == 1 or cfg.qk_mults // ds[0] >= cfg.softmax_lanes:
         assert res["o"][0] - res["q"][0] == qk_latency(cfg)
 
@@ -122,10 +123,10 @@ def check_unstalled(cfg, queries, res):
 def check_common(cfg, queries, res):
     assert res["macs"] == sum(q[1] * q[2] for q in queries) % (1 << 32)
     # busy exactly from the cycle after a query's q transfer to its last o transfer
-    last_o = [c for c, b in zip(res["o"], res["beats"]) if b["last"]]
-    want = [int(any(qc < c <= oc for qc, oc in zip(res["q"], last_o)))
+    last_o = [c for c, b in zip(res["o"], res["beats"], strict=True) if b["last"]]
+    want = [int(any(qc < c <= oc for qc, oc in zip(res["q"], last_o, strict=True)))
             for c in range(len(res["busy"]))]
-    bad = [c for c, (a, b) in enumerate(zip(res["busy"], want)) if a != b]
+    bad = [c for c, (a, b) in enumerate(zip(res["busy"], want, strict=True)) if a != b]
     assert not bad, f"busy wrong in cycles {bad[:10]} (q at {res['q']}, last o at {last_o})"
 
 

@@ -15,8 +15,14 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spatten.sim import toolchain
-from spatten.sim.runner import (CocotbFailure, SimBuildError, available_simulators,
-                                emit_verilog, run_cocotb, sim_build_dir)
+from spatten.sim.runner import (
+    CocotbFailure,
+    SimBuildError,
+    available_simulators,
+    emit_verilog,
+    run_cocotb,
+    sim_build_dir,
+)
 from spatten.sim.streams import pack, payload_width, unpack
 from spatten.sim.tb_sim_infra import COUNT_WIDTH, Kind, in_layout, out_layout
 

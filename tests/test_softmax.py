@@ -21,8 +21,7 @@ from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig
 from spatten.golden.attention import ScoreParams, score_params, softmax
-from spatten.golden.softmax_cycles import (softmax_cycle_model, softmax_interval,
-                                           softmax_latency)
+from spatten.golden.softmax_cycles import softmax_cycle_model, softmax_interval, softmax_latency
 from spatten.hw.softmax import Softmax
 from spatten.sim.tb_softmax import beats_of, cycle_errors, softmax_selftest
 
@@ -168,7 +167,7 @@ def simulate(cfg, rows, *, gap=0.0, stall=0.0, row_delay=0, seed=0) -> Run:
     o backpressure with probability `stall`, each row beat taken up to `row_delay` cycles late."""
     dut = Softmax(config=cfg)
     rng = random.Random(seed)
-    S, DW = cfg.softmax_lanes, cfg.dot_width
+    DW = cfg.dot_width
     feed = []
     for ri, row in enumerate(rows):
         for bi, beat in enumerate(row.beats):
@@ -275,7 +274,7 @@ def check(cfg, rows, run, *, cycles_exact=False) -> list[str]:
     S = cfg.softmax_lanes
     if len(run.packets) != len(rows) or len(run.rows) != len(rows):
         return [f"{len(run.packets)} packets and {len(run.rows)} row beats for {len(rows)} rows"]
-    for ri, (row, pk, rb) in enumerate(zip(rows, run.packets, run.rows)):
+    for ri, (row, pk, rb) in enumerate(zip(rows, run.packets, run.rows, strict=True)):
         label = f"row {ri} ({row.label})"
         if row.dots is None:
             if rb["error"] != 1 or any(rb[k] for k in ("p_max", "esum", "n", "max")):
@@ -295,7 +294,7 @@ def check(cfg, rows, run, *, cycles_exact=False) -> list[str]:
             continue
         p = [x for b in pk for x in b["data"][:b["count"]]]
         if p != g.p.tolist():
-            bad = next(i for i, (a, b) in enumerate(zip(p, g.p.tolist())) if a != b)
+            bad = next(i for i, (a, b) in enumerate(zip(p, g.p.tolist(), strict=False)) if a != b)
             errs.append(f"{label}: p[{bad}] = {p[bad]} != golden {int(g.p[bad])}")
         if any(x for b in pk for x in b["data"][b["count"]:S]):
             errs.append(f"{label}: lanes above count are not 0")

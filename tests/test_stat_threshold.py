@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-from functools import lru_cache
 from fractions import Fraction
+from functools import lru_cache
 from statistics import NormalDist
 
 import numpy as np
@@ -291,7 +291,7 @@ def _corner_kind(cfg, n, k, s1, s2):
 def _check_rtl(name, cfg, cases):
     results = _run_rtl(cfg, cases)
     assert len(results) == len(cases)
-    for (vals, k), (got, t) in zip(cases, results):
+    for (vals, k), (got, t) in zip(cases, results, strict=True):
         g = stat_threshold_from_values(cfg, vals, k)
         n, s1, s2 = moments(cfg, vals)
         where = f"{name}: n={n} k={k} s1={s1} s2={s2}"

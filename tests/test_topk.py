@@ -61,7 +61,7 @@ def test_topk_without_statistical_mode(seed):
     import numpy as np
 
     from spatten.golden.topk import select
-    from spatten.hw.topk import ErrorCode, Mode, TopK
+    from spatten.hw.topk import Mode, TopK
     from spatten.sim.amaranth_tb import run_streams
 
     cfg = preset("small").topk
@@ -71,10 +71,11 @@ def test_topk_without_statistical_mode(seed):
     k = 9
 
     for mode, want_error in ((Mode.STATISTICAL, True), (Mode.EXACT, False)):
-        async def setup(ctx, mode=mode):
+        dut = TopK(config=cfg, statistical=False)
+
+        async def setup(ctx, dut=dut, mode=mode):
             ctx.set(dut.k, k)
             ctx.set(dut.mode, mode)
-        dut = TopK(config=cfg, statistical=False)
         want_beats = 1 if want_error else -(-k // cfg.lanes)
         res = run_streams(dut, sources={"i": _beats(cfg, values)}, sinks={"o": want_beats},
                           setup=setup, gap=0.3, stall=0.3, seed=seed)

@@ -66,7 +66,7 @@ def run_rows(cfg, rows, ks, *, gap=0.0, stall=0.0, seed=0, finish=None):
     dut = ValueSelect(config=cfg)
     S = cfg.softmax_lanes
     beats, side, want = [], [], []
-    for row, k in zip(rows, ks):
+    for row, k in zip(rows, ks, strict=True):
         b = beats_of(row, S) if row else [{"data": [0] * S, "count": 0, "last": 1}]
         beats += b
         side += [{"k": k}] * len(b)
@@ -141,8 +141,9 @@ def test_stream_starts_exact():
             j += -(-len(r) // 4)
         assert firsts == select_stream_starts(cfg, rows, ks)
         # the overlap is real: a row's first beat comes before the previous row's packet ends
-        ends = [t - acc[0] for t, b in zip(res["seen"]["o"], res["beats"]["o"]) if b["last"]]
-        assert sum(f < e for f, e in zip(firsts[1:], ends)) >= len(rows) // 2
+        ends = [t - acc[0] for t, b in zip(res["seen"]["o"], res["beats"]["o"], strict=True)
+                if b["last"]]
+        assert sum(f < e for f, e in zip(firsts[1:], ends, strict=False)) >= len(rows) // 2
 
 
 def test_bad_rows_back_to_back():
@@ -154,7 +155,7 @@ def test_bad_rows_back_to_back():
     dut = ValueSelect(config=SMALL)
     S = SMALL.softmax_lanes
     beats, side = [], []
-    for row, k in zip(rows, ks):
+    for row, k in zip(rows, ks, strict=True):
         b = beats_of(row, S) if row else [{"data": [0] * S, "count": 0, "last": 1}]
         beats += b
         side += [{"k": k}] * len(b)

@@ -7,9 +7,9 @@ import random
 import pytest
 from amaranth.hdl import signed, unsigned
 from amaranth.sim import Simulator
-from spatten.hw.zero_elim import PrefixCount, ZeroEliminator
 
 from spatten.config import zero_eliminator_latency
+from spatten.hw.zero_elim import PrefixCount, ZeroEliminator
 from spatten.sim.amaranth_tb import run_streams
 
 ALL_LANES = (1, 2, 4, 8, 16, 32)
@@ -47,7 +47,8 @@ def run_stream(dut, beats, n_out, *, rng=None, gap=0.0, stall=0.0, max_cycles=No
     res = run_streams(dut, sources={"i": beats}, sinks={"o": n_out}, rng=rng, gap=gap,
                       stall=stall, max_cycles=max_cycles)
     assert len(res["accepted"]["i"]) == len(beats), "outputs complete before every input went in"
-    return res["accepted"]["i"], list(zip(res["seen"]["o"], res["beats"]["o"])), res["ready"]["i"]
+    out = list(zip(res["seen"]["o"], res["beats"]["o"], strict=True))
+    return res["accepted"]["i"], out, res["ready"]["i"]
 
 
 def random_beats(rng, lanes, n, width=8, keep_p=None):

@@ -13,6 +13,7 @@ import pytest
 from amaranth.hdl import Assume, Module, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
+
 from spatten.hw.packer import BeatPacker
 from spatten.hw.zero_elim import ZeroEliminator
 from spatten.sim.formal import (

@@ -32,6 +32,7 @@ from amaranth.hdl import (
     unsigned,
 )
 from amaranth.lib import wiring
+
 from spatten.hw.zero_elim import ZeroEliminator
 from spatten.sim.formal import FormalFailure, emit_rtlil, formal_tools_missing, run_sby
 
