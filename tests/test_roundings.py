@@ -208,6 +208,35 @@ def test_score_scaling_edges(name):
                 _check_y(cfg, ts, p, name)
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_t_saturation_where_y_sees_it(name):
+    """t >> shift saturates at T = 2**t_bits - 1. For every scale and post_shift (exhaustive),
+    y cannot tell a saturation at T from one at T - 1, T - 2 or T - 3 (below y_max, scale / 2**
+    post_shift < 1/8 and y moves by less than one in three steps); from T - 4 on it can. The
+    registers where T and T - 4 differ are found here and checked, so the saturation is pinned
+    as tightly as y allows."""
+    cfg = CONFIGS[name]
+    T = (1 << cfg.t_bits) - 1
+    scales = np.arange(1, 1 << cfg.scale_bits, dtype=np.int64)
+
+    def y_of(ts, post_shift):
+        return np.minimum((ts * scales + ((1 << post_shift) >> 1)) >> post_shift, cfg.y_max)
+
+    seen = {delta: [] for delta in (1, 2, 3, 4)}
+    for post_shift in range(cfg.post_shift_max + 1):
+        for delta in seen:
+            differ = np.nonzero(y_of(T, post_shift) != y_of(T - delta, post_shift))[0]
+            step = max(1, differ.size // 3)
+            seen[delta] += [(int(scales[i]), post_shift) for i in differ[::step]]
+    assert not seen[1] and not seen[2] and not seen[3]
+    assert len(seen[4]) >= 3
+    for scale, post_shift in seen[4]:
+        for shift in (0, 3):
+            p = A.ScoreParams(shift, scale, post_shift)
+            _check_y(cfg, [(T - 4) << shift, (T << shift) - 1, T << shift, (T + 1) << shift,
+                           (1 << cfg.dot_width) - 1], p, name)
+
+
 def test_score_scaling_ties_hit():
     """The edge list above contains exact ties: half up makes y odd where half down would not."""
     cfg = CFG
