@@ -81,16 +81,35 @@ def test_softmax_edges():
 
 def test_softmax_matches_float():
     """Probabilities of quantized Gaussian rows against float softmax of the same integer
-    scores: error under 2**-12 (the formats' own error, before quantization of q and k)."""
+    scores, within the error the formats allow (before quantization of q and k), per element:
+
+    - y, in log2 units, is off by at most 2**-(F+1) (its rounding) + 2**-(F+2) (t >> shift
+      drops less than one t LSB, worth under 1/4 y LSB: shift > 0 only when c * 2**shift < 1/4)
+      + y * 2**-16 (scale, at least 2**15, is rounded to an integer): dy;
+    - e = 2**-y is then off by a factor of at most 2**dy; p = e / sum(e) by 2**(dy + dy_sum),
+      dy_sum for the sum, whose e-weighted mean y is at most log2(n) (an entropy);
+    - the table, the reciprocal (m truncated, recip rounded) and p's rounding add 3 * 2**-16
+      relative and 2 * 2**-16 absolute.
+
+    Measured: at most 0.59 of this bound (seeds 1..200), up to 5.9e-4 absolute at d = 64,
+    n = 1024; the flat 2**-12 used before held for the default seed but not for 8 of seeds
+    1..10."""
     rng = np.random.default_rng(SEED + 1)
+    print("seed", SEED + 1)
+    F = CFG.y_frac_bits
     for d, n, spread in ((32, 128, 1.0), (64, 1024, 2.0), (8, 7, 3.0), (32, 300, 0.2)):
         q, qs = quantize(rng.normal(size=(16, d)) * spread)
         k, ks = quantize(rng.normal(size=(n, d)) * spread)
         params = A.score_params(CFG, qs, ks, d)
         r = A.softmax(CFG, A.qk(CFG, q, k), params)
-        ref = float_softmax((q @ k.T) * qs * ks / math.sqrt(d))
-        err = np.abs(r.p / 65536 - ref).max()
-        assert err < 2 ** -12, (d, n, err)
+        scores = (q @ k.T) * qs * ks / math.sqrt(d)
+        ref = float_softmax(scores)
+        y = (scores.max(axis=1, keepdims=True) - scores) / math.log(2)    # exact -log2(p/p_max)
+        dy = 2.0 ** -(F + 1) + 2.0 ** -(F + 2) + y * 2.0 ** -16
+        dy_sum = 2.0 ** -(F + 1) + 2.0 ** -(F + 2) + math.log2(n) * 2.0 ** -16
+        bound = ref * (2.0 ** (dy + dy_sum) - 1 + 3 * 2.0 ** -16) + 2 * 2.0 ** -16
+        err = np.abs(r.p / 65536 - ref)
+        assert np.all(err <= bound), (d, n, float(err.max()), float((err / bound).max()))
         assert np.array_equal(r.p_max, r.p.max(axis=1))
 
 

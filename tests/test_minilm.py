@@ -1,8 +1,10 @@
 """The float MiniLM reference (`golden/minilm.py`) against an independent torch run
 (`tests/fixtures/minilm_ref.npz`, made by `tests/fixtures/make_minilm_ref.py` with transformers),
-its attention hook, its erf, and the quantizer (`golden/quant.py`). No torch needed."""
+its attention hook, its erf, and the quantizer (`golden/quant.py`). No torch needed. Seeds:
+``SPATTEN_SEED`` overrides the fixed default; every seeded test prints its seed."""
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from spatten.golden import minilm as mm
 from spatten.golden.quant import dequantize, int_range, quantize
 
-SEED = 2021
+SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 FIXTURE = Path(__file__).parent / "fixtures" / "minilm_ref.npz"
 PROBED = ((0, 0), (5, 11))
 
@@ -54,6 +56,24 @@ def pooled(hidden):
 
 def test_fixture_is_for_these_texts(ref):
     assert tuple(ref["texts"].tolist()) == mm.SAMPLE_TEXTS
+
+
+def test_fixture_holds_what_the_tests_read(ref):
+    """Every array of the fixture (all of them computed by torch, none by golden/minilm.py) is
+    compared below: the texts, the ids and both probed heads of every text, the embeddings. A
+    value added to the fixture maker must be added here too."""
+    n = len(mm.SAMPLE_TEXTS)
+    want = {"texts", "emb"} | {f"ids_{i}" for i in range(n)} | {
+        f"probs_l{layer}h{head}_{i}" for i in range(n) for layer, head in PROBED}
+    assert set(ref) == want
+    assert ref["emb"].shape == (n, mm.HIDDEN)
+    # torch's probabilities are rows of a softmax and its embeddings unit vectors: the fixture
+    # holds what it says it holds
+    for i in range(n):
+        for layer, head in PROBED:
+            np.testing.assert_allclose(ref[f"probs_l{layer}h{head}_{i}"].sum(axis=1), 1.0,
+                                       atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(ref["emb"], axis=1), 1.0, atol=1e-6)
 
 
 def test_token_ids_match_reference(model, ref):

@@ -88,17 +88,35 @@ def test_full_precision_and_extremes_of_tau(msb_bits):
                              ("F", 2), ("F", 3)]
 
 
+def _graded_queries(seed, G=2, rows=5, d=32):
+    """Queries of every sharpness, whatever the seed: query j (row r of head h, j = 2r + h) is
+    uniform in +-m_j with m_j = 2**j - 1 (0 .. 511), so its scores against K (+-1500, the
+    registers of 0.02 x 0.02) have a spread from 0 (p_max = 1/n, flat) up to far past one
+    (p_max saturated at 65535)."""
+    rng = np.random.default_rng(seed)
+    return [np.stack([rng.integers(-m, m + 1, d) for m in ((1 << (2 * r + h)) - 1
+                                                          for r in range(rows))])
+            for h in range(G)]
+
+
 def test_middle_tau_refetches_flat_rows_and_orders_outputs():
+    """tau set to a p_max of the MSB passes, the median of their distinct values: the queries
+    below it are refetched, those at it (on purpose: p_max = tau exactly) and above are not."""
     print(f"seed {SEED}")
-    k, v, q, planes, params, _ = _case(SEED + 1, spread=1500)
+    k, v, _, planes, params, _ = _case(SEED + 1, spread=1500)
+    q = _graded_queries(SEED + 1)
     surv = list(range(0, 40, 3))
     queries = [(h, r) for r in range(5) for h in range(2)]
     msb_pass = run_group(CFG, planes, k, v, q, surv, queries, params, tau=0.0)
     pm = msb_pass.p_max_msb
-    tau = float(np.median(pm)) / 65536 + 1e-6
+    levels = np.unique(pm)
+    assert levels.size >= 5, pm                        # the graded queries spread p_max
+    tau_q = int(levels[levels.size // 2])
+    tau = tau_q / 65536
+    assert tau_fixed(tau) == tau_q
     res = run_group(CFG, planes, k, v, q, surv, queries, params, tau=tau)
-    want = pm < tau_fixed(tau)
-    assert want.any() and not want.all()
+    want = pm < tau_q
+    assert want.any() and not want.all() and (pm == tau_q).any()
     assert np.array_equal(res.refetched, want)
     assert sorted(res.order) == list(range(len(queries)))
     full = run_group(CFG, planes, k, v, q, surv, queries, params)
@@ -108,6 +126,22 @@ def test_middle_tau_refetches_flat_rows_and_orders_outputs():
     # the final order follows the issue order of final passes
     finals = [j for kind, j in res.passes if kind == "F" or not want[j]]
     assert res.order == finals
+
+
+def test_trigger_is_strictly_below_tau():
+    """Every query's p_max taken as tau in turn: a row maximum equal to tau is not refetched,
+    one LSB more of tau refetches it (p_max < tau, not <=)."""
+    print(f"seed {SEED}")
+    k, v, _, planes, params, _ = _case(SEED + 3, spread=1500)
+    q = _graded_queries(SEED + 3)
+    surv = list(range(1, 40, 2))
+    queries = [(h, r) for r in range(5) for h in range(2)]
+    pm = run_group(CFG, planes, k, v, q, surv, queries, params, tau=0.0).p_max_msb
+    for j, p in enumerate(pm.tolist()):
+        at = run_group(CFG, planes, k, v, q, surv, queries, params, tau=p / 65536)
+        above = run_group(CFG, planes, k, v, q, surv, queries, params, tau=(p + 1) / 65536)
+        assert not at.refetched[j] and above.refetched[j], (j, p)
+        assert np.array_equal(at.refetched, pm < p) and np.array_equal(above.refetched, pm <= p)
 
 
 def test_value_pruning_fetches_each_kept_row_once():

@@ -1,7 +1,11 @@
 # amaranth: UnusedElaboratable=no
 """SkidBuffer: nothing lost, duplicated or reordered under random gaps and backpressure;
-latency 1; and (formally) the output obeys the stream rules for all time."""
+latency 1; and (formally) the output obeys the stream rules for all time.
 
+Seeds: ``SPATTEN_SEED`` overrides the fixed default; every randomized test prints its seed.
+"""
+
+import os
 import random
 
 import pytest
@@ -10,6 +14,8 @@ from amaranth.hdl import unsigned
 from spatten.hw.skid import SkidBuffer
 from spatten.sim.amaranth_tb import run_streams
 from spatten.sim.formal import check_stream_rules, formal_tools_missing
+
+SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 
 
 def run(beats, gap, stall, seed):
@@ -22,8 +28,8 @@ def run(beats, gap, stall, seed):
 
 @pytest.mark.parametrize("gap,stall", [(0.0, 0.0), (0.5, 0.0), (0.0, 0.6), (0.4, 0.4)])
 def test_in_order_under_stress(gap, stall):
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
+    seed = SEED + int(gap * 10) + 100 * int(stall * 10)
+    print(f"seed {seed} (SPATTEN_SEED={SEED})")
     beats = [random.Random(seed).randrange(256) for _ in range(300)]
     got, accepted_at, seen_at = run(beats, gap, stall, seed)
     assert got == beats
@@ -41,3 +47,4 @@ def test_bad_shape():
 def test_stream_rules_proved():
     r = check_stream_rules("rules_skid", SkidBuffer(unsigned(4)), "o", mode="prove", depth=4)
     print(f"{r.name}: {r.status} in {r.seconds:.1f} s")
+    assert r.status == "PASS"              # check_stream_rules raises unless PASS; said here too

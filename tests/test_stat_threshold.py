@@ -2,7 +2,7 @@
 RTL (`hw.stat_threshold.StatThreshold`, Amaranth simulator) against the golden model, bit for bit
 and cycle for cycle.
 
-Seeds: ``STAT_SEED`` in the environment overrides the fixed default; every seeded test prints it.
+Seeds: ``SPATTEN_SEED`` in the environment overrides the fixed default; every seeded test prints it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from spatten.golden.stat_threshold import (
 from spatten.hw.stat_threshold import StatThreshold
 
 _z_table = lru_cache(maxsize=16)(z_table)
-SEED = int(os.environ.get("STAT_SEED", "20210301"))
+SEED = int(os.environ.get("SPATTEN_SEED", "20210301"))
 
 CONFIGS = {
     "default": preset("default").topk,
@@ -45,7 +45,7 @@ CONFIGS = {
 
 def _seed(name: str) -> int:
     seed = SEED + sum(map(ord, name))
-    print(f"seed {seed} (STAT_SEED={SEED})")
+    print(f"seed {seed} (SPATTEN_SEED={SEED})")
     return seed
 
 
