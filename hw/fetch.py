@@ -76,13 +76,10 @@ class PlaneReader(wiring.Component):
     depth : int
         Words of the buffer.
     memory : MemoryConfig
-        beat_bytes B, max_burst.
+        beat_bytes B, max_burst, addr_width (DRAM byte address bits), token_bits (bits of a row
+        index in the plane).
     capacity : int
         Buffer positions (rows): the largest run and the largest ``dst``.
-    addr_width : int
-        DRAM byte address bits (default 32).
-    token_bits : int
-        Bits of a row (token) index in the plane (default 16).
 
     Ports
     -----
@@ -115,16 +112,16 @@ class PlaneReader(wiring.Component):
     """
 
     def __init__(self, *, bits: int, is_signed: bool, elems: int, depth: int,
-                 memory: MemoryConfig, capacity: int, addr_width: int = 32,
-                 token_bits: int = 16):
+                 memory: MemoryConfig, capacity: int):
         try:
-            self._check(bits, is_signed, elems, depth, memory, capacity, addr_width, token_bits)
+            self._check(bits, is_signed, elems, depth, memory, capacity)
         except (TypeError, ValueError):
             self._MustUse__silence = True   # refused: never elaborated, no "never used" warning
             raise
         self.bits, self.is_signed, self.elems, self.depth = bits, is_signed, elems, depth
         self.memory, self.capacity = memory, capacity
-        self.addr_width, self.token_bits = addr_width, token_bits
+        addr_width = self.addr_width = memory.addr_width
+        token_bits = self.token_bits = memory.token_bits
         B = memory.beat_bytes
         # a chunk: CG groups of 8 elements, at least a beat's worth when the word allows it
         # (2 groups of 8-bit or wider elements, 4 of 4- to 7-bit ones, ...), at most a word
@@ -151,15 +148,14 @@ class PlaneReader(wiring.Component):
         })
 
     @staticmethod
-    def _check(bits, is_signed, elems, depth, memory, capacity, addr_width, token_bits):
+    def _check(bits, is_signed, elems, depth, memory, capacity):
         if not (isinstance(bits, int) and 1 <= bits <= 16):
             raise ValueError(f"bits must be an integer from 1 to 16, not {bits!r}")
         if not isinstance(is_signed, bool):
             raise TypeError(f"is_signed must be a bool, not {is_signed!r}")
         if not (isinstance(elems, int) and elems >= 8 and elems & (elems - 1) == 0):
             raise ValueError(f"elems must be a power of two >= 8, not {elems!r}")
-        for name, v in (("depth", depth), ("capacity", capacity), ("addr_width", addr_width),
-                        ("token_bits", token_bits)):
+        for name, v in (("depth", depth), ("capacity", capacity)):
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be a positive integer, not {v!r}")
         if not isinstance(memory, MemoryConfig):
@@ -418,18 +414,19 @@ class DramArbiter(wiring.Component):
     is forwarded when the id FIFO (depth ``memory.max_outstanding``) has room: it records which
     port asked, so that the in-order responses go back to it (popped with each ``last`` beat).
     Grants rotate: after port i, ports i+1, i+2, ... are preferred; ports whose ``urgent`` bit
-    is set go before all others (rotating among themselves). ``dram_req`` comes from a register
-    stage: no path from ``dram_req.ready`` to a requester's ``ready``.
+    is set go before all others (rotating among themselves). Addresses have ``memory.addr_width``
+    bits. ``dram_req`` comes from a register stage: no path from ``dram_req.ready`` to a
+    requester's ``ready``.
     """
 
-    def __init__(self, *, ports: int, memory: MemoryConfig, addr_width: int = 32):
+    def __init__(self, *, ports: int, memory: MemoryConfig):
         if not (isinstance(ports, int) and ports >= 1) or not isinstance(memory, MemoryConfig):
             self._MustUse__silence = True   # refused: never elaborated
             if not isinstance(memory, MemoryConfig):
                 raise TypeError(f"memory must be a MemoryConfig, not {memory!r}")
             raise ValueError(f"ports must be a positive integer, not {ports!r}")
-        self.ports, self.memory, self.addr_width = ports, memory, addr_width
-        rq = stream.Signature(req_layout(addr_width, memory.max_burst))
+        self.ports, self.memory, self.addr_width = ports, memory, memory.addr_width
+        rq = stream.Signature(req_layout(memory.addr_width, memory.max_burst))
         rs = stream.Signature(resp_layout(memory.beat_bytes))
         members = {}
         for i in range(ports):

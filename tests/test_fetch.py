@@ -37,7 +37,7 @@ class Harness(wiring.Component):
         self.arb = DramArbiter(ports=len(KINDS), memory=mem)
         self.dram = DramModel(beat_bytes=mem.beat_bytes, depth_beats=len(image) // mem.beat_bytes,
                               max_burst=mem.max_burst, max_outstanding=mem.max_outstanding,
-                              addr_width=32, init=image)
+                              addr_width=mem.addr_width, init=image)
         super().__init__({})
 
     def elaborate(self, platform):
