@@ -55,27 +55,27 @@ class Scanner(wiring.Component):
         base = Signal(range(N))
         count = Signal(range(N + 1))
         pos = Signal(range(N + 1))          # next position to read (from base)
-        rd_v = Signal()                     # an item read, waiting for o.ready
-        rd_pos = Signal(range(N))
-        rd_last = Signal()
-        hold = Signal()
+        item_valid = Signal()               # an item read, waiting for o.ready
+        item_pos = Signal(range(N))
+        item_last = Signal()
+        held = Signal()
         o = self.o
         # while an item waits, its address is read again so that rd_data stays valid
-        m.d.comb += [hold.eq(rd_v & ~o.ready),
-                     self.rd_addr.eq(base + Mux(hold, rd_pos, pos)),
-                     o.valid.eq(rd_v), o.payload.token.eq(self.rd_data),
-                     o.payload.pos.eq(rd_pos), o.payload.last.eq(rd_last),
-                     self.busy.eq(active | rd_v)]
+        m.d.comb += [held.eq(item_valid & ~o.ready),
+                     self.rd_addr.eq(base + Mux(held, item_pos, pos)),
+                     o.valid.eq(item_valid), o.payload.token.eq(self.rd_data),
+                     o.payload.pos.eq(item_pos), o.payload.last.eq(item_last),
+                     self.busy.eq(active | item_valid)]
         with m.If(o.valid & o.ready):
-            m.d.sync += rd_v.eq(0)
-        with m.If(active & ~hold & (pos < self.limit) & ~self.abort):
-            m.d.sync += [rd_v.eq(1), rd_pos.eq(pos), rd_last.eq(pos + 1 == count),
+            m.d.sync += item_valid.eq(0)
+        with m.If(active & ~held & (pos < self.limit) & ~self.abort):
+            m.d.sync += [item_valid.eq(1), item_pos.eq(pos), item_last.eq(pos + 1 == count),
                          pos.eq(pos + 1)]
             with m.If(pos + 1 == count):
                 m.d.sync += active.eq(0)
         with m.If(self.abort):
             m.d.sync += active.eq(0)
-        with m.If(self.start & ~active & ~rd_v):
+        with m.If(self.start & ~active & ~item_valid):
             m.d.sync += [active.eq(self.count != 0), base.eq(self.base), count.eq(self.count),
                          pos.eq(0)]
         return m
@@ -100,30 +100,30 @@ class Coalescer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        have = Signal()
+        holding = Signal()
         start = Signal(self.token_bits)
         count = Signal(range(self.capacity + 1))
         dst = Signal(range(self.capacity))
         closing = Signal()              # the held run is complete (waits for o.ready)
         o = self.o
         m.d.comb += [o.payload.start.eq(start), o.payload.count.eq(count),
-                     o.payload.dst.eq(dst), self.busy.eq(have)]
+                     o.payload.dst.eq(dst), self.busy.eq(holding)]
         it = self.i.payload
         extends = Signal()
-        m.d.comb += extends.eq(have & ~closing & (it.token == start + count)
+        m.d.comb += extends.eq(holding & ~closing & (it.token == start + count)
                                & (count < self.capacity))
-        m.d.comb += o.valid.eq(have & (closing | (self.i.valid & ~extends)))
+        m.d.comb += o.valid.eq(holding & (closing | (self.i.valid & ~extends)))
         # an item is taken when it extends the open run, or when the run it ends has left
-        m.d.comb += self.i.ready.eq(~closing & (~have | extends | o.ready))
+        m.d.comb += self.i.ready.eq(~closing & (~holding | extends | o.ready))
         with m.If(o.valid & o.ready):
-            m.d.sync += [have.eq(0), closing.eq(0)]
+            m.d.sync += [holding.eq(0), closing.eq(0)]
         with m.If(self.i.valid & self.i.ready):
             with m.If(extends):
                 m.d.sync += count.eq(count + 1)
             with m.Else():
-                m.d.sync += [have.eq(1), start.eq(it.token), count.eq(1), dst.eq(it.pos)]
+                m.d.sync += [holding.eq(1), start.eq(it.token), count.eq(1), dst.eq(it.pos)]
             m.d.sync += closing.eq(it.last)
-        with m.Elif(self.flush & have & ~(o.valid & o.ready)):
+        with m.Elif(self.flush & holding & ~(o.valid & o.ready)):
             m.d.sync += closing.eq(1)
         return m
 
