@@ -59,7 +59,7 @@ from spatten.config import DEFAULT, AttentionConfig, Config
 __all__ = [
     "split_k", "merge_k", "msb_estimate", "pack_rows", "unpack_rows", "Request", "RunFetch",
     "PlaneLayout", "coalesce", "HeadGroupLayout", "ImageLayout", "ImageContents", "build_image",
-    "read_image", "fetch_runs", "requests_for", "bytes_for", "PLANE_KINDS",
+    "read_image", "buffer_runs", "fetch_runs", "requests_for", "bytes_for", "PLANE_KINDS",
 ]
 
 #: Plane kinds, in their order inside a head group (Q planes follow a layer's head groups).
@@ -351,6 +351,17 @@ def coalesce(indices) -> list[tuple[int, int]]:
     starts = np.concatenate(([0], breaks))
     ends = np.concatenate((breaks, [idx.size]))
     return [(int(idx[s]), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+
+
+def buffer_runs(indices, first: int = 0) -> list[dict]:
+    """The runs ``{start, count, dst}`` (`hw.fetch.run_layout`) that bring rows ``indices``
+    (strictly ascending) to buffer positions ``first, first + 1, ...``: `coalesce` with each
+    run's first position; what the core's coalescers ask a plane reader for."""
+    out, dst = [], first
+    for start, count in coalesce(indices):
+        out.append({"start": start, "count": count, "dst": dst})
+        dst += count
+    return out
 
 
 def fetch_runs(plane: PlaneLayout, indices, beat_bytes: int = _MEM.beat_bytes,

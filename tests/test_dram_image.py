@@ -423,3 +423,12 @@ def test_build_read_errors():
         di.read_image(lay, image[:-1])
     with pytest.raises(ValueError, match=r"n must be in \[0, 20\], not 21"):
         di.read_image(lay, image, n=21)
+
+
+def test_buffer_runs():
+    assert di.buffer_runs([]) == []
+    assert di.buffer_runs([3, 4, 5, 9, 11, 12], first=32) == [
+        {"start": 3, "count": 3, "dst": 32}, {"start": 9, "count": 1, "dst": 35},
+        {"start": 11, "count": 2, "dst": 36}]
+    with pytest.raises(ValueError, match="strictly ascending"):
+        di.buffer_runs([4, 4])

@@ -13,7 +13,14 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from spatten.config import MemoryConfig
-from spatten.golden.dram_image import ImageLayout, PlaneLayout, build_image, coalesce, read_image
+from spatten.golden.dram_image import (
+    ImageLayout,
+    PlaneLayout,
+    buffer_runs,
+    build_image,
+    coalesce,
+    read_image,
+)
 from spatten.hw.fetch import ISSUE_LATENCY, BurstIssuer, DramArbiter, PlaneReader
 from spatten.sim.amaranth_tb import run_streams
 from spatten.sim.dram import DramModel
@@ -53,14 +60,6 @@ class Harness(wiring.Component):
         wiring.connect(m, self.arb.dram_req, self.dram.req)
         wiring.connect(m, self.dram.resp, self.arb.dram_resp)
         return m
-
-
-def _runs_for(indices, dst0=0):
-    out, pos = [], dst0
-    for start, count in coalesce(indices):
-        out.append({"start": start, "count": count, "dst": pos})
-        pos += count
-    return out
 
 
 def _simulate(layout, image, mem, elems, capacity, jobs, d, *, latency=1, bpc=16, stall=0,
@@ -133,7 +132,7 @@ def _simulate(layout, image, mem, elems, capacity, jobs, d, *, latency=1, bpc=16
 def _check(layout, image, mem, elems, capacity, d, lists, **kw):
     contents = read_image(layout, image)
     planes = {"k_msb": contents.k_msb[0, 0], "k_lsb": contents.k_lsb[0, 0], "v": contents.v[0, 0]}
-    jobs = {k: _runs_for(lists[k]) for k in KINDS}
+    jobs = {k: buffer_runs(lists[k]) for k in KINDS}
     bufs, info = _simulate(layout, image, mem, elems, capacity, jobs, d, **kw)
     assert info["errors"] == {k: 0 for k in KINDS} and info["dram_error"] == 0, info
     want_bytes, want_reqs = 0, 0
@@ -190,7 +189,7 @@ def test_empty_single_and_full_lists():
 def test_bad_base_and_dram_error_do_not_hang():
     layout, image = _layout_image(16, 8, 24, SEED)
     mem = MemoryConfig(max_burst=4)
-    jobs = {"k_msb": _runs_for([1, 2, 3])}
+    jobs = {"k_msb": buffer_runs([1, 2, 3])}
     # a misaligned base: the run is dropped with an error, nothing is requested
     _, info = _simulate(layout, image, mem, 16, 24, jobs, 16, base_override=8)
     assert info["errors"]["k_msb"] == 1 and info["requests"] == 0

@@ -1,6 +1,6 @@
 """The core's front (hw/intake.py) with real job slots, in the Amaranth simulator under random
 gaps on the job and survivor streams and random backpressure on the K MSB runs: the runs are
-`golden.dram_image.coalesce` of the survivors at positions 0, 1, ... of the job's bank, the
+`golden.dram_image.buffer_runs` of the survivors at positions 0, 1, ... of the job's bank, the
 index buffer gets every survivor at its position (from the bank's first), a good job is closed
 READY in its banks, a bad list BAD with BAD_INDEX (swallowed to its last beat), a refused job BAD
 with its code (its survivors swallowed), and the first survivor may follow its descriptor by
@@ -14,7 +14,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig, Config, MemoryConfig
-from spatten.golden.dram_image import coalesce
+from spatten.golden.dram_image import buffer_runs
 from spatten.hw.fetch import run_layout
 from spatten.hw.intake import ADMIT_LATENCY, Intake
 from spatten.hw.job_slots import (
@@ -100,20 +100,12 @@ def run(jobs, lists, *, runs, gap=0.0, stall=0.0, seed=0):
     return res, writes, final
 
 
-def expected_runs(lst):
-    out, pos = [], 0
-    for start, count in coalesce(lst):
-        out.append({"start": start, "count": count, "dst": pos})
-        pos += count
-    return out
-
-
 @pytest.mark.parametrize("gap,stall", [(0.0, 0.0), (0.5, 0.5), (0.3, 0.8)])
 def test_two_jobs_into_their_banks(gap, stall):
     seed = SEED + int(10 * gap + 100 * stall)
     print("seed", seed)
     a, b = [1, 2, 3, 7, 8, 20], [0, 5, 6, 7, 39]
-    want = expected_runs(a) + expected_runs(b)     # positions within the job's bank
+    want = buffer_runs(a) + buffer_runs(b)     # positions within the job's bank
     res, writes, final = run([job(len(a)), job(len(b))], [a, b], runs=len(want), gap=gap,
                              stall=stall, seed=seed)
     assert res["beats"]["k_msb_runs"] == want
@@ -130,7 +122,7 @@ def test_two_jobs_into_their_banks(gap, stall):
 def test_a_job_over_half_takes_both_banks():
     lst = list(range(3, 3 + N // 2 + 1))
     res, writes, final = run([job(len(lst))], [lst], runs=1, gap=0.2, stall=0.2, seed=SEED)
-    assert res["beats"]["k_msb_runs"] == expected_runs(lst)
+    assert res["beats"]["k_msb_runs"] == buffer_runs(lst)
     assert final[0].banks == 0b11 and final[0].state == SlotState.READY
 
 
@@ -142,7 +134,7 @@ def test_bad_lists_are_swallowed(lst, n):
     first_bad = next((i for i, t in enumerate(lst)
                       if (i and t <= lst[i - 1]) or t >= 40), None)
     written = lst[:first_bad] if first_bad is not None else lst[:n]
-    runs = expected_runs(written) + expected_runs(good)
+    runs = buffer_runs(written) + buffer_runs(good)
     res, writes, final = run([job(n), job(len(good))], [lst, good], runs=len(runs), gap=0.3,
                              stall=0.3, seed=SEED + n)
     assert res["beats"]["k_msb_runs"] == runs
@@ -163,7 +155,7 @@ def test_refused_jobs(bad, code):
     fields = {**job(3), **bad}
     lists = [good] if fields["n"] == 0 else [lst, good]
     res, writes, final = run([fields, job(1)], lists, runs=1, gap=0.3, stall=0.3, seed=SEED)
-    assert res["beats"]["k_msb_runs"] == expected_runs(good)
+    assert res["beats"]["k_msb_runs"] == buffer_runs(good)
     assert writes == [(0, 7)]
     assert final[0].state == SlotState.BAD and final[0].refused and final[0].code == code
     assert final[0].banks == 0

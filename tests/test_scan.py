@@ -15,7 +15,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In
 
 from spatten.config import AttentionConfig, Config
-from spatten.golden.dram_image import coalesce
+from spatten.golden.dram_image import buffer_runs
 from spatten.hw.job_slots import slot_layout
 from spatten.hw.scan import SCAN_START_LATENCY, SlotScan
 from spatten.sim.amaranth_tb import run_streams
@@ -52,14 +52,6 @@ class Harness(wiring.Component):
 def slot(n, banks, written=None, list_bad=0):
     return {"job": {"n": n}, "banks": banks, "written": n if written is None else written,
             "intake_done": int(written is None), "list_bad": list_bad}
-
-
-def expected(tokens):
-    out, pos = [], 0
-    for start, count in coalesce(tokens):
-        out.append({"start": start, "count": count, "dst": pos})
-        pos += count
-    return out
 
 
 def simulate(index, slots, wanted, preferred, *, runs, stall=0.0, seed=0, written_later=None):
@@ -103,7 +95,7 @@ def test_both_slots_preferred_first(stall):
     upper = sorted(rng.sample(range(200), 11))
     index = lower + [0] * (N // 2 - len(lower)) + upper + [0] * (N // 2 - len(upper))
     slots = [slot(len(lower), 0b01), slot(len(upper), 0b10)]
-    want = expected(upper) + expected(lower)
+    want = buffer_runs(upper) + buffer_runs(lower)
     res, log = simulate(index, slots, 0b11, 1, runs=len(want), stall=stall, seed=seed)
     assert res["beats"]["runs"] == want
     assert log["done"] == [1, 0]
@@ -118,7 +110,7 @@ def test_scan_waits_for_the_intake():
     index = tokens + [0] * (N - len(tokens))
     slots = [slot(6, 0b01, written=2), slot(1, 0b10)]
     res, log = simulate(index, slots, 0b01, 0, runs=3, written_later=(30, (0, slot(6, 0b01))))
-    assert res["beats"]["runs"] == expected(tokens)
+    assert res["beats"]["runs"] == buffer_runs(tokens)
     assert log["items"][:2] == [0, 1] and log["done"] == [0]
     assert res["seen"]["runs"][0] > 30                    # the run 3, 4, 5 waited for 5
 
@@ -130,7 +122,7 @@ def test_bad_list_stops_the_scan():
     slots = [slot(4, 0b01, written=2), slot(1, 0b10)]
     res, log = simulate(index, slots, 0b01, 1, runs=1,
                         written_later=(30, (0, slot(4, 0b01, written=2, list_bad=1))))
-    assert res["beats"]["runs"] == expected(tokens[:2]) and log["done"] == [0]
+    assert res["beats"]["runs"] == buffer_runs(tokens[:2]) and log["done"] == [0]
     assert res["seen"]["runs"][0] > 30
 
 
