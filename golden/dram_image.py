@@ -3,7 +3,7 @@ a fetch of some rows reads.
 
 Element format
 --------------
-K, V and Q are signed ``width``-bit integers (``AttentionConfig.data_width``, 12 by default). For
+K, V and Q are signed ``width``-bit integers (``AttentionConfig.data_width``). For
 progressive quantization K is split into two bit planes, ``lsb_bits = width - msb_bits``::
 
     msb = k >> lsb_bits                (arithmetic shift: signed msb_bits-bit integer)
@@ -54,18 +54,22 @@ from typing import NamedTuple
 
 import numpy as np
 
-from spatten.config import AttentionConfig, Config
+from spatten.config import DEFAULT, AttentionConfig, Config
 
 __all__ = [
     "split_k", "merge_k", "msb_estimate", "pack_rows", "unpack_rows", "Request", "RunFetch",
     "PlaneLayout", "coalesce", "HeadGroupLayout", "ImageLayout", "ImageContents", "build_image",
-    "read_image", "fetch_runs", "requests_for", "bytes_for", "PLANE_KINDS",
+    "read_image", "buffer_runs", "fetch_runs", "requests_for", "bytes_for", "PLANE_KINDS",
 ]
 
 #: Plane kinds, in their order inside a head group (Q planes follow a layer's head groups).
 PLANE_KINDS = ("k_msb", "k_lsb", "v", "q")
 
 _MAX_BITS = 32
+
+# the defaults of every keyword below: the default configuration's (no copies of its numbers)
+_WIDTH = DEFAULT.attention.data_width
+_MEM = DEFAULT.memory
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,7 +129,7 @@ def _check_split(width, msb_bits) -> tuple[int, int]:
 # K bit planes
 # --------------------------------------------------------------------------------------------
 
-def split_k(k, width: int = 12, msb_bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def split_k(k, width: int = _WIDTH, msb_bits: int = _MEM.msb_bits) -> tuple[np.ndarray, np.ndarray]:
     """Split signed ``width``-bit K values (any shape) into ``(msb, lsb)``, int64 arrays of k's
     shape: ``msb = k >> lsb_bits`` (arithmetic; signed ``msb_bits`` bits) and
     ``lsb = k & (2**lsb_bits - 1)`` (unsigned ``lsb_bits = width - msb_bits`` bits).
@@ -294,8 +298,8 @@ class PlaneLayout:
         r = _check_int("row", r, 0, self.rows - 1)
         return self.base + r * self.row_bytes
 
-    def run_requests(self, start: int, count: int, beat_bytes: int = 16,
-                     max_burst: int = 16) -> RunFetch:
+    def run_requests(self, start: int, count: int, beat_bytes: int = _MEM.beat_bytes,
+                     max_burst: int = _MEM.max_burst) -> RunFetch:
         """The fetch of rows ``start .. start+count-1``: the B-aligned beat range covering
         bytes ``[base + start*row_bytes, base + (start+count)*row_bytes)`` cut into requests of
         at most ``max_burst`` beats (all but the last exactly ``max_burst``), with the byte
@@ -349,20 +353,32 @@ def coalesce(indices) -> list[tuple[int, int]]:
     return [(int(idx[s]), int(e - s)) for s, e in zip(starts, ends, strict=True)]
 
 
-def fetch_runs(plane: PlaneLayout, indices, beat_bytes: int = 16,
-               max_burst: int = 16) -> list[RunFetch]:
+def buffer_runs(indices, first: int = 0) -> list[dict]:
+    """The runs ``{start, count, dst}`` (`hw.fetch.run_layout`) that bring rows ``indices``
+    (strictly ascending) to buffer positions ``first, first + 1, ...``: `coalesce` with each
+    run's first position; what the core's coalescers ask a plane reader for."""
+    out, dst = [], first
+    for start, count in coalesce(indices):
+        out.append({"start": start, "count": count, "dst": dst})
+        dst += count
+    return out
+
+
+def fetch_runs(plane: PlaneLayout, indices, beat_bytes: int = _MEM.beat_bytes,
+               max_burst: int = _MEM.max_burst) -> list[RunFetch]:
     """`PlaneLayout.run_requests` for each run of `coalesce(indices)`, in order."""
     return [plane.run_requests(s, c, beat_bytes, max_burst) for s, c in coalesce(indices)]
 
 
-def requests_for(plane: PlaneLayout, indices, beat_bytes: int = 16,
-                 max_burst: int = 16) -> list[Request]:
+def requests_for(plane: PlaneLayout, indices, beat_bytes: int = _MEM.beat_bytes,
+                 max_burst: int = _MEM.max_burst) -> list[Request]:
     """The DRAM reads that fetch rows ``indices`` (strictly ascending) of ``plane``: the
     requests of every coalesced run, concatenated in order."""
     return [r for run in fetch_runs(plane, indices, beat_bytes, max_burst) for r in run.requests]
 
 
-def bytes_for(plane: PlaneLayout, indices, beat_bytes: int = 16, max_burst: int = 16) -> int:
+def bytes_for(plane: PlaneLayout, indices, beat_bytes: int = _MEM.beat_bytes,
+              max_burst: int = _MEM.max_burst) -> int:
     """Bytes read from DRAM to fetch rows ``indices``: beats x B over `requests_for` (a beat
     shared by two runs counts twice)."""
     return beat_bytes * sum(r.beats for r in requests_for(plane, indices, beat_bytes, max_burst))
@@ -395,11 +411,14 @@ class ImageLayout:
     n_max       rows of each K and V plane (keys per head, >= 1)
     m_max       rows of each Q plane (queries per head, >= 1)
     d           head dimension: a power of two in [8, d_max]
-    width       bits of K, V and Q elements (2..32; the datapath's data_width, default 12)
+    width       bits of K, V and Q elements (2..32; the datapath's data_width)
     msb_bits    bits of the K MSB plane, 1..width-1 (the LSB plane holds width - msb_bits)
     beat_bytes  B, bytes of a DRAM beat (a power of two)
     align       every plane's base is a multiple of this (a multiple of beat_bytes)
     d_max       the largest head dimension the datapath accepts (a power of two >= 8)
+
+    The defaults are the default configuration's (`spatten.config.DEFAULT`); `from_config`
+    takes them from a given one.
     """
 
     layers: int
@@ -408,11 +427,11 @@ class ImageLayout:
     n_max: int
     m_max: int
     d: int
-    width: int = 12
-    msb_bits: int = 8
-    beat_bytes: int = 16
-    align: int = 4096
-    d_max: int = 64
+    width: int = _WIDTH
+    msb_bits: int = _MEM.msb_bits
+    beat_bytes: int = _MEM.beat_bytes
+    align: int = _MEM.align
+    d_max: int = max(DEFAULT.attention.head_dims)
 
     def __post_init__(self):
         _check_int("layers", self.layers, 1)
@@ -441,11 +460,16 @@ class ImageLayout:
                     q_heads: int, d: int, n_max: int | None = None, m_max: int | None = None,
                     **kwargs) -> "ImageLayout":
         """A layout for the datapath of ``cfg``: width = data_width, d_max = its largest head
-        dimension, n_max = its capacity unless given, m_max = n_max unless given; other keywords
-        (msb_bits, beat_bytes, align) pass through."""
+        dimension, n_max = its capacity unless given, m_max = n_max unless given; msb_bits,
+        beat_bytes and align are the memory side's of a `Config` (the class defaults for an
+        `AttentionConfig`) unless given."""
         att = cfg.attention if isinstance(cfg, Config) else cfg
         if not isinstance(att, AttentionConfig):
             raise TypeError(f"cfg must be a Config or AttentionConfig, not {cfg!r}")
+        if isinstance(cfg, Config):
+            mem = cfg.memory
+            kwargs = {"msb_bits": mem.msb_bits, "beat_bytes": mem.beat_bytes, "align": mem.align,
+                      **kwargs}
         n_max = att.capacity if n_max is None else n_max
         m_max = n_max if m_max is None else m_max
         return cls(layers=layers, kv_heads=kv_heads, q_heads=q_heads, n_max=n_max, m_max=m_max,

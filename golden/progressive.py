@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spatten.config import AttentionConfig, Config, MemoryConfig
+from spatten.config import DEFAULT, AttentionConfig, Config, MemoryConfig
 
 from .attention import AttentionError, ScoreParams, attention_query, check_params
 from .dram_image import ImageLayout, PlaneLayout, merge_k, msb_estimate, requests_for, split_k
@@ -54,7 +54,7 @@ TENSORS = ("k_msb", "k_lsb", "q", "v")
 FILLS = ("mid", "zero")
 
 
-def tau_fixed(tau: float, prob_bits: int = 16) -> int:
+def tau_fixed(tau: float, prob_bits: int = DEFAULT.attention.prob_bits) -> int:
     """The trigger threshold as the U1.(prob_bits) register value: round(tau * 2**prob_bits),
     tau in [0, 1]."""
     if isinstance(tau, bool) or not isinstance(tau, (int, float, np.floating)) or \

@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from spatten.config import DEFAULT
+
 __all__ = ["MIN_WIDTH", "MAX_WIDTH", "quantize", "dequantize", "int_range"]
 
 MIN_WIDTH = 2
@@ -53,7 +55,8 @@ def _check_scale(scale) -> float:
     return s
 
 
-def quantize(x, width: int = 12, scale: float | None = None) -> tuple[np.ndarray, float]:
+def quantize(x, width: int = DEFAULT.attention.data_width,
+             scale: float | None = None) -> tuple[np.ndarray, float]:
     """Quantize the real tensor ``x`` (any shape, finite values) to ``width``-bit signed
     integers.
 

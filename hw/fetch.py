@@ -30,8 +30,11 @@ from amaranth.lib.wiring import In, Out
 
 from spatten.config import MemoryConfig
 
-__all__ = ["req_layout", "resp_layout", "run_layout", "write_layout", "PlaneReader",
-           "DramArbiter"]
+__all__ = ["req_layout", "resp_layout", "run_layout", "write_layout", "run_info_layout",
+           "PlaneReader", "BurstIssuer", "DramArbiter", "ISSUE_LATENCY"]
+
+#: cycles from a run taken by a `BurstIssuer` to its first request (its record taken at once)
+ISSUE_LATENCY = 3
 
 
 def _log2(x: int) -> int:
@@ -76,13 +79,10 @@ class PlaneReader(wiring.Component):
     depth : int
         Words of the buffer.
     memory : MemoryConfig
-        beat_bytes B, max_burst.
+        beat_bytes B, max_burst, addr_width (DRAM byte address bits), token_bits (bits of a row
+        index in the plane).
     capacity : int
         Buffer positions (rows): the largest run and the largest ``dst``.
-    addr_width : int
-        DRAM byte address bits (default 32).
-    token_bits : int
-        Bits of a row (token) index in the plane (default 16).
 
     Ports
     -----
@@ -115,16 +115,16 @@ class PlaneReader(wiring.Component):
     """
 
     def __init__(self, *, bits: int, is_signed: bool, elems: int, depth: int,
-                 memory: MemoryConfig, capacity: int, addr_width: int = 32,
-                 token_bits: int = 16):
+                 memory: MemoryConfig, capacity: int):
         try:
-            self._check(bits, is_signed, elems, depth, memory, capacity, addr_width, token_bits)
+            self._check(bits, is_signed, elems, depth, memory, capacity)
         except (TypeError, ValueError):
             self._MustUse__silence = True   # refused: never elaborated, no "never used" warning
             raise
         self.bits, self.is_signed, self.elems, self.depth = bits, is_signed, elems, depth
         self.memory, self.capacity = memory, capacity
-        self.addr_width, self.token_bits = addr_width, token_bits
+        addr_width = self.addr_width = memory.addr_width
+        token_bits = self.token_bits = memory.token_bits
         B = memory.beat_bytes
         # a chunk: CG groups of 8 elements, at least a beat's worth when the word allows it
         # (2 groups of 8-bit or wider elements, 4 of 4- to 7-bit ones, ...), at most a word
@@ -151,15 +151,14 @@ class PlaneReader(wiring.Component):
         })
 
     @staticmethod
-    def _check(bits, is_signed, elems, depth, memory, capacity, addr_width, token_bits):
+    def _check(bits, is_signed, elems, depth, memory, capacity):
         if not (isinstance(bits, int) and 1 <= bits <= 16):
             raise ValueError(f"bits must be an integer from 1 to 16, not {bits!r}")
         if not isinstance(is_signed, bool):
             raise TypeError(f"is_signed must be a bool, not {is_signed!r}")
         if not (isinstance(elems, int) and elems >= 8 and elems & (elems - 1) == 0):
             raise ValueError(f"elems must be a power of two >= 8, not {elems!r}")
-        for name, v in (("depth", depth), ("capacity", capacity), ("addr_width", addr_width),
-                        ("token_bits", token_bits)):
+        for name, v in (("depth", depth), ("capacity", capacity)):
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be a positive integer, not {v!r}")
         if not isinstance(memory, MemoryConfig):
@@ -167,7 +166,7 @@ class PlaneReader(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        B, MB = self.memory.beat_bytes, self.memory.max_burst
+        B = self.memory.beat_bytes
         LB = _log2(B)
         bits, M = self.bits, self.elems
         LM = _log2(M)
@@ -177,91 +176,26 @@ class PlaneReader(wiring.Component):
         L = self.lcm_bytes
         NS, NC = L // B, L // CB                # beat slots, chunk slots of the chunk buffer
         AW = self.addr_width
-        GW = (self.capacity * M // 8).bit_length() + 1    # group counts of a run
-        EW = (self.capacity * M).bit_length() + 1         # element positions
+        GW = _group_bits(M, self.capacity)                # group counts of a run
+        EW = _element_bits(M, self.capacity)              # element positions
 
         error = Signal()
         m.d.comb += self.error.eq(error)
 
-        # ------------------------------------------------------------ run info FIFO
-        info_layout = data.StructLayout({
-            "skip": unsigned(max(1, LB)), "beats": unsigned(AW - LB + 1),
-            "bursts": unsigned(AW - LB + 1), "groups": unsigned(GW), "dst_e": unsigned(EW)})
+        # ------------------------------------------------------------ runs -> requests
+        m.submodules.issuer = issuer = BurstIssuer(bits=bits, elems=M, memory=self.memory,
+                                                   capacity=self.capacity)
+        wiring.connect(m, wiring.flipped(self.cmd), issuer.cmd)
+        wiring.connect(m, issuer.req, wiring.flipped(self.req))
+        m.d.comb += [issuer.base.eq(self.base), issuer.d_log2.eq(self.d_log2)]
+        with m.If(issuer.dropped):
+            m.d.sync += error.eq(1)
+        # the runs whose beats are awaited, oldest first: the head is the current run
+        info_layout = issuer.info.payload.shape()
         m.submodules.info = info = SyncFIFOBuffered(width=info_layout.size, depth=4)
         head = data.View(info_layout, info.r_data)
-
-        # ------------------------------------------------------------ request side
-        # C1: offsets (start*bits and count*bits, in bytes after the shift by d/8)
-        c1_v = Signal()
-        c1_off = Signal(AW)
-        c1_len = Signal(AW)
-        c1_groups = Signal(GW)
-        c1_dst = Signal(EW)
-        c1_base = Signal(AW)
-        # C2: byte range
-        c2_v = Signal()
-        c2_first = Signal(AW + 1)
-        c2_stop = Signal(AW + 1)
-        c2_groups = Signal(GW)
-        c2_dst = Signal(EW)
-        # issue loop
-        is_v = Signal()
-        is_addr = Signal(AW)
-        is_left = Signal(AW - LB + 1)
-
-        cmd = self.cmd.payload
-        dl = self.d_log2
-        bad = Signal()
-        misaligned = (self.base[:LB] != 0) if LB else Const(0)
-        m.d.comb += bad.eq(misaligned | (dl < 3) | (dl > LM))
-        take = Signal()
-        m.d.comb += [self.cmd.ready.eq(~c1_v & ~c2_v & ~is_v), take.eq(self.cmd.valid
-                                                                       & self.cmd.ready)]
-        with m.If(take):
-            with m.If(bad):
-                m.d.sync += error.eq(1)
-            with m.Elif(cmd.count != 0):
-                m.d.sync += [c1_v.eq(1), c1_base.eq(self.base), c1_dst.eq(cmd.dst << dl)]
-                with m.Switch(dl):
-                    for k in range(3, LM + 1):
-                        with m.Case(k):
-                            # a row is d / 8 groups of bits bytes: bits * 2**(k-3) bytes
-                            m.d.sync += [c1_off.eq((cmd.start * bits) << (k - 3)),
-                                         c1_len.eq((cmd.count * bits) << (k - 3)),
-                                         c1_groups.eq(cmd.count << (k - 3))]
-        with m.If(c1_v):
-            m.d.sync += [c1_v.eq(0), c2_v.eq(1), c2_first.eq(c1_base + c1_off),
-                         c2_stop.eq(c1_base + c1_off + c1_len), c2_groups.eq(c1_groups),
-                         c2_dst.eq(c1_dst)]
-        lo = Signal(AW + 1)
-        hi = Signal(AW + 2)
-        m.d.comb += [lo.eq(c2_first & ~Const(B - 1, AW + 1)),
-                     hi.eq((c2_stop + (B - 1)) & ~Const(B - 1, AW + 2))]
-        n_beats = Signal(AW - LB + 1)
-        m.d.comb += n_beats.eq((hi - lo) >> LB)
-        with m.If(c2_v & info.w_rdy):
-            m.d.sync += [c2_v.eq(0), is_v.eq(1), is_addr.eq(lo), is_left.eq(n_beats)]
-        w_info = data.View(info_layout, info.w_data)
-        m.d.comb += [
-            info.w_en.eq(c2_v),
-            w_info.skip.eq(c2_first[:LB] if LB else 0),
-            w_info.beats.eq(n_beats),
-            w_info.bursts.eq((n_beats + (MB - 1)) // MB if MB & (MB - 1) else
-                             (n_beats + (MB - 1)) >> _log2(MB)),
-            w_info.groups.eq(c2_groups),
-            w_info.dst_e.eq(c2_dst),
-        ]
-        burst = Signal(range(MB + 1))
-        m.d.comb += [
-            burst.eq(Mux(is_left > MB, MB, is_left)),
-            self.req.valid.eq(is_v),
-            self.req.payload.addr.eq(is_addr),
-            self.req.payload.beats.eq(burst),
-        ]
-        with m.If(self.req.valid & self.req.ready):
-            m.d.sync += [is_addr.eq(is_addr + MB * B), is_left.eq(is_left - burst)]
-            with m.If(is_left <= MB):
-                m.d.sync += is_v.eq(0)
+        m.d.comb += [info.w_en.eq(issuer.info.valid), info.w_data.eq(issuer.info.payload),
+                     issuer.info.ready.eq(info.w_rdy)]
 
         # ------------------------------------------------------------ response side: realign
         # out beat j of a run = bytes skip + jB .. skip + jB + B - 1 of its beats: from input
@@ -407,7 +341,145 @@ class PlaneReader(wiring.Component):
         with m.If(~loaded):
             m.d.comb += [wr.valid.eq(0), done_chunk.eq(0)]
 
-        m.d.comb += self.busy.eq(c1_v | c2_v | is_v | info.r_rdy)
+        m.d.comb += self.busy.eq(issuer.busy | info.r_rdy)
+        return m
+
+
+def run_info_layout(elems: int, memory: MemoryConfig, capacity: int) -> data.StructLayout:
+    """What the response side of a `PlaneReader` needs of a run: the ``skip`` bytes of its first
+    beat, its ``beats`` and ``bursts``, its 8-element ``groups`` and its first element position
+    ``dst_e`` in the buffer."""
+    LB, AW = _log2(memory.beat_bytes), memory.addr_width
+    return data.StructLayout({
+        "skip": unsigned(max(1, LB)), "beats": unsigned(AW - LB + 1),
+        "bursts": unsigned(AW - LB + 1), "groups": unsigned(_group_bits(elems, capacity)),
+        "dst_e": unsigned(_element_bits(elems, capacity))})
+
+
+def _group_bits(elems, capacity):
+    """Bits of a run's count of 8-element groups."""
+    return (capacity * elems // 8).bit_length() + 1
+
+
+def _element_bits(elems, capacity):
+    """Bits of an element position in the buffer."""
+    return (capacity * elems).bit_length() + 1
+
+
+class BurstIssuer(wiring.Component):
+    """The request side of a `PlaneReader`: runs -> DRAM burst requests and run records.
+
+    A run on ``cmd`` (with the plane's ``base`` and ``d_log2``, sampled with it) is taken while
+    no run is in the issuer; its byte range takes two cycles, then its record
+    (`run_info_layout`) goes out on ``info``, and once that is taken its B-aligned beats go out
+    on ``req`` in bursts of at most ``max_burst`` beats, one request a cycle: the first request
+    is offered `ISSUE_LATENCY` cycles after the run is taken (``info`` ready). A run with a
+    misaligned base or d out of range is dropped (``dropped`` pulses, no request); a run of
+    ``count = 0`` does nothing. ``busy``: a run is in the issuer."""
+
+    def __init__(self, *, bits: int, elems: int, memory: MemoryConfig, capacity: int):
+        try:
+            PlaneReader._check(bits, False, elems, capacity, memory, capacity)
+        except (TypeError, ValueError):
+            self._MustUse__silence = True   # refused: never elaborated
+            raise
+        self.bits, self.elems, self.memory, self.capacity = bits, elems, memory, capacity
+        super().__init__({
+            "cmd": In(stream.Signature(run_layout(memory.token_bits, capacity))),
+            "base": In(memory.addr_width),
+            "d_log2": In(range(_log2(elems) + 1)),
+            "req": Out(stream.Signature(req_layout(memory.addr_width, memory.max_burst))),
+            "info": Out(stream.Signature(run_info_layout(elems, memory, capacity))),
+            "dropped": Out(1),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        B, MB = self.memory.beat_bytes, self.memory.max_burst
+        LB = _log2(B)
+        bits = self.bits
+        LM = _log2(self.elems)
+        AW = self.memory.addr_width
+        GW = _group_bits(self.elems, self.capacity)
+        EW = _element_bits(self.elems, self.capacity)
+
+        # ------------------------------------------------------------ request side
+        # stage 1: offsets (start*bits and count*bits, in bytes after the shift by d/8)
+        offsets_valid = Signal()
+        offset = Signal(AW)
+        length = Signal(AW)
+        offset_groups = Signal(GW)
+        offset_dst = Signal(EW)
+        run_base = Signal(AW)
+        # stage 2: byte range
+        range_valid = Signal()
+        first_byte = Signal(AW + 1)
+        stop_byte = Signal(AW + 1)
+        range_groups = Signal(GW)
+        range_dst = Signal(EW)
+        # the bursts
+        issuing = Signal()
+        next_addr = Signal(AW)
+        beats_left = Signal(AW - LB + 1)
+
+        cmd = self.cmd.payload
+        d_log2 = self.d_log2
+        bad = Signal()
+        misaligned = (self.base[:LB] != 0) if LB else Const(0)
+        m.d.comb += bad.eq(misaligned | (d_log2 < 3) | (d_log2 > LM))
+        take = Signal()
+        m.d.comb += [self.cmd.ready.eq(~offsets_valid & ~range_valid & ~issuing),
+                     take.eq(self.cmd.valid & self.cmd.ready)]
+        with m.If(take):
+            with m.If(bad):
+                m.d.comb += self.dropped.eq(1)
+            with m.Elif(cmd.count != 0):
+                m.d.sync += [offsets_valid.eq(1), run_base.eq(self.base),
+                             offset_dst.eq(cmd.dst << d_log2)]
+                with m.Switch(d_log2):
+                    for k in range(3, LM + 1):
+                        with m.Case(k):
+                            # a row is d / 8 groups of bits bytes: bits * 2**(k-3) bytes
+                            m.d.sync += [offset.eq((cmd.start * bits) << (k - 3)),
+                                         length.eq((cmd.count * bits) << (k - 3)),
+                                         offset_groups.eq(cmd.count << (k - 3))]
+        with m.If(offsets_valid):
+            m.d.sync += [offsets_valid.eq(0), range_valid.eq(1), first_byte.eq(run_base + offset),
+                         stop_byte.eq(run_base + offset + length), range_groups.eq(offset_groups),
+                         range_dst.eq(offset_dst)]
+        lo = Signal(AW + 1)
+        hi = Signal(AW + 2)
+        m.d.comb += [lo.eq(first_byte & ~Const(B - 1, AW + 1)),
+                     hi.eq((stop_byte + (B - 1)) & ~Const(B - 1, AW + 2))]
+        n_beats = Signal(AW - LB + 1)
+        m.d.comb += n_beats.eq((hi - lo) >> LB)
+        info = self.info
+        with m.If(range_valid & info.ready):
+            m.d.sync += [range_valid.eq(0), issuing.eq(1), next_addr.eq(lo),
+                         beats_left.eq(n_beats)]
+        w_info = info.payload
+        m.d.comb += [
+            info.valid.eq(range_valid),
+            w_info.skip.eq(first_byte[:LB] if LB else 0),
+            w_info.beats.eq(n_beats),
+            w_info.bursts.eq((n_beats + (MB - 1)) // MB if MB & (MB - 1) else
+                             (n_beats + (MB - 1)) >> _log2(MB)),
+            w_info.groups.eq(range_groups),
+            w_info.dst_e.eq(range_dst),
+        ]
+        burst = Signal(range(MB + 1))
+        m.d.comb += [
+            burst.eq(Mux(beats_left > MB, MB, beats_left)),
+            self.req.valid.eq(issuing),
+            self.req.payload.addr.eq(next_addr),
+            self.req.payload.beats.eq(burst),
+        ]
+        with m.If(self.req.valid & self.req.ready):
+            m.d.sync += [next_addr.eq(next_addr + MB * B), beats_left.eq(beats_left - burst)]
+            with m.If(beats_left <= MB):
+                m.d.sync += issuing.eq(0)
+        m.d.comb += self.busy.eq(offsets_valid | range_valid | issuing)
         return m
 
 
@@ -418,18 +490,19 @@ class DramArbiter(wiring.Component):
     is forwarded when the id FIFO (depth ``memory.max_outstanding``) has room: it records which
     port asked, so that the in-order responses go back to it (popped with each ``last`` beat).
     Grants rotate: after port i, ports i+1, i+2, ... are preferred; ports whose ``urgent`` bit
-    is set go before all others (rotating among themselves). ``dram_req`` comes from a register
-    stage: no path from ``dram_req.ready`` to a requester's ``ready``.
+    is set go before all others (rotating among themselves). Addresses have ``memory.addr_width``
+    bits. ``dram_req`` comes from a register stage: no path from ``dram_req.ready`` to a
+    requester's ``ready``.
     """
 
-    def __init__(self, *, ports: int, memory: MemoryConfig, addr_width: int = 32):
+    def __init__(self, *, ports: int, memory: MemoryConfig):
         if not (isinstance(ports, int) and ports >= 1) or not isinstance(memory, MemoryConfig):
             self._MustUse__silence = True   # refused: never elaborated
             if not isinstance(memory, MemoryConfig):
                 raise TypeError(f"memory must be a MemoryConfig, not {memory!r}")
             raise ValueError(f"ports must be a positive integer, not {ports!r}")
-        self.ports, self.memory, self.addr_width = ports, memory, addr_width
-        rq = stream.Signature(req_layout(addr_width, memory.max_burst))
+        self.ports, self.memory, self.addr_width = ports, memory, memory.addr_width
+        rq = stream.Signature(req_layout(memory.addr_width, memory.max_burst))
         rs = stream.Signature(resp_layout(memory.beat_bytes))
         members = {}
         for i in range(ports):

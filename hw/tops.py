@@ -89,8 +89,8 @@ def _attention(cfg: Config):
 def _core(cfg: Config):
     from .core import Core
 
-    # three query heads per K/V head, as in SmolLM2 (MiniLM uses one)
-    return Core(config=cfg, group=3)
+    # memory.group_size query heads per K/V head (3 by default, as in SmolLM2)
+    return Core(config=cfg)
 
 
 def _attention_fed(cfg: Config):

@@ -601,7 +601,7 @@ def bench_rtl(cfg: Config, sim: str = "verilator") -> dict:
     group_size = max(len(g["q"]) for g in groups)
     print(f"RTL: {len(jobs)} jobs through the memory side on {sim} (builds once, a few "
           f"minutes)...", file=sys.stderr, flush=True)
-    results = run_core(cfg, jobs, group=group_size, depth_beats=depth, sim=sim)
+    results = run_core(cfg.replace(mem_group_size=group_size), jobs, depth_beats=depth, sim=sim)
     rows, batches = [], {}
     mults = cfg.attention.qk_mults + cfg.attention.pv_mults
     for job_meta, ref, res in zip(meta, refs, results, strict=True):

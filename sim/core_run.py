@@ -29,10 +29,10 @@ class CoreTop(wiring.Component):
     port; the model's ``load``, ``latency``, ``bytes_per_cycle``, ``stall`` and counters are
     ports ``dram_load``, ``dram_latency``, ... of this top."""
 
-    def __init__(self, config: Config, *, group: int, depth_beats: int):
+    def __init__(self, config: Config, *, depth_beats: int):
         from spatten.hw.core import Core
 
-        self.core = Core(config=config, group=group)
+        self.core = Core(config=config)
         mem = config.memory
         self.dram = DramModel(beat_bytes=mem.beat_bytes, depth_beats=depth_beats,
                               max_burst=mem.max_burst, max_outstanding=mem.max_outstanding,
@@ -76,37 +76,38 @@ class CoreTop(wiring.Component):
         return m
 
 
-def core_selftest(config: Config, *, group: int = 3, depth_beats: int = 2048, seed: int = 1,
+def core_selftest(config: Config, *, depth_beats: int = 2048, seed: int = 1,
                   sim: str = "verilator", testcase=None) -> CocotbResult:
     """Build `CoreTop` and run the tests of `sim/tb_core.py`; raises `CocotbFailure` on a
     failure."""
     settings = {"config": dataclasses.asdict(config.attention),
-                "memory": dataclasses.asdict(config.memory), "group": group,
+                "memory": dataclasses.asdict(config.memory),
                 "depth_beats": depth_beats, "seed": seed}
-    tag = cfg_tag(config.attention) + "-" + cfg_tag(config.memory) + f"-g{group}-{depth_beats}"
-    return unit_selftest(lambda: CoreTop(config, group=group, depth_beats=depth_beats),
+    tag = cfg_tag(config.attention) + "-" + cfg_tag(config.memory) + f"-{depth_beats}"
+    return unit_selftest(lambda: CoreTop(config, depth_beats=depth_beats),
                          name=TOPLEVEL, tag=tag, tb_module=TB, settings=settings, sim=sim,
                          testcase=testcase, purpose="rtl")
 
 
-def run_core(config: Config, jobs: list[dict], *, group: int = 1, depth_beats: int,
-             sim: str = "verilator", idle: float = 0.0, stall: float = 0.0) -> list[dict]:
+def run_core(config: Config, jobs: list[dict], *, depth_beats: int, sim: str = "verilator",
+             idle: float = 0.0, stall: float = 0.0) -> list[dict]:
     """Run `jobs` through `CoreTop` (see `tb_core.run_jobs` for the job and result fields;
-    ``image`` is the path of the DRAM image file); one result dict per job."""
+    ``image`` is the path of the DRAM image file; ``config.memory.group_size`` query heads a
+    group); one result dict per job."""
     import json
     import os
 
     from .runner import sim_build_dir
 
-    tag = cfg_tag(config.attention) + "-" + cfg_tag(config.memory) + f"-g{group}-{depth_beats}"
+    tag = cfg_tag(config.attention) + "-" + cfg_tag(config.memory) + f"-{depth_beats}"
     bdir = sim_build_dir(TOPLEVEL, tag, "rtl")
     results = bdir / f"results-{sim}-{os.getpid()}.json"
     results.unlink(missing_ok=True)
     settings = {"config": dataclasses.asdict(config.attention),
-                "memory": dataclasses.asdict(config.memory), "group": group,
+                "memory": dataclasses.asdict(config.memory),
                 "depth_beats": depth_beats, "jobs": jobs, "results": str(results),
                 "idle": idle, "stall": stall}
-    unit_selftest(lambda: CoreTop(config, group=group, depth_beats=depth_beats),
+    unit_selftest(lambda: CoreTop(config, depth_beats=depth_beats),
                   name=TOPLEVEL, tag=tag, tb_module=TB, settings=settings, sim=sim,
                   testcase="run_jobs", purpose="rtl")
     try:

@@ -21,7 +21,7 @@ import numpy as np
 from amaranth.hdl import unsigned
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from spatten.config import AttentionConfig, MemoryConfig
+from spatten.config import AttentionConfig, Config, MemoryConfig
 from spatten.golden import attention as golden
 from spatten.golden.dram_image import ImageLayout, build_image
 from spatten.golden.progressive import TENSORS, group_planes, run_group, tau_fixed
@@ -36,13 +36,12 @@ from .unit_run import tb_settings
 _SET = tb_settings()
 CFG = AttentionConfig(**_SET.get("config", {}))
 MEM = MemoryConfig(**_SET.get("memory", {}))
-G = int(_SET.get("group", 3))
 DEPTH = int(_SET.get("depth_beats", 2048))
 SEED = int(_SET.get("seed", 1))
 HAS_JOBS = "jobs" in _SET
+FULL = Config(attention=CFG, memory=MEM)
+G = MEM.group_size
 B = MEM.beat_bytes
-TB = 16
-AW = 32
 S = CFG.softmax_lanes
 DMAX = min(CFG.qk_mults, CFG.pv_mults)
 LOAD_LAYOUT = None      # set in start() from the port width
@@ -56,11 +55,11 @@ class Bench:
         from amaranth.lib import data
         self.load = StreamSource(dut, "dram_load", clk, data.StructLayout({
             "addr": range(DEPTH), "data": unsigned(8 * B)}))
-        self.surv = StreamSource(dut, "survivors", clk, survivor_layout(TB), idle_prob=idle,
+        self.surv = StreamSource(dut, "survivors", clk, survivor_layout(FULL), idle_prob=idle,
                                  rng=random.Random(rnd.random()))
-        self.job = StreamSource(dut, "job", clk, job_layout(CFG, G, TB, AW), idle_prob=idle,
+        self.job = StreamSource(dut, "job", clk, job_layout(FULL), idle_prob=idle,
                                 rng=random.Random(rnd.random()))
-        self.queries = StreamSource(dut, "queries", clk, query_cmd_layout(TB, G),
+        self.queries = StreamSource(dut, "queries", clk, query_cmd_layout(FULL),
                                     idle_prob=idle, rng=random.Random(rnd.random()))
         self.o = StreamSink(dut, "o", clk, output_layout(CFG), stall_prob=stall,
                             rng=random.Random(rnd.random()))

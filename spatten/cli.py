@@ -189,7 +189,8 @@ def cmd_attention(args):
           f"configuration builds the simulator: a minute or more)...", file=sys.stderr,
           flush=True)
     try:
-        (res,) = run_core(full, [job], group=1, depth_beats=depth, sim=args.sim)
+        (res,) = run_core(full.replace(mem_group_size=1), [job], depth_beats=depth,
+                          sim=args.sim)
     finally:
         img.unlink(missing_ok=True)
     by_tag = {t: row[:d] for t, row in zip(res["tags"], res["out"], strict=True)}

@@ -16,8 +16,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["TopKConfig", "AttentionConfig", "MemoryConfig", "Config", "PRESETS", "preset",
-           "preset_names", "zero_eliminator_latency", "z_table"]
+__all__ = ["TopKConfig", "AttentionConfig", "MemoryConfig", "Config", "DEFAULT", "PRESETS",
+           "preset", "preset_names", "zero_eliminator_latency", "z_table"]
 
 
 def _is_pow2(x: int) -> bool:
@@ -284,6 +284,11 @@ class MemoryConfig:
     msb_bits        bits of each K element in the MSB plane; the LSB plane holds the other
                     data_width - msb_bits (8 + 4 by default, 6 + 6 is the other split measured)
     align           byte alignment of every plane in the DRAM image
+    addr_width      bits of a DRAM byte address (requests, plane bases)
+    token_bits      bits of a token index, a row of a plane (up to 2**token_bits rows)
+    group_size      query heads per head group the core (`hw.core.Core`) serves from one K and V
+                    (grouped-query attention: 3 as in SmolLM2; MiniLM has 1), 1..8
+    q_slots         Q rows the core fetches ahead of the pipeline (each one DRAM run), 1..16
     """
 
     beat_bytes: int = 16
@@ -291,6 +296,10 @@ class MemoryConfig:
     max_outstanding: int = 4
     msb_bits: int = 8
     align: int = 4096
+    addr_width: int = 32
+    token_bits: int = 16
+    group_size: int = 3
+    q_slots: int = 4
 
     def __post_init__(self):
         if not (isinstance(self.beat_bytes, int) and _is_pow2(self.beat_bytes)
@@ -298,7 +307,8 @@ class MemoryConfig:
             raise ValueError(f"beat_bytes must be a power of two from 1 to 64, "
                              f"not {self.beat_bytes!r}")
         for name, lo, hi in (("max_burst", 1, 256), ("max_outstanding", 1, 64),
-                             ("msb_bits", 1, 23)):
+                             ("msb_bits", 1, 23), ("addr_width", 1, 64), ("token_bits", 1, 32),
+                             ("group_size", 1, 8), ("q_slots", 1, 16)):
             v = getattr(self, name)
             if not (isinstance(v, int) and lo <= v <= hi):
                 raise ValueError(f"{name} must be an integer from {lo} to {hi}, not {v!r}")
@@ -343,21 +353,22 @@ class Config:
         return cfg
 
 
+#: The default configuration; every preset is built from it with `Config.replace`.
+DEFAULT = Config()
+
 PRESETS: dict[str, Config] = {
     # SpAtten-1/8 scale for the ULX3S-85F (ECP5-85F).
-    "default": Config(name="default", topk=TopKConfig(lanes=16, value_width=16, capacity=1024)),
+    "default": DEFAULT,
     # Fits the iCEBreaker's iCE40UP5K (5280 LUTs, 120 kbit of block RAM).
-    "small": Config(name="small", topk=TopKConfig(lanes=4, value_width=12, capacity=256,
-                                                  digit_bits=3),
-                    attention=AttentionConfig(qk_mults=8, pv_mults=8, capacity=128,
-                                              softmax_lanes=1, y_frac_bits=8, topk_lanes=4,
-                                              topk_digit_bits=3)),
+    "small": DEFAULT.replace(name="small", topk_lanes=4, topk_value_width=12, topk_capacity=256,
+                             topk_digit_bits=3, attn_qk_mults=8, attn_pv_mults=8,
+                             attn_capacity=128, attn_softmax_lanes=1, attn_y_frac_bits=8,
+                             attn_topk_lanes=4, attn_topk_digit_bits=3),
     # The default pipeline with half the multipliers (32 in the Q.K array, 32 in prob x V):
     # a point of comparison for the FPGA builds of the whole pipeline.
-    "half": Config(name="half", topk=TopKConfig(lanes=16, value_width=16, capacity=1024),
-                   attention=AttentionConfig(qk_mults=32, pv_mults=32)),
+    "half": DEFAULT.replace(name="half", attn_qk_mults=32, attn_pv_mults=32),
     # The default engine with room for 4096 values (benchmarks at n = 4096).
-    "large": Config(name="large", topk=TopKConfig(lanes=16, value_width=16, capacity=4096)),
+    "large": DEFAULT.replace(name="large", topk_capacity=4096),
 }
 
 

@@ -23,7 +23,7 @@ def test_core_rtl(msb_bits):
     if "verilator" not in available_simulators():
         pytest.skip("verilator is not installed")
     print("seed", SEED)
-    cfg = Config(attention=ATT, memory=MemoryConfig(msb_bits=msb_bits))
-    res = core_selftest(cfg, group=3, seed=SEED)
+    cfg = Config(attention=ATT, memory=MemoryConfig(msb_bits=msb_bits, group_size=3))
+    res = core_selftest(cfg, seed=SEED)
     print(res.summary())
     assert res.ok and res.passed == 4

@@ -352,6 +352,12 @@ def test_from_config():
     assert (lay.d_max, lay.n_max, lay.m_max, lay.msb_bits) == (8, 128, 1, 6)
     with pytest.raises(ValueError, match=r"d must be in \[8, 8\], not 16"):
         di.ImageLayout.from_config(small, layers=1, kv_heads=1, q_heads=1, d=16)
+    # a whole Config brings its memory side's plane format; keywords still win
+    cfg = preset("default").replace(mem_msb_bits=6, mem_align=256, mem_beat_bytes=32)
+    lay = di.ImageLayout.from_config(cfg, layers=1, kv_heads=1, q_heads=1, d=16)
+    assert (lay.msb_bits, lay.align, lay.beat_bytes) == (6, 256, 32)
+    lay = di.ImageLayout.from_config(cfg, layers=1, kv_heads=1, q_heads=1, d=16, msb_bits=8)
+    assert (lay.msb_bits, lay.align) == (8, 256)
 
 
 @pytest.mark.parametrize("changes, exc, msg", [
@@ -417,3 +423,12 @@ def test_build_read_errors():
         di.read_image(lay, image[:-1])
     with pytest.raises(ValueError, match=r"n must be in \[0, 20\], not 21"):
         di.read_image(lay, image, n=21)
+
+
+def test_buffer_runs():
+    assert di.buffer_runs([]) == []
+    assert di.buffer_runs([3, 4, 5, 9, 11, 12], first=32) == [
+        {"start": 3, "count": 3, "dst": 32}, {"start": 9, "count": 1, "dst": 35},
+        {"start": 11, "count": 2, "dst": 36}]
+    with pytest.raises(ValueError, match="strictly ascending"):
+        di.buffer_runs([4, 4])

@@ -13,8 +13,16 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from spatten.config import MemoryConfig
-from spatten.golden.dram_image import ImageLayout, build_image, coalesce, read_image
-from spatten.hw.fetch import DramArbiter, PlaneReader
+from spatten.golden.dram_image import (
+    ImageLayout,
+    PlaneLayout,
+    buffer_runs,
+    build_image,
+    coalesce,
+    read_image,
+)
+from spatten.hw.fetch import ISSUE_LATENCY, BurstIssuer, DramArbiter, PlaneReader
+from spatten.sim.amaranth_tb import run_streams
 from spatten.sim.dram import DramModel
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
@@ -37,7 +45,7 @@ class Harness(wiring.Component):
         self.arb = DramArbiter(ports=len(KINDS), memory=mem)
         self.dram = DramModel(beat_bytes=mem.beat_bytes, depth_beats=len(image) // mem.beat_bytes,
                               max_burst=mem.max_burst, max_outstanding=mem.max_outstanding,
-                              addr_width=32, init=image)
+                              addr_width=mem.addr_width, init=image)
         super().__init__({})
 
     def elaborate(self, platform):
@@ -52,14 +60,6 @@ class Harness(wiring.Component):
         wiring.connect(m, self.arb.dram_req, self.dram.req)
         wiring.connect(m, self.dram.resp, self.arb.dram_resp)
         return m
-
-
-def _runs_for(indices, dst0=0):
-    out, pos = [], dst0
-    for start, count in coalesce(indices):
-        out.append({"start": start, "count": count, "dst": pos})
-        pos += count
-    return out
 
 
 def _simulate(layout, image, mem, elems, capacity, jobs, d, *, latency=1, bpc=16, stall=0,
@@ -132,7 +132,7 @@ def _simulate(layout, image, mem, elems, capacity, jobs, d, *, latency=1, bpc=16
 def _check(layout, image, mem, elems, capacity, d, lists, **kw):
     contents = read_image(layout, image)
     planes = {"k_msb": contents.k_msb[0, 0], "k_lsb": contents.k_lsb[0, 0], "v": contents.v[0, 0]}
-    jobs = {k: _runs_for(lists[k]) for k in KINDS}
+    jobs = {k: buffer_runs(lists[k]) for k in KINDS}
     bufs, info = _simulate(layout, image, mem, elems, capacity, jobs, d, **kw)
     assert info["errors"] == {k: 0 for k in KINDS} and info["dram_error"] == 0, info
     want_bytes, want_reqs = 0, 0
@@ -189,7 +189,7 @@ def test_empty_single_and_full_lists():
 def test_bad_base_and_dram_error_do_not_hang():
     layout, image = _layout_image(16, 8, 24, SEED)
     mem = MemoryConfig(max_burst=4)
-    jobs = {"k_msb": _runs_for([1, 2, 3])}
+    jobs = {"k_msb": buffer_runs([1, 2, 3])}
     # a misaligned base: the run is dropped with an error, nothing is requested
     _, info = _simulate(layout, image, mem, 16, 24, jobs, 16, base_override=8)
     assert info["errors"]["k_msb"] == 1 and info["requests"] == 0
@@ -252,3 +252,47 @@ def test_reader_throughput(msb_bits, kind):
     # set-up, latency and the idle tail: a few dozen cycles
     assert beats * cycles_per_beat <= info["cycles"] <= beats * cycles_per_beat + 40, \
         (info["cycles"], beats)
+
+
+@pytest.mark.parametrize("bits,d,gap,stall", [(8, 16, 0.0, 0.0), (12, 64, 0.4, 0.4),
+                                               (4, 32, 0.3, 0.7), (6, 8, 0.0, 0.5)])
+def test_burst_issuer(bits, d, gap, stall):
+    """Runs -> the requests `PlaneLayout.run_requests` predicts, in order, and one record per
+    run (skip, beats, bursts, groups, first element) under random command gaps and backpressure
+    on both outputs; a count-0 run does nothing, a bad base is dropped; the first request of a
+    run is offered `ISSUE_LATENCY` cycles after it is taken."""
+    seed = SEED + bits + d
+    print("seed", seed)
+    rng = random.Random(seed)
+    mem = MemoryConfig(max_burst=4)
+    capacity, elems = 48, 64
+    dut = BurstIssuer(bits=bits, elems=elems, memory=mem, capacity=capacity)
+    row_bytes = d * bits // 8
+    plane = PlaneLayout(base=0x1000, rows=200, row_bytes=row_bytes, elem_bits=bits, signed=True)
+    runs = [{"start": rng.randrange(0, 150), "count": rng.randrange(1, capacity // 2),
+             "dst": rng.randrange(0, capacity // 2)} for _ in range(6)]
+    runs.insert(2, {"start": 5, "count": 0, "dst": 0})
+    want_reqs, want_info = [], []
+    for r in runs:
+        fetch = plane.run_requests(r["start"], r["count"], mem.beat_bytes, mem.max_burst)
+        want_reqs += [{"addr": q.addr, "beats": q.beats} for q in fetch.requests]
+        if r["count"]:
+            beats = fetch.beats
+            want_info.append({"skip": fetch.skip, "beats": beats,
+                              "bursts": -(-beats // mem.max_burst),
+                              "groups": r["count"] * d // 8, "dst_e": r["dst"] * d})
+    res = run_streams(dut, sources={"cmd": runs}, sinks={"req": len(want_reqs),
+                                                         "info": len(want_info)},
+                      gap=gap, stall=stall, seed=seed, quiet=6,
+                      sideband={"cmd": [{"base": plane.base, "d_log2": d.bit_length() - 1}]
+                                * len(runs)})
+    assert res["beats"]["req"] == want_reqs
+    assert res["beats"]["info"] == want_info
+    if gap == stall == 0.0:
+        assert res["seen"]["req"][0] - res["accepted"]["cmd"][0] == ISSUE_LATENCY
+    # a misaligned base: dropped, nothing issued
+    dropped = []
+    bad = run_streams(dut, sources={"cmd": runs[:1]}, sinks={"req": 0, "info": 0}, quiet=8,
+                      sideband={"cmd": [{"base": plane.base + 8, "d_log2": 4}]},
+                      watch=lambda ctx, cycle: dropped.append(ctx.get(dut.dropped)))
+    assert bad["beats"] == {"req": [], "info": []} and sum(dropped) == 1
