@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from spatten.config import AttentionConfig, preset
-from spatten.sim.attention_run import attention_selftest
-from spatten.sim.runner import available_simulators
+from spatten.sim.infra.runner import available_simulators
+from spatten.sim.testbenches.attention_run import attention_selftest
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 
@@ -69,7 +69,7 @@ def test_minilm_rows_rtl():
     from spatten.golden import attention as golden
     from spatten.golden.minilm import SAMPLE_TEXTS, MiniLM
     from spatten.golden.quant import quantize
-    from spatten.sim.attention_run import job_from_arrays, run_attention
+    from spatten.sim.testbenches.attention_run import job_from_arrays, run_attention
 
     if "verilator" not in available_simulators():
         pytest.skip("verilator is not installed")

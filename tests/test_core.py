@@ -10,8 +10,8 @@ import os
 import pytest
 
 from spatten.config import AttentionConfig, Config, MemoryConfig
-from spatten.sim.core_run import core_selftest
-from spatten.sim.runner import available_simulators
+from spatten.sim.infra.runner import available_simulators
+from spatten.sim.testbenches.core_run import core_selftest
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 ATT = AttentionConfig(qk_mults=16, pv_mults=16, capacity=64, softmax_lanes=4, topk_lanes=8)

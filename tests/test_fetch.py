@@ -15,7 +15,7 @@ from amaranth.sim import Simulator
 from spatten.config import MemoryConfig
 from spatten.golden.dram_image import ImageLayout, build_image, coalesce, read_image
 from spatten.hw.fetch import DramArbiter, PlaneReader
-from spatten.sim.dram import DramModel
+from spatten.sim.models.dram import DramModel
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 KINDS = ("k_msb", "k_lsb", "v")

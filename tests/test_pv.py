@@ -25,9 +25,9 @@ from spatten.golden import pv_cycles
 from spatten.golden.pv_cycles import pv_beat_ops, pv_cycle_model, pv_schedule
 from spatten.hw import pv as hw_pv
 from spatten.hw.pv import ProbV, input_layout, output_layout, pv_latency, v_depth
-from spatten.sim.amaranth_tb import run_streams
-from spatten.sim.tb_pv import PvTop, expected_beat, make_query, query_beats, v_words
-from spatten.sim.unit_top import pick_seed, random_elements, unit_test
+from spatten.sim.infra.amaranth_tb import run_streams
+from spatten.sim.testbenches.tb_pv import PvTop, expected_beat, make_query, query_beats, v_words
+from spatten.sim.testbenches.unit_top import pick_seed, random_elements, unit_test
 
 SMALL = AttentionConfig(pv_mults=16, qk_mults=16, capacity=64)
 DEFAULT = AttentionConfig()
@@ -350,14 +350,15 @@ def test_bad_config(args, kwargs, exc, msg):
 def test_cocotb(name, cfg, runs, sim, seed):
     """The cocotb testbench (`sim/tb_pv.py`) through the ``load`` port; Icarus (4-state) also
     checks that no unknown value reaches an output after reset."""
-    from spatten.sim.runner import available_simulators
-    from spatten.sim.unit_run import cfg_tag
+    from spatten.sim.infra.runner import available_simulators
+    from spatten.sim.infra.testbench import cfg_tag
 
     if sim not in available_simulators():
         pytest.skip(f"{sim} is not installed")
     t = time.time()
     res = unit_test(lambda: PvTop(cfg), cfg, name="pv", tag=f"{name}-{cfg_tag(cfg)}",
-                    tb_module="spatten.sim.tb_pv", sim=sim, seed=seed % (1 << 31), runs=runs)
+                    tb_module="spatten.sim.testbenches.tb_pv", sim=sim, seed=seed % (1 << 31),
+                    runs=runs)
     print(f"{name} on {sim}: {res.summary()} in {time.time() - t:.1f} s (built: {res.built}, "
           f"{res.build_seconds:.1f} s)")
     assert res.failed == 0 and res.passed == 4, res.summary()

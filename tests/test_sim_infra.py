@@ -14,8 +14,8 @@ from amaranth.hdl import Module, Mux, Shape, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from spatten.sim import toolchain
-from spatten.sim.runner import (
+from spatten import tools as toolchain
+from spatten.sim.infra.runner import (
     CocotbFailure,
     SimBuildError,
     available_simulators,
@@ -23,11 +23,11 @@ from spatten.sim.runner import (
     run_cocotb,
     sim_build_dir,
 )
-from spatten.sim.streams import pack, payload_width, unpack
-from spatten.sim.tb_sim_infra import COUNT_WIDTH, Kind, in_layout, out_layout
+from spatten.sim.infra.streams import pack, payload_width, unpack
+from spatten.sim.testbenches.tb_sim_infra import COUNT_WIDTH, Kind, in_layout, out_layout
 
 SIMS = available_simulators()
-TB = "spatten.sim.tb_sim_infra"
+TB = "spatten.sim.testbenches.tb_sim_infra"
 
 
 class AddConst(wiring.Component):
@@ -77,7 +77,7 @@ def test_tool_env():
     default = toolchain.tool_env({"PATH": "/usr/bin"})
     assert default["YOWASP_CACHE_DIR"] == str(toolchain.repo_root() / "build" / "yowasp-cache")
     assert toolchain.build_root().is_dir()
-    assert (toolchain.repo_root() / "sim" / "toolchain.py").is_file()
+    assert (toolchain.repo_root() / "spatten" / "tools.py").is_file()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -130,9 +130,9 @@ def test_pack_matches_amaranth():
 def test_streams_doctest():
     import doctest
 
-    import spatten.sim.streams
+    import spatten.sim.infra.streams
 
-    assert doctest.testmod(spatten.sim.streams).failed == 0
+    assert doctest.testmod(spatten.sim.infra.streams).failed == 0
 
 
 def test_pack_edges_and_errors():
@@ -228,7 +228,7 @@ def test_cli_context():
         "import sys\n"
         "sys.path.insert(0, %r)\n"
         "from test_sim_infra import _emit, _env, TB\n"
-        "from spatten.sim.runner import run_cocotb\n"
+        "from spatten.sim.infra.runner import run_cocotb\n"
         "out, v = _emit('verilator')\n"
         "r = run_cocotb(verilog=v, toplevel='add_const', test_module=TB, sim='verilator',\n"
         "               build_dir=out, extra_env={**_env(5), 'SIM_INFRA_NEGATIVE': '1'},\n"
@@ -245,7 +245,7 @@ def test_dead_always_guard_matches_the_trap():
     """The emitted-Verilog guard of `emit_verilog`: an `always @*` whose only statement puts a
     constant into part of a signal (it never runs in Icarus, stays unset in Verilator; found in
     hw/core.py's Q-row command) is caught; ordinary blocks are not."""
-    from spatten.sim.runner import _DEAD_ALWAYS
+    from spatten.sim.infra.runner import _DEAD_ALWAYS
 
     trap = ("  always @*\n    \\cmd__payload$162 [22:16] = 7'h01;\n"
             "  always @*\n    \\cmd__payload$162 [15:0] = q_row;\n")

@@ -23,7 +23,7 @@ from spatten.config import AttentionConfig
 from spatten.golden.attention import ScoreParams, score_params, softmax
 from spatten.golden.softmax_cycles import softmax_cycle_model, softmax_interval, softmax_latency
 from spatten.hw.softmax import Softmax
-from spatten.sim.tb_softmax import beats_of, cycle_errors, softmax_selftest
+from spatten.sim.testbenches.tb_softmax import beats_of, cycle_errors, softmax_selftest
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 SMALL = AttentionConfig(qk_mults=16, capacity=64)
@@ -450,7 +450,7 @@ def test_bad_arguments():
 
 # ------------------------------------------------------------------------------ cocotb
 def _cocotb_cases():
-    from spatten.sim.runner import available_simulators
+    from spatten.sim.infra.runner import available_simulators
     sims = available_simulators()
     return [pytest.param(name, marks=pytest.mark.skipif("verilator" not in sims,
                                                          reason="verilator is not installed"))

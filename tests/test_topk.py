@@ -11,8 +11,8 @@ import os
 import pytest
 
 from spatten.config import TopKConfig, preset
-from spatten.sim.runner import available_simulators
-from spatten.sim.topk_run import topk_selftest
+from spatten.sim.infra.runner import available_simulators
+from spatten.sim.testbenches.topk_run import topk_selftest
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 
@@ -62,7 +62,7 @@ def test_topk_without_statistical_mode(seed):
 
     from spatten.golden.topk import select
     from spatten.hw.topk import Mode, TopK
-    from spatten.sim.amaranth_tb import run_streams
+    from spatten.sim.infra.amaranth_tb import run_streams
 
     cfg = preset("small").topk
     rng = np.random.default_rng(seed)

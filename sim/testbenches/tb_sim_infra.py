@@ -23,7 +23,7 @@ from amaranth.hdl import signed
 from amaranth.lib import data, enum
 from cocotb.triggers import ClockCycles
 
-from .streams import StreamSink, StreamSource, clock_and_reset
+from ..infra.streams import StreamSink, StreamSource, clock_and_reset
 
 COUNT_WIDTH = 8
 

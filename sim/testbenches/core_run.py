@@ -14,14 +14,14 @@ from amaranth.lib.wiring import In
 
 from spatten.config import Config
 
-from .dram import DramModel
-from .runner import CocotbResult
-from .unit_run import cfg_tag, unit_selftest
+from ..infra.runner import CocotbResult
+from ..infra.testbench import cfg_tag, unit_selftest
+from ..models.dram import DramModel
 
 __all__ = ["CoreTop", "core_selftest", "run_core", "job_for_group", "TOPLEVEL"]
 
 TOPLEVEL = "core_top"
-TB = "spatten.sim.tb_core"
+TB = "spatten.sim.testbenches.tb_core"
 
 
 class CoreTop(wiring.Component):
@@ -96,7 +96,7 @@ def run_core(config: Config, jobs: list[dict], *, group: int = 1, depth_beats: i
     import json
     import os
 
-    from .runner import sim_build_dir
+    from ..infra.runner import sim_build_dir
 
     tag = cfg_tag(config.attention) + "-" + cfg_tag(config.memory) + f"-g{group}-{depth_beats}"
     bdir = sim_build_dir(TOPLEVEL, tag, "rtl")

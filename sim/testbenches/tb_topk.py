@@ -25,7 +25,7 @@ from spatten.config import TopKConfig
 from spatten.golden import topk as golden
 from spatten.hw.topk import ErrorCode, Mode, input_layout, output_layout
 
-from .streams import StreamSink, StreamSource, clock_and_reset, with_timeout
+from ..infra.streams import StreamSink, StreamSource, clock_and_reset, with_timeout
 from .unit_top import lane_beats
 
 _SETTINGS = json.loads(open(os.environ["TOPK_TB"]).read()) if os.environ.get("TOPK_TB") else {}

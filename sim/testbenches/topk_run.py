@@ -15,11 +15,12 @@ from pathlib import Path
 
 from spatten.config import TopKConfig
 
-from .runner import CocotbResult, emit_verilog, run_cocotb, sim_build_dir
+from ..infra.runner import CocotbResult, emit_verilog, run_cocotb, sim_build_dir
 
 __all__ = ["run_topk", "topk_selftest", "build_dir_for"]
 
 TOPLEVEL = "topk"
+TB = "spatten.sim.testbenches.tb_topk"
 
 
 def _tag(cfg: TopKConfig) -> str:
@@ -59,7 +60,7 @@ def run_topk(cfg: TopKConfig, jobs: list[dict], *, sim: str = "verilator", idle:
                    "mode": j.get("mode", "exact")} for j in jobs]
     settings = {"config": dataclasses.asdict(cfg), "jobs": clean_jobs, "results": str(results),
                 "idle": idle, "stall": stall}
-    run_cocotb(verilog=verilog, toplevel=TOPLEVEL, test_module="spatten.sim.tb_topk", sim=sim,
+    run_cocotb(verilog=verilog, toplevel=TOPLEVEL, test_module=TB, sim=sim,
                build_dir=bdir / sim, extra_env={"TOPK_TB": str(_settings_file(bdir, settings))},
                testcase="run_jobs")
     return json.loads(results.read_text())
@@ -72,6 +73,6 @@ def topk_selftest(cfg: TopKConfig, *, sim: str, seed: int, random_runs: int = 12
     bdir.mkdir(parents=True, exist_ok=True)
     verilog = _verilog(cfg, bdir / "rtl")
     settings = {"config": dataclasses.asdict(cfg), "seed": seed, "random_runs": random_runs}
-    return run_cocotb(verilog=verilog, toplevel=TOPLEVEL, test_module="spatten.sim.tb_topk",
+    return run_cocotb(verilog=verilog, toplevel=TOPLEVEL, test_module=TB,
                       sim=sim, build_dir=bdir / sim, testcase=testcase,
                       extra_env={"TOPK_TB": str(_settings_file(bdir, settings))})

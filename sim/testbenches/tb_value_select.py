@@ -14,7 +14,7 @@ cycle stamps on its output:
 The stamps of rows in flight wait in a FIFO of `STAMP_FIFO_DEPTH`; ``i`` is held off while it is
 full (never in the timed tests, where one row is in flight at a time).
 
-Testbench (run by `spatten.sim.unit_run.unit_selftest`; settings: ``config`` (the
+Testbench (run by `spatten.sim.infra.testbench.unit_selftest`; settings: ``config`` (the
 `AttentionConfig` fields), ``seed``, ``runs``): driver `StreamSource` on ``i`` (random idle cycles
 when asked; every beat but a row's first carries a random ``k``, lanes above ``count`` hold random
 junk), monitor `StreamSink` on ``o`` (random backpressure when asked; it checks the stream
@@ -26,7 +26,8 @@ always valid, ``o`` always ready, nothing else in flight) must take exactly
 output transfer, both counted (a refused row: that of a ``k = 0`` row of as many beats), and
 leave ``threshold`` at its k-th largest value and ``error`` low; a bad row must set ``error`` and
 its `ErrorCode` once the selector has taken it, keep them until the next row is taken, and
-leave the next row unharmed. The bench plumbing is the shared one of `spatten.sim.unit_top`.
+leave the next row unharmed. The bench plumbing is the shared one of
+`spatten.sim.testbenches.unit_top`.
 """
 
 from __future__ import annotations

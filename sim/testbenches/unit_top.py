@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig
 
-from .unit_run import cfg_tag, tb_settings, unit_selftest
+from ..infra.testbench import cfg_tag, tb_settings, unit_selftest
 
 try:
     import cocotb
@@ -38,7 +38,7 @@ else:
     from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
     from cocotb.utils import get_sim_time
 
-    from .streams import StreamSink, StreamSource, clock_and_reset
+    from ..infra.streams import StreamSink, StreamSource, clock_and_reset
 
 __all__ = ["BufferedUnitTop", "words_of", "lane_beats", "random_elements", "pick_seed",
            "unit_test", "cocotb", "PERIOD", "tb_config", "report", "cycle_now", "UnitBench"]

@@ -36,9 +36,10 @@ Byte counts do not depend on where the planes sit in DRAM (plane bases are beat-
 each call gets a one-group `ImageLayout`. A Q row is d x 12 bits = 48 or 96 bytes, whole
 beats, so the row a query sits in does not change its bytes either.
 
-Entry points: `main(argv)` (command line: ``python -m spatten.sim.bench_dram --help``) and
-`run(...)` (keyword arguments; what ``spatten bench dram`` calls). Output: tables on stdout,
-``build/bench/dram.json`` (every number, per layer too) and ``build/bench/dram.png``.
+Entry points: `main(argv)` (command line:
+``python -m spatten.sim.benchmarks.bench_dram --help``) and `run(...)` (keyword arguments;
+what ``spatten bench dram`` calls). Output: tables on stdout, ``build/bench/dram.json``
+(every number, per layer too) and ``build/bench/dram.png``.
 Run time on one core: about 8 minutes (MiniLM 2, SmolLM2 6 with 217 decode steps), 12 with
 ``--error-trigger``; ``--quick`` about 12 s.
 """
@@ -544,7 +545,7 @@ def bench_rtl(cfg: Config, sim: str = "verilator") -> dict:
     against `golden.progressive.run_group` (outputs and bytes): every group alone (one job in
     flight, the counters are its own), then each model's groups back to back (two in flight:
     the next group's fetch overlaps this one's compute)."""
-    from .core_run import job_for_group, run_core
+    from ..testbenches.core_run import job_for_group, run_core
 
     mem = cfg.memory
     B = mem.beat_bytes
@@ -886,7 +887,7 @@ def run(*, json_path=None, plot_path=None, config: str = "default", quick: bool 
 
 
 def main(argv=None) -> int:
-    """Command-line entry: ``python -m spatten.sim.bench_dram [--quick] [--all-texts] ...``."""
+    """Command-line entry: ``python -m spatten.sim.benchmarks.bench_dram [--quick] ...``."""
     ap = argparse.ArgumentParser(
         prog="bench_dram", description="DRAM traffic of progressive quantization (K MSB/LSB "
         "planes, refetch trigger tau) on MiniLM and SmolLM2, and its quality cost.")

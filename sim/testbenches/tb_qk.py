@@ -9,14 +9,14 @@ cocotb tests (`tests/test_qk.py`): the `QKArray` plus the K buffer (a `lib.memor
            and whenever a ``q`` beat is transferred (so the next load starts at word 0)
     q, d_log2, n, o, busy, macs : those of `QKArray`
 
-Testbench (run by `spatten.sim.unit_run.unit_selftest`; settings: ``config`` (the
+Testbench (run by `spatten.sim.infra.testbench.unit_selftest`; settings: ``config`` (the
 `AttentionConfig` fields), ``seed``, ``runs``): driver `StreamSource` on ``load`` and ``q`` (random
 idle cycles when asked), monitor `StreamSink` on ``o`` (random backpressure when asked; it checks
 the stream rules), transaction-level model `spatten.golden.attention.qk` and
 `spatten.golden.qk_cycles.qk_cycle_model`, in-order checker per query. Without gaps and
 backpressure the cycles from the first ``q`` transfer to the last ``o`` transfer of a batch of
 back-to-back queries must equal the cycle model exactly. The buffer with its ``load`` stream and
-the bench plumbing are the shared ones of `spatten.sim.unit_top`.
+the bench plumbing are the shared ones of `spatten.sim.testbenches.unit_top`.
 """
 
 from __future__ import annotations

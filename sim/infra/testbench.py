@@ -4,7 +4,8 @@
 builds are reused), writes the testbench's settings as JSON, points ``SPATTEN_TB`` at them, and
 runs the testbench module's cocotb tests. A testbench reads its settings with `tb_settings()`.
 
-    res = unit_selftest(make_top, name="qk", tag=cfg_tag(cfg), tb_module="spatten.sim.tb_qk",
+    res = unit_selftest(make_top, name="qk", tag=cfg_tag(cfg),
+                        tb_module="spatten.sim.testbenches.tb_qk",
                         settings={"config": dataclasses.asdict(cfg), "seed": 7}, sim="verilator")
 """
 

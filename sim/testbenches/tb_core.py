@@ -29,9 +29,9 @@ from spatten.hw.attention import output_layout, row_info_layout
 from spatten.hw.core import CoreError, job_layout, query_cmd_layout, survivor_layout
 from spatten.hw.rowstream import row_layout
 
-from .dram import image_beats
-from .streams import StreamSink, StreamSource, clock_and_reset, with_timeout
-from .unit_run import tb_settings
+from ..infra.streams import StreamSink, StreamSource, clock_and_reset, with_timeout
+from ..infra.testbench import tb_settings
+from ..models.dram import image_beats
 
 _SET = tb_settings()
 CFG = AttentionConfig(**_SET.get("config", {}))

@@ -9,7 +9,7 @@ registers carried in the input stream, so that a stream driver can change them r
     row : Out(stream.Signature(row_info_layout(config)))
 
 `softmax_selftest(config, seed=...)` builds it and runs the self-checking tests below through
-`spatten.sim.unit_run.unit_selftest` (settings: ``config`` (the `AttentionConfig` fields),
+`spatten.sim.infra.testbench.unit_selftest` (settings: ``config`` (the `AttentionConfig` fields),
 ``seed``, ``random_rows``).
 
 Testbench: driver `StreamSource` on ``i`` (random idle cycles when asked; the registers of every
@@ -19,7 +19,8 @@ backpressure when asked; they check the stream rules), transaction-level model
 row beat; an error row must give ``error`` and one empty beat). Without gaps and backpressure
 the cycle of every row's first input beat and last output beat must equal
 `spatten.golden.softmax_cycles.softmax_cycle_model` exactly (`cycle_errors`, which the
-Amaranth-simulator tests use too). The bench plumbing is the shared one of `spatten.sim.unit_top`.
+Amaranth-simulator tests use too). The bench plumbing is the shared one of
+`spatten.sim.testbenches.unit_top`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from spatten.config import AttentionConfig
 from spatten.golden.softmax_cycles import softmax_cycle_model
 from spatten.hw.softmax import Softmax, dots_layout, probs_layout, row_info_layout
 
-from .runner import CocotbResult
+from ..infra.runner import CocotbResult
 from .unit_top import UnitBench, cocotb, cycle_now, lane_beats, report, tb_config, unit_test
 
 __all__ = ["SoftmaxTop", "feed_layout", "softmax_selftest", "beats_of", "make_rows",
@@ -83,8 +84,8 @@ def softmax_selftest(cfg: AttentionConfig, *, seed: int, random_rows: int = 12,
     """Build `SoftmaxTop` and run this module's self-checking tests; raises `CocotbFailure` when
     one fails."""
     return unit_test(lambda: SoftmaxTop(cfg), cfg, name=TOPLEVEL,
-                     tb_module="spatten.sim.tb_softmax", sim=sim, testcase=testcase, seed=seed,
-                     random_rows=random_rows)
+                     tb_module="spatten.sim.testbenches.tb_softmax", sim=sim, testcase=testcase,
+                     seed=seed, random_rows=random_rows)
 
 
 def cycle_errors(cfg: AttentionConfig, model_rows, first_in, last_out) -> list[str]:
@@ -175,7 +176,7 @@ def make_rows(cfg: AttentionConfig, rng: np.random.Generator, kind: str, count: 
 if cocotb is not None:
     from spatten.golden.attention import softmax as golden_softmax
 
-    from .streams import StreamSink
+    from ..infra.streams import StreamSink
 
     CFG, SEED, _SETTINGS = tb_config(random_rows=12)
     RANDOM_ROWS = int(_SETTINGS["random_rows"])

@@ -16,13 +16,13 @@ import numpy as np
 
 from spatten.config import AttentionConfig
 
-from .runner import CocotbResult, sim_build_dir
-from .unit_run import cfg_tag, unit_selftest
+from ..infra.runner import CocotbResult, sim_build_dir
+from ..infra.testbench import cfg_tag, unit_selftest
 
 __all__ = ["run_attention", "attention_selftest", "make_top", "TOPLEVEL", "job_from_arrays"]
 
 TOPLEVEL = "attention"
-TB = "spatten.sim.tb_attention"
+TB = "spatten.sim.testbenches.tb_attention"
 
 
 def make_top(cfg: AttentionConfig, msb_bits: int = 8):

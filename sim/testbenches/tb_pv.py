@@ -15,14 +15,14 @@ cocotb tests (`tests/test_pv.py`): the `ProbV` array plus the V buffer (a `lib.m
            cycle in which the beat first appeared on ``o`` (cycles counted from reset)
     busy, macs : those of `ProbV`
 
-Testbench (run by `spatten.sim.unit_run.unit_selftest`; settings: ``config`` (the
+Testbench (run by `spatten.sim.infra.testbench.unit_selftest`; settings: ``config`` (the
 `AttentionConfig` fields), ``seed``, ``runs``): driver `StreamSource` on ``load`` and ``i`` (random
 idle cycles when asked), monitor `StreamSink` on ``o`` (random backpressure when asked; it checks
 the stream rules), transaction-level model `spatten.golden.attention.pv` and
 `spatten.golden.pv_cycles.pv_schedule`, in-order checker per query. Without gaps and
 backpressure every query's ``t_out - t_in`` and the spacing of the ``o`` beats must equal the
 cycle model exactly. The buffer with its ``load`` stream and the bench plumbing are the shared
-ones of `spatten.sim.unit_top`.
+ones of `spatten.sim.testbenches.unit_top`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
 """cocotb testbench of the DRAM model (`sim/dram.py`), run by `tests/test_dram.py` on Verilator
-and Icarus through `spatten.sim.unit_run.unit_selftest` (settings: ``seed``, ``params``, the
+and Icarus through `spatten.sim.infra.testbench.unit_selftest` (settings: ``seed``, ``params``, the
 `DramModel` parameters; `make_top` builds the design from `PARAMS`, the default).
 
 Driver `StreamSource` on ``load`` and ``req``, monitor `StreamSink` on ``resp`` (it checks the
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 
-from .dram import DramModel, expected_resp, image_beats
+from ..models.dram import DramModel, expected_resp, image_beats
 
 __all__ = ["PARAMS", "make_top"]
 
@@ -58,8 +58,8 @@ except ImportError:  # pragma: no cover - cocotb is a dependency
 if cocotb is not None:
     import time
 
-    from .streams import StreamSink, StreamSource, clock_and_reset, pack, with_timeout
-    from .unit_run import tb_settings
+    from ..infra.streams import StreamSink, StreamSource, clock_and_reset, pack, with_timeout
+    from ..infra.testbench import tb_settings
 
     _SETTINGS = tb_settings()
     P = dict(PARAMS, **_SETTINGS.get("params", {}))

@@ -30,8 +30,8 @@ from spatten.hw.attention import (
 )
 from spatten.hw.rowstream import row_layout
 
-from .streams import StreamSink, StreamSource, clock_and_reset, with_timeout
-from .unit_run import tb_settings
+from ..infra.streams import StreamSink, StreamSource, clock_and_reset, with_timeout
+from ..infra.testbench import tb_settings
 
 _SETTINGS = tb_settings()
 CFG = AttentionConfig(**_SETTINGS.get("config", {}))
