@@ -64,7 +64,7 @@ def _load_values(path: str):
 
 def cmd_topk(args):
     from spatten.golden import topk as golden
-    from spatten.sim.testbenches.topk_run import run_topk
+    from spatten.sim.testbenches.tb_topk import run_topk
 
     cfg = _config(args)
     values = _load_values(args.input)

@@ -37,7 +37,7 @@ def main(skip_synth: bool = False) -> int:
     from spatten.golden import topk as golden
     from spatten.hw.tops import make_top
     from spatten.sim.infra.runner import emit_verilog
-    from spatten.sim.testbenches.topk_run import run_topk
+    from spatten.sim.testbenches.tb_topk import run_topk
 
     cfg = preset("default")
     t = cfg.topk

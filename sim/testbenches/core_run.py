@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In
 from spatten.config import Config
 
 from ..infra.runner import CocotbResult
-from ..infra.testbench import cfg_tag, unit_selftest
+from ..infra.testbench import cfg_tag, run_testbench
 from ..models.dram import DramModel
 
 __all__ = ["CoreTop", "core_selftest", "run_core", "job_for_group", "TOPLEVEL"]
@@ -84,7 +84,7 @@ def core_selftest(config: Config, *, group: int = 3, depth_beats: int = 2048, se
                 "memory": dataclasses.asdict(config.memory), "group": group,
                 "depth_beats": depth_beats, "seed": seed}
     tag = cfg_tag(config.attention) + "-" + cfg_tag(config.memory) + f"-g{group}-{depth_beats}"
-    return unit_selftest(lambda: CoreTop(config, group=group, depth_beats=depth_beats),
+    return run_testbench(lambda: CoreTop(config, group=group, depth_beats=depth_beats),
                          name=TOPLEVEL, tag=tag, tb_module=TB, settings=settings, sim=sim,
                          testcase=testcase, purpose="rtl")
 
@@ -106,7 +106,7 @@ def run_core(config: Config, jobs: list[dict], *, group: int = 1, depth_beats: i
                 "memory": dataclasses.asdict(config.memory), "group": group,
                 "depth_beats": depth_beats, "jobs": jobs, "results": str(results),
                 "idle": idle, "stall": stall}
-    unit_selftest(lambda: CoreTop(config, group=group, depth_beats=depth_beats),
+    run_testbench(lambda: CoreTop(config, group=group, depth_beats=depth_beats),
                   name=TOPLEVEL, tag=tag, tb_module=TB, settings=settings, sim=sim,
                   testcase="run_jobs", purpose="rtl")
     try:
