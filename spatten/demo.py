@@ -36,8 +36,8 @@ def sample_scores(n: int, cfg, seed: int = 7) -> np.ndarray:
 def main(skip_synth: bool = False) -> int:
     from spatten.golden import topk as golden
     from spatten.hw.tops import make_top
-    from spatten.sim.runner import emit_verilog
-    from spatten.sim.topk_run import run_topk
+    from spatten.sim.infra.runner import emit_verilog
+    from spatten.sim.testbenches.tb_topk import run_topk
 
     cfg = preset("default")
     t = cfg.topk

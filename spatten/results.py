@@ -82,14 +82,15 @@ def synth_table(reports: list[dict]) -> str:
 
 def attention_tables(bench: dict) -> str:
     """The accuracy and utilization tables of `spatten bench attention`, as markdown."""
-    from spatten.sim.bench_attention import markdown
+    from spatten.sim.benchmarks.bench_attention import markdown
 
     return markdown(bench)
 
 
 def dram_tables(bench: dict) -> str:
     """The traffic/quality tables and the RTL cycle table of `spatten bench dram`."""
-    from spatten.sim.bench_dram import rtl_table, table
+    from spatten.sim.benchmarks.bench_dram import table
+    from spatten.sim.benchmarks.bench_dram_rtl import rtl_table
 
     parts = ["Progressive quantization (`spatten bench dram`): DRAM bytes and quality against the "
              "float model, every layer's attention through the bit-exact golden model of the "

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from spatten.config import AttentionConfig, preset
-from spatten.sim.attention_run import attention_selftest
-from spatten.sim.runner import available_simulators
+from spatten.sim.infra.runner import simulator_missing
+from spatten.sim.testbenches.tb_attention import attention_selftest
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 
@@ -40,8 +40,9 @@ CASES = [
 @pytest.mark.xdist_group("attention")
 @pytest.mark.parametrize("name,sim", CASES, ids=[f"{c}-{s}" for c, s in CASES])
 def test_attention_rtl(name, sim):
-    if sim not in available_simulators():
-        pytest.skip(f"{sim} is not installed")
+    missing = simulator_missing(sim)
+    if missing:
+        pytest.skip(missing)
     print("seed", SEED)
     res = attention_selftest(CONFIGS[name], sim=sim, seed=SEED,
                              random_runs=6 if name != "default" else 3)
@@ -69,10 +70,11 @@ def test_minilm_rows_rtl():
     from spatten.golden import attention as golden
     from spatten.golden.minilm import SAMPLE_TEXTS, MiniLM
     from spatten.golden.quant import quantize
-    from spatten.sim.attention_run import job_from_arrays, run_attention
+    from spatten.sim.testbenches.tb_attention import job_from_arrays, run_attention
 
-    if "verilator" not in available_simulators():
-        pytest.skip("verilator is not installed")
+    missing = simulator_missing("verilator")
+    if missing:
+        pytest.skip(missing)
     cfg = CONFIGS["default"]
     model = MiniLM()
     jobs, refs = [], []

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from spatten.sim import bench_dram as bd
+from spatten.sim.benchmarks import bench_dram as bd
 
 TENSORS = ("k_msb", "k_lsb", "q", "v")
 SMOL_MISSING = bd.smollm2_missing()

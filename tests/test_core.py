@@ -10,8 +10,8 @@ import os
 import pytest
 
 from spatten.config import AttentionConfig, Config, MemoryConfig
-from spatten.sim.core_run import core_selftest
-from spatten.sim.runner import available_simulators
+from spatten.sim.infra.runner import simulator_missing
+from spatten.sim.testbenches.core_run import core_selftest
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 ATT = AttentionConfig(qk_mults=16, pv_mults=16, capacity=64, softmax_lanes=4, topk_lanes=8)
@@ -20,8 +20,9 @@ ATT = AttentionConfig(qk_mults=16, pv_mults=16, capacity=64, softmax_lanes=4, to
 @pytest.mark.xdist_group("core")
 @pytest.mark.parametrize("msb_bits", [8, 6])
 def test_core_rtl(msb_bits):
-    if "verilator" not in available_simulators():
-        pytest.skip("verilator is not installed")
+    missing = simulator_missing("verilator")
+    if missing:
+        pytest.skip(missing)
     print("seed", SEED)
     cfg = Config(attention=ATT, memory=MemoryConfig(msb_bits=msb_bits, group_size=3))
     res = core_selftest(cfg, seed=SEED)

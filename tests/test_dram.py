@@ -14,24 +14,16 @@ through the ``load`` port in the simulators the accelerator's tests use.
 Set SPATTEN_SEED to fix the seed of the random tests.
 """
 
-import os
 import random
 import time
 from collections import deque
 
 import pytest
 
-from spatten.sim.amaranth_tb import run_streams
-from spatten.sim.dram import DramModel, expected_resp, image_beats, lfsr_bytes
+from spatten.sim.infra.amaranth_tb import run_streams
+from spatten.sim.models.dram import DramModel, expected_resp, image_beats, lfsr_bytes
 
 TAPS = 0x80200003
-
-
-@pytest.fixture
-def seed():
-    s = int(os.environ.get("SPATTEN_SEED", random.randrange(1 << 32)))
-    print(f"seed={s}")
-    return s
 
 
 def lfsr_byte_seq(seed, n):
@@ -496,17 +488,19 @@ def test_no_depth_default():
 
 @pytest.mark.parametrize("sim", ["verilator", "icarus"])
 def test_cocotb(sim, seed):
-    """The cocotb testbench (`sim/tb_dram.py`): random traffic loaded through ``load``, with
+    """The cocotb testbench (`tb_dram.py`): random traffic loaded through ``load``, with
     backpressure and gaps, the timing of a lone request, error and reset; Icarus (4-state) also
     checks that no X reaches ``resp`` or the counters."""
-    from spatten.sim.runner import available_simulators
-    from spatten.sim.tb_dram import PARAMS, make_top
-    from spatten.sim.unit_run import unit_selftest
+    from spatten.sim.infra.runner import simulator_missing
+    from spatten.sim.infra.testbench import run_testbench
+    from spatten.sim.testbenches.tb_dram import PARAMS, make_top
 
-    if sim not in available_simulators():
-        pytest.skip(f"{sim} is not installed")
+    missing = simulator_missing(sim)
+    if missing:
+        pytest.skip(missing)
     t = time.time()
-    res = unit_selftest(make_top, name="dram", tag="p0", tb_module="spatten.sim.tb_dram",
+    res = run_testbench(make_top, name="dram", tag="p0",
+                        tb_module="spatten.sim.testbenches.tb_dram",
                         settings={"seed": seed % (1 << 31), "params": PARAMS}, sim=sim)
     print(f"{sim}: {res.summary()} in {time.time() - t:.1f} s (built: {res.built}, "
           f"{res.build_seconds:.1f} s)")

@@ -14,7 +14,7 @@ from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig
 from spatten.hw.dsp import MULT18X18D_OPERAND_BITS, Multiplier, MultiplierRegisters
-from spatten.sim.unit_top import pick_seed
+from spatten.sim.infra.testbench import pick_seed
 
 CFG = AttentionConfig()
 PB = CFG.prob_bits

@@ -22,8 +22,8 @@ from spatten.golden.dram_image import (
     read_image,
 )
 from spatten.hw.fetch import ISSUE_LATENCY, BurstIssuer, DramArbiter, PlaneReader
-from spatten.sim.amaranth_tb import run_streams
-from spatten.sim.dram import DramModel
+from spatten.sim.infra.amaranth_tb import run_streams
+from spatten.sim.models.dram import DramModel
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 KINDS = ("k_msb", "k_lsb", "v")

@@ -26,7 +26,7 @@ from spatten.hw.job_slots import (
     slot_layout,
     survivor_layout,
 )
-from spatten.sim.amaranth_tb import run_streams
+from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 CFG = Config(attention=AttentionConfig(qk_mults=16, pv_mults=16, capacity=64, softmax_lanes=4,

@@ -11,7 +11,7 @@ import pytest
 from spatten.config import AttentionConfig, Config
 from spatten.hw.job_runner import ERROR_BEAT_LATENCY, JobRunner
 from spatten.hw.job_slots import CoreError, RowsState, SlotState, slot_layout
-from spatten.sim.amaranth_tb import run_streams
+from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 CFG = Config(attention=AttentionConfig(qk_mults=16, pv_mults=16, capacity=64, softmax_lanes=4,

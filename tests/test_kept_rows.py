@@ -17,7 +17,7 @@ from amaranth.lib.wiring import In
 from spatten.config import AttentionConfig, Config
 from spatten.golden.dram_image import coalesce
 from spatten.hw.kept_rows import RESIDENT_CHECK_LATENCY, KeptRows
-from spatten.sim.amaranth_tb import run_streams
+from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 CFG = Config(attention=AttentionConfig(qk_mults=16, pv_mults=16, capacity=64, softmax_lanes=4,

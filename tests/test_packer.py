@@ -13,7 +13,7 @@ import pytest
 from amaranth.hdl import signed, unsigned
 
 from spatten.hw.packer import BeatPacker
-from spatten.sim.amaranth_tb import run_streams, to_py
+from spatten.sim.infra.amaranth_tb import run_streams, to_py
 
 ALL_LANES = (1, 2, 4, 8, 16, 32)
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))

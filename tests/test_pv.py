@@ -8,7 +8,7 @@ holds, v at its minimum or maximum: the accumulator's full width and the output 
 back-to-back queries with every query's cycles equal to the model; random input gaps and output
 backpressure; configuration variants; bad configurations; the ECP5 netlist (multipliers with
 their own registers, per-lane control copies). cocotb runs (Verilator: small and
-default config; Icarus: small) repeat the checks through the ``load`` port (`sim/tb_pv.py`).
+default config; Icarus: small) repeat the checks through the ``load`` port (`tb_pv.py`).
 Set SPATTEN_SEED to fix the seed of the random tests.
 """
 
@@ -25,9 +25,10 @@ from spatten.golden import pv_cycles
 from spatten.golden.pv_cycles import pv_beat_ops, pv_cycle_model, pv_schedule
 from spatten.hw import pv as hw_pv
 from spatten.hw.pv import ProbV, input_layout, output_layout, pv_latency, v_depth
-from spatten.sim.amaranth_tb import run_streams
-from spatten.sim.tb_pv import PvTop, expected_beat, make_query, query_beats, v_words
-from spatten.sim.unit_top import pick_seed, random_elements, unit_test
+from spatten.sim.infra.amaranth_tb import run_streams
+from spatten.sim.infra.testbench import cfg_tag, run_testbench
+from spatten.sim.testbenches.tb_pv import PvTop, expected_beat, make_query, query_beats, v_words
+from spatten.sim.testbenches.unit_top import random_elements
 
 SMALL = AttentionConfig(pv_mults=16, qk_mults=16, capacity=64)
 DEFAULT = AttentionConfig()
@@ -42,11 +43,6 @@ VARIANTS = {
                              out_frac_bits=8),
 }
 KINDS = ("dense", "sparse", "contiguous", "single", "empty", "zero", "softmaxish")
-
-
-@pytest.fixture
-def seed():
-    return pick_seed()
 
 
 def rows_of(cfg, d):
@@ -348,16 +344,17 @@ def test_bad_config(args, kwargs, exc, msg):
                                               ("small", SMALL, 3, "icarus")],
                          ids=["small-verilator", "default-verilator", "small-icarus"])
 def test_cocotb(name, cfg, runs, sim, seed):
-    """The cocotb testbench (`sim/tb_pv.py`) through the ``load`` port; Icarus (4-state) also
+    """The cocotb testbench (`tb_pv.py`) through the ``load`` port; Icarus (4-state) also
     checks that no unknown value reaches an output after reset."""
-    from spatten.sim.runner import available_simulators
-    from spatten.sim.unit_run import cfg_tag
+    from spatten.sim.infra.runner import simulator_missing
 
-    if sim not in available_simulators():
-        pytest.skip(f"{sim} is not installed")
+    missing = simulator_missing(sim)
+    if missing:
+        pytest.skip(missing)
     t = time.time()
-    res = unit_test(lambda: PvTop(cfg), cfg, name="pv", tag=f"{name}-{cfg_tag(cfg)}",
-                    tb_module="spatten.sim.tb_pv", sim=sim, seed=seed % (1 << 31), runs=runs)
+    res = run_testbench(lambda: PvTop(cfg), name="pv", tag=f"{name}-{cfg_tag(cfg)}",
+                        tb_module="spatten.sim.testbenches.tb_pv", sim=sim, config=cfg,
+                        settings={"seed": seed % (1 << 31), "runs": runs})
     print(f"{name} on {sim}: {res.summary()} in {time.time() - t:.1f} s (built: {res.built}, "
           f"{res.build_seconds:.1f} s)")
     assert res.failed == 0 and res.passed == 4, res.summary()

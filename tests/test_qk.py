@@ -21,9 +21,10 @@ from spatten.golden.attention import qk as golden_qk
 from spatten.golden.qk_cycles import qk_cycle_model, qk_latency, qk_query_cycles, qk_schedule
 from spatten.hw.qk import QKArray, k_depth
 from spatten.hw.qk import qk_latency as hw_qk_latency
-from spatten.sim.amaranth_tb import run_streams
-from spatten.sim.tb_qk import QKTop, expected_beats, k_words
-from spatten.sim.unit_top import pick_seed, random_elements, unit_test
+from spatten.sim.infra.amaranth_tb import run_streams
+from spatten.sim.infra.testbench import run_testbench
+from spatten.sim.testbenches.tb_qk import QKTop, expected_beats, k_words
+from spatten.sim.testbenches.unit_top import random_elements
 
 SMALL = AttentionConfig(qk_mults=16, capacity=64, softmax_lanes=4)
 DEFAULT = AttentionConfig()
@@ -33,11 +34,6 @@ VARIANTS = {
     "m64-s1": AttentionConfig(qk_mults=64, capacity=32, softmax_lanes=1, topk_lanes=1),
     "m16-depth24": AttentionConfig(qk_mults=16, capacity=48, softmax_lanes=2),  # depth not 2**k
 }
-
-
-@pytest.fixture
-def seed():
-    return pick_seed()
 
 
 def max_keys(cfg, d):
@@ -294,13 +290,14 @@ def test_bad_config(args, kwargs, exc, msg):
 
 @pytest.mark.parametrize("cfg,runs", [(SMALL, 16), (DEFAULT, 6)], ids=["small", "default"])
 def test_cocotb_verilator(cfg, runs, seed):
-    from spatten.sim.runner import available_simulators
+    from spatten.sim.infra.runner import simulator_missing
 
-    if "verilator" not in available_simulators():
-        pytest.skip("verilator is not installed")
+    missing = simulator_missing("verilator")
+    if missing:
+        pytest.skip(missing)
     t0 = time.monotonic()
-    res = unit_test(lambda: QKTop(cfg), cfg, name="qk", tb_module="spatten.sim.tb_qk",
-                    seed=seed % (1 << 31), runs=runs)
+    res = run_testbench(lambda: QKTop(cfg), name="qk", tb_module="spatten.sim.testbenches.tb_qk",
+                        config=cfg, settings={"seed": seed % (1 << 31), "runs": runs})
     print(f"verilator: built={res.built} ({res.build_seconds:.1f} s), run {res.run_seconds:.1f} s,"
           f" total {time.monotonic() - t0:.1f} s; {res.summary()}")
     assert res.failed == 0 and res.passed == 3, res.summary()

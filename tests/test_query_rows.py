@@ -13,7 +13,7 @@ import pytest
 from spatten.config import AttentionConfig, Config, MemoryConfig
 from spatten.hw.job_slots import SlotState, slot_layout
 from spatten.hw.query_rows import ROW_READY_LATENCY, QueryRows
-from spatten.sim.amaranth_tb import run_streams
+from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 Q_BASE = [0x1000, 0x2000, 0x3000]

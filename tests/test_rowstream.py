@@ -9,7 +9,7 @@ import pytest
 from amaranth.hdl import unsigned
 
 from spatten.hw.rowstream import Narrow, Widen
-from spatten.sim.amaranth_tb import run_streams
+from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 

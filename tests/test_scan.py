@@ -18,7 +18,7 @@ from spatten.config import AttentionConfig, Config
 from spatten.golden.dram_image import buffer_runs
 from spatten.hw.job_slots import slot_layout
 from spatten.hw.scan import SCAN_START_LATENCY, SlotScan
-from spatten.sim.amaranth_tb import run_streams
+from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 CFG = Config(attention=AttentionConfig(qk_mults=16, pv_mults=16, capacity=64, softmax_lanes=4,

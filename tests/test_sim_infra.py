@@ -14,20 +14,25 @@ from amaranth.hdl import Module, Mux, Shape, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from spatten.sim import toolchain
-from spatten.sim.runner import (
+from spatten import tools as toolchain
+from spatten.sim.infra.runner import (
+    SIMULATORS,
     CocotbFailure,
     SimBuildError,
-    available_simulators,
     emit_verilog,
     run_cocotb,
     sim_build_dir,
+    simulator_missing,
 )
-from spatten.sim.streams import pack, payload_width, unpack
-from spatten.sim.tb_sim_infra import COUNT_WIDTH, Kind, in_layout, out_layout
+from spatten.sim.infra.streams import pack, payload_width, unpack
+from spatten.sim.infra.testbench import pick_seed, run_testbench
+from spatten.sim.testbenches.tb_sim_infra import COUNT_WIDTH, Kind, in_layout, out_layout
 
-SIMS = available_simulators()
-TB = "spatten.sim.tb_sim_infra"
+TB = "spatten.sim.testbenches.tb_sim_infra"
+#: Every simulator, each skipped with its reason where it is missing.
+SIMS = [pytest.param(sim, marks=pytest.mark.skipif(simulator_missing(sim) is not None,
+                                                  reason=str(simulator_missing(sim))))
+        for sim in SIMULATORS]
 
 
 class AddConst(wiring.Component):
@@ -77,7 +82,7 @@ def test_tool_env():
     default = toolchain.tool_env({"PATH": "/usr/bin"})
     assert default["YOWASP_CACHE_DIR"] == str(toolchain.repo_root() / "build" / "yowasp-cache")
     assert toolchain.build_root().is_dir()
-    assert (toolchain.repo_root() / "sim" / "toolchain.py").is_file()
+    assert (toolchain.repo_root() / "spatten" / "tools.py").is_file()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -111,9 +116,7 @@ def _random_value(rng, shape):
         else rng.randint(0, (1 << s.width) - 1)
 
 
-def test_pack_matches_amaranth():
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
+def test_pack_matches_amaranth(seed):
     rng = random.Random(seed)
     layouts = [NESTED, in_layout(4, 8), out_layout(16, 16),
                data.ArrayLayout(signed(16), 16), data.ArrayLayout(4, 1)]
@@ -130,9 +133,9 @@ def test_pack_matches_amaranth():
 def test_streams_doctest():
     import doctest
 
-    import spatten.sim.streams
+    import spatten.sim.infra.streams
 
-    assert doctest.testmod(spatten.sim.streams).failed == 0
+    assert doctest.testmod(spatten.sim.infra.streams).failed == 0
 
 
 def test_pack_edges_and_errors():
@@ -167,9 +170,13 @@ def _emit(sim):
     return out, emit_verilog(AddConst(lanes=LANES, width=WIDTH, offset=OFFSET), "add_const", out)
 
 
-def _env(seed):
-    return {"SIM_INFRA": f'{{"lanes": {LANES}, "width": {WIDTH}, "offset": {OFFSET}, '
-                         f'"seed": {seed}, "packets": 12}}'}
+def _run(sim, seed, *, negative=False, **kw):
+    """The testbench on the stream design, with `negative`: its tests that must fail."""
+    return run_testbench(lambda: AddConst(lanes=LANES, width=WIDTH, offset=OFFSET),
+                         name="add_const", tag=f"l{LANES}w{WIDTH}o{OFFSET}", tb_module=TB,
+                         settings={"lanes": LANES, "width": WIDTH, "offset": OFFSET,
+                                   "seed": seed, "packets": 12, "negative": negative},
+                         sim=sim, **kw)
 
 
 def test_emit_verilog_keeps_unchanged_file():
@@ -186,17 +193,13 @@ def test_emit_verilog_keeps_unchanged_file():
 def test_stream_design(sim):
     """Good traffic passes (plain, gaps, backpressure); the negative tests fail as failures;
     an unchanged design is not rebuilt."""
-    seed = random.randrange(1 << 20)
-    print("seed", seed)
-    out, v = _emit(sim)
-    good = run_cocotb(verilog=v, toplevel="add_const", test_module=TB, sim=sim, build_dir=out,
-                      extra_env=_env(seed))
+    seed = pick_seed() % (1 << 20)
+    good = _run(sim, seed)
     print(f"{sim}: built={good.built} in {good.build_seconds:.2f} s, run {good.run_seconds:.2f} s")
     assert (good.passed, good.failed, good.skipped) == (2, 0, 2), good.summary()
 
-    bad = run_cocotb(verilog=v, toplevel="add_const", test_module=TB, sim=sim, build_dir=out,
-                     extra_env={**_env(seed), "SIM_INFRA_NEGATIVE": "1"}, check=False,
-                     testcase=["test_negative_wrong_expectation", "test_negative_stream_rule"])
+    bad = _run(sim, seed, negative=True, check=False,
+               testcase=["test_negative_wrong_expectation", "test_negative_stream_rule"])
     print(f"{sim}: rebuilt={bad.built} ({bad.build_seconds:.2f} s), run {bad.run_seconds:.2f} s")
     assert not bad.built
     assert (bad.passed, bad.failed) == (0, 2), bad.summary()
@@ -206,9 +209,7 @@ def test_stream_design(sim):
     assert "payload changed" in rule and "while stalled" in rule and "cycle" in rule, rule
 
     with pytest.raises(CocotbFailure, match="test_negative_stream_rule"):
-        run_cocotb(verilog=v, toplevel="add_const", test_module=TB, sim=sim, build_dir=out,
-                   extra_env={**_env(seed), "SIM_INFRA_NEGATIVE": "1"},
-                   testcase="test_negative_stream_rule")
+        _run(sim, seed, negative=True, testcase="test_negative_stream_rule")
 
 
 @pytest.mark.parametrize("sim", SIMS)
@@ -227,12 +228,9 @@ def test_cli_context():
     script = (
         "import sys\n"
         "sys.path.insert(0, %r)\n"
-        "from test_sim_infra import _emit, _env, TB\n"
-        "from spatten.sim.runner import run_cocotb\n"
-        "out, v = _emit('verilator')\n"
-        "r = run_cocotb(verilog=v, toplevel='add_const', test_module=TB, sim='verilator',\n"
-        "               build_dir=out, extra_env={**_env(5), 'SIM_INFRA_NEGATIVE': '1'},\n"
-        "               testcase='test_negative_wrong_expectation', check=False)\n"
+        "from test_sim_infra import _run\n"
+        "r = _run('verilator', 5, negative=True, testcase='test_negative_wrong_expectation',\n"
+        "         check=False)\n"
         "print('RESULT', r.passed, r.failed)\n"
     ) % os.path.dirname(__file__)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
@@ -245,7 +243,7 @@ def test_dead_always_guard_matches_the_trap():
     """The emitted-Verilog guard of `emit_verilog`: an `always @*` whose only statement puts a
     constant into part of a signal (it never runs in Icarus, stays unset in Verilator; found in
     hw/core.py's Q-row command) is caught; ordinary blocks are not."""
-    from spatten.sim.runner import _DEAD_ALWAYS
+    from spatten.sim.infra.runner import _DEAD_ALWAYS
 
     trap = ("  always @*\n    \\cmd__payload$162 [22:16] = 7'h01;\n"
             "  always @*\n    \\cmd__payload$162 [15:0] = q_row;\n")

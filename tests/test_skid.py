@@ -12,8 +12,8 @@ import pytest
 from amaranth.hdl import unsigned
 
 from spatten.hw.skid import SkidBuffer
-from spatten.sim.amaranth_tb import run_streams
-from spatten.sim.formal import check_stream_rules, formal_tools_missing
+from spatten.sim.infra.amaranth_tb import run_streams
+from spatten.sim.infra.formal import check_stream_rules, formal_tools_missing
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 

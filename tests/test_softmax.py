@@ -23,7 +23,7 @@ from spatten.config import AttentionConfig
 from spatten.golden.attention import ScoreParams, score_params, softmax
 from spatten.golden.softmax_cycles import softmax_cycle_model, softmax_interval, softmax_latency
 from spatten.hw.softmax import Softmax
-from spatten.sim.tb_softmax import beats_of, cycle_errors, softmax_selftest
+from spatten.sim.testbenches.tb_softmax import beats_of, cycle_errors, softmax_selftest
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 SMALL = AttentionConfig(qk_mults=16, capacity=64)
@@ -450,16 +450,15 @@ def test_bad_arguments():
 
 # ------------------------------------------------------------------------------ cocotb
 def _cocotb_cases():
-    from spatten.sim.runner import available_simulators
-    sims = available_simulators()
-    return [pytest.param(name, marks=pytest.mark.skipif("verilator" not in sims,
-                                                         reason="verilator is not installed"))
+    from spatten.sim.infra.runner import simulator_missing
+    missing = simulator_missing("verilator")
+    return [pytest.param(name, marks=pytest.mark.skipif(missing is not None, reason=str(missing)))
             for name in ("small", "default")]
 
 
 @pytest.mark.parametrize("name", _cocotb_cases())
 def test_softmax_cocotb(name):
-    """sim/tb_softmax.py on Verilator: seeded random and edge rows, exact cycles when unstalled,
+    """tb_softmax.py on Verilator: seeded random and edge rows, exact cycles when unstalled,
     idle/stall, error rows."""
     cfg = {"small": SMALL, "default": DEFAULT}[name]
     print(f"seed {SEED}, config {name}: {cfg}")

@@ -11,8 +11,8 @@ import os
 import pytest
 
 from spatten.config import TopKConfig, preset
-from spatten.sim.runner import available_simulators
-from spatten.sim.topk_run import topk_selftest
+from spatten.sim.infra.runner import simulator_missing
+from spatten.sim.testbenches.tb_topk import topk_selftest
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 
@@ -36,8 +36,9 @@ CASES = [
 
 @pytest.mark.parametrize("name,sim", CASES, ids=[f"{c}-{s}" for c, s in CASES])
 def test_topk_rtl(name, sim):
-    if sim not in available_simulators():
-        pytest.skip(f"{sim} is not installed")
+    missing = simulator_missing(sim)
+    if missing:
+        pytest.skip(missing)
     cfg = CONFIGS[name]
     print(f"seed {SEED}, config {name}: {cfg}")
     res = topk_selftest(cfg, sim=sim, seed=SEED, random_runs=12)
@@ -62,7 +63,7 @@ def test_topk_without_statistical_mode(seed):
 
     from spatten.golden.topk import select
     from spatten.hw.topk import Mode, TopK
-    from spatten.sim.amaranth_tb import run_streams
+    from spatten.sim.infra.amaranth_tb import run_streams
 
     cfg = preset("small").topk
     rng = np.random.default_rng(seed)

@@ -17,8 +17,8 @@ from spatten.config import AttentionConfig
 from spatten.golden.attention import value_select
 from spatten.hw.topk import ErrorCode
 from spatten.hw.value_select import ValueSelect
-from spatten.sim.amaranth_tb import run_streams
-from spatten.sim.unit_top import pick_seed, unit_test
+from spatten.sim.infra.amaranth_tb import run_streams
+from spatten.sim.infra.testbench import cfg_tag, run_testbench
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 
@@ -181,28 +181,23 @@ def test_bad_parameters():
 # cocotb on Verilator (and Icarus)
 
 
-@pytest.fixture
-def seed():
-    return pick_seed()
-
-
 @pytest.mark.parametrize("name,cfg,runs,sim", [("small", SMALL, 6, "verilator"),
                                               ("default", AttentionConfig(), 4, "verilator"),
                                               ("small", SMALL, 3, "icarus")],
                          ids=["small-verilator", "default-verilator", "small-icarus"])
 def test_cocotb(name, cfg, runs, sim, seed):
-    """The cocotb testbench (`sim/tb_value_select.py`): rows alone with exact cycles, random rows
+    """The cocotb testbench (`tb_value_select.py`): rows alone with exact cycles, random rows
     back to back, gaps and backpressure, bad rows and their error codes, resets mid-row."""
-    from spatten.sim.runner import available_simulators
-    from spatten.sim.tb_value_select import TOPLEVEL, ValueSelectTop
-    from spatten.sim.unit_run import cfg_tag
+    from spatten.sim.infra.runner import simulator_missing
+    from spatten.sim.testbenches.tb_value_select import TOPLEVEL, ValueSelectTop
 
-    if sim not in available_simulators():
-        pytest.skip(f"{sim} is not installed")
+    missing = simulator_missing(sim)
+    if missing:
+        pytest.skip(missing)
     t = time.time()
-    res = unit_test(lambda: ValueSelectTop(cfg), cfg, name=TOPLEVEL, tag=f"{name}-{cfg_tag(cfg)}",
-                    tb_module="spatten.sim.tb_value_select", sim=sim, seed=seed % (1 << 31),
-                    runs=runs)
+    res = run_testbench(lambda: ValueSelectTop(cfg), name=TOPLEVEL, tag=f"{name}-{cfg_tag(cfg)}",
+                        tb_module="spatten.sim.testbenches.tb_value_select", sim=sim, config=cfg,
+                        settings={"seed": seed % (1 << 31), "runs": runs})
     print(f"{name} on {sim}: {res.summary()} in {time.time() - t:.1f} s (built: {res.built}, "
           f"{res.build_seconds:.1f} s)")
     assert res.failed == 0 and res.passed == 5, res.summary()

@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 
 from spatten.config import zero_eliminator_latency
 from spatten.hw.zero_elim import PrefixCount, ZeroEliminator
-from spatten.sim.amaranth_tb import run_streams
+from spatten.sim.infra.amaranth_tb import run_streams
 
 ALL_LANES = (1, 2, 4, 8, 16, 32)
 

@@ -1,7 +1,7 @@
 # amaranth: UnusedElaboratable=no
 """Stream rules of the ZeroEliminator and BeatPacker output ports, by SymbiYosys.
 
-`spatten.sim.formal.check_stream_rules` drives every input of the component (including the
+`spatten.sim.infra.formal.check_stream_rules` drives every input of the component (including the
 output port's ready) with AnySeq and asserts: once ``o.valid`` is high it stays high until
 ``o.ready``, and ``o.payload`` is stable while ``o.valid & ~o.ready``. Both units freeze
 completely while stalled, so the property is also proved for all time by k-induction (mode
@@ -16,7 +16,7 @@ from amaranth.lib.wiring import In, Out
 
 from spatten.hw.packer import BeatPacker
 from spatten.hw.zero_elim import ZeroEliminator
-from spatten.sim.formal import (
+from spatten.sim.infra.formal import (
     FormalFailure,
     check_stream_rules,
     formal_tools_missing,

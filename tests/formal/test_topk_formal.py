@@ -12,7 +12,7 @@ import pytest
 
 from spatten.config import TopKConfig
 from spatten.hw.topk import TopK
-from spatten.sim.formal import check_stream_rules, formal_tools_missing
+from spatten.sim.infra.formal import check_stream_rules, formal_tools_missing
 
 pytestmark = pytest.mark.skipif(formal_tools_missing() is not None,
                                 reason=formal_tools_missing() or "")

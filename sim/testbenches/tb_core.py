@@ -19,6 +19,7 @@ import random
 import cocotb
 import numpy as np
 from amaranth.hdl import unsigned
+from amaranth.lib import data
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from spatten.config import AttentionConfig, Config, MemoryConfig
@@ -29,9 +30,10 @@ from spatten.hw.attention import output_layout, row_info_layout
 from spatten.hw.core import CoreError, job_layout, query_cmd_layout, survivor_layout
 from spatten.hw.rowstream import row_layout
 
-from .dram import image_beats
-from .streams import StreamSink, StreamSource, clock_and_reset, with_timeout
-from .unit_run import tb_settings
+from ..infra.bench import UnitBench
+from ..infra.streams import with_timeout
+from ..infra.testbench import tb_settings
+from ..models.dram import image_beats
 
 _SET = tb_settings()
 CFG = AttentionConfig(**_SET.get("config", {}))
@@ -47,26 +49,31 @@ DMAX = min(CFG.qk_mults, CFG.pv_mults)
 LOAD_LAYOUT = None      # set in start() from the port width
 
 
-class Bench:
+class Bench(UnitBench):
+    """The core's DRAM image loader, its three input streams and three output streams."""
+
+    INPUTS = {**dict.fromkeys(("dram_load__valid", "job__valid", "survivors__valid",
+                               "queries__valid", "o__ready", "probs__ready", "row__ready",
+                               "dram_stall"), 0),
+              "dram_latency": 1, "dram_bytes_per_cycle": B}
+
     def __init__(self, dut, idle=0.0, stall=0.0, seed=SEED):
-        self.dut = dut
-        clk = dut.clk
+        super().__init__(dut)
         rnd = random.Random(seed)
-        from amaranth.lib import data
-        self.load = StreamSource(dut, "dram_load", clk, data.StructLayout({
+        self.load = self.add_source("dram_load", data.StructLayout({
             "addr": range(DEPTH), "data": unsigned(8 * B)}))
-        self.surv = StreamSource(dut, "survivors", clk, survivor_layout(FULL), idle_prob=idle,
+        self.surv = self.add_source("survivors", survivor_layout(FULL), idle=idle,
+                                    rng=random.Random(rnd.random()))
+        self.job = self.add_source("job", job_layout(FULL), idle=idle,
+                                   rng=random.Random(rnd.random()))
+        self.queries = self.add_source("queries", query_cmd_layout(FULL), idle=idle,
+                                       rng=random.Random(rnd.random()))
+        self.o = self.add_sink("o", output_layout(CFG), stall=stall,
+                               rng=random.Random(rnd.random()))
+        self.probs = self.add_sink("probs", row_layout(unsigned(CFG.prob_bits), S),
+                                   stall=stall, rng=random.Random(rnd.random()))
+        self.row = self.add_sink("row", row_info_layout(CFG), stall=stall,
                                  rng=random.Random(rnd.random()))
-        self.job = StreamSource(dut, "job", clk, job_layout(FULL), idle_prob=idle,
-                                rng=random.Random(rnd.random()))
-        self.queries = StreamSource(dut, "queries", clk, query_cmd_layout(FULL),
-                                    idle_prob=idle, rng=random.Random(rnd.random()))
-        self.o = StreamSink(dut, "o", clk, output_layout(CFG), stall_prob=stall,
-                            rng=random.Random(rnd.random()))
-        self.probs = StreamSink(dut, "probs", clk, row_layout(unsigned(CFG.prob_bits), S),
-                                stall_prob=stall, rng=random.Random(rnd.random()))
-        self.row = StreamSink(dut, "row", clk, row_info_layout(CFG), stall_prob=stall,
-                              rng=random.Random(rnd.random()))
         self.image = None
 
     async def load_image(self, image: bytes):
@@ -118,14 +125,7 @@ class Bench:
 
 
 async def start(dut, idle=0.0, stall=0.0, seed=SEED) -> Bench:
-    for name in ("dram_load__valid", "job__valid", "survivors__valid", "queries__valid",
-                 "o__ready",
-                 "probs__ready", "row__ready", "dram_stall"):
-        getattr(dut, name).value = 0
-    dut.dram_latency.value = 1
-    dut.dram_bytes_per_cycle.value = B
-    await clock_and_reset(dut)
-    return Bench(dut, idle, stall, seed)
+    return await Bench.start(dut, idle=idle, stall=stall, seed=seed)
 
 
 def make_group(rng, *, n_stored, m_rows, d, spread=1.5):

@@ -126,7 +126,7 @@ def accuracy(cfg_name: str = "default", texts=None) -> dict:
 
 def utilization(cfg_name: str = "default", sim: str = "verilator", seed: int = 2021,
                 ns=UTIL_NS, ds=UTIL_DS, prune: bool = True) -> list[dict]:
-    from .attention_run import job_from_arrays, run_attention
+    from ..testbenches.tb_attention import job_from_arrays, run_attention
 
     cfg = preset(cfg_name).attention
     rng = np.random.default_rng(seed)

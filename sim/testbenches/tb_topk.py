@@ -1,21 +1,21 @@
-"""cocotb testbench of the top-k engine (`hw/topk.py`), run by `sim/topk_run.py`.
+"""The top-k engine (`hw/topk.py`) in cocotb: its testbench, and the runs of its RTL that the
+command line, the demo and the benchmarks use.
 
-Settings arrive as JSON in ``TOPK_TB`` (a file path): the `TopKConfig` fields, a seed, and
-either a list of jobs to run (``jobs``; results are written to ``results``) or nothing, in which
-case the self-checking tests below generate their own seeded inputs.
+`topk_selftest(cfg, sim=, seed=)` runs the self-checking tests below (tests/test_topk.py);
+`run_topk(cfg, jobs)` runs jobs ({"values": [...], "k": int, "mode": "exact"|"statistical"})
+through the RTL and returns, per job, what the engine produced: selected indices and values,
+threshold, cycle counters, status. Both go through `spatten.sim.infra.testbench` (settings: the
+`TopKConfig` fields, ``seed``, ``random_runs``, or the ``jobs`` of job mode).
 
-Driver: `StreamSource` on ``i`` (random idle cycles when asked). Monitor: `StreamSink` on ``o``
-(random backpressure when asked; it also checks the stream rules on every stalled beat).
-Transaction-level model: `spatten.golden.topk` (selection, threshold, cycle model). Checker: in
-order, beat by beat, after every run; every selected pair is compared, and with no gaps and no
-backpressure the cycle counters are compared with the cycle model exactly.
+The bench (`spatten.sim.infra.bench.UnitBench`): driver `StreamSource` on ``i`` (random idle
+cycles when asked), monitor `StreamSink` on ``o`` (random backpressure when asked; it also checks
+the stream rules on every stalled beat). Transaction-level model: `spatten.golden.topk`
+(selection, threshold, cycle model). Checker: in order, beat by beat, after every run; every
+selected pair is compared, and with no gaps and no backpressure the cycle counters are compared
+with the cycle model exactly.
 """
 
 from __future__ import annotations
-
-import json
-import os
-import random
 
 import cocotb
 import numpy as np
@@ -23,15 +23,47 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from spatten.config import TopKConfig
 from spatten.golden import topk as golden
-from spatten.hw.topk import ErrorCode, Mode, input_layout, output_layout
+from spatten.hw.topk import ErrorCode, Mode, TopK, input_layout, output_layout
 
-from .streams import StreamSink, StreamSource, clock_and_reset, with_timeout
+from ..infra.bench import UnitBench, report, tb_config
+from ..infra.runner import CocotbResult
+from ..infra.testbench import cfg_tag, run_testbench, run_testbench_jobs, write_results
 from .unit_top import lane_beats
 
-_SETTINGS = json.loads(open(os.environ["TOPK_TB"]).read()) if os.environ.get("TOPK_TB") else {}
-CFG = TopKConfig(**_SETTINGS.get("config", {}))
-SEED = int(_SETTINGS.get("seed", 1))
-RANDOM_RUNS = int(_SETTINGS.get("random_runs", 12))
+__all__ = ["run_topk", "topk_selftest", "TOPLEVEL"]
+
+TOPLEVEL = "topk"
+
+
+# ------------------------------------------------------------------------------ pytest side
+def _tag(cfg: TopKConfig) -> str:
+    """The build folder's tag: the main parameters, readable, and a hash of every field."""
+    return f"p{cfg.lanes}w{cfg.value_width}c{cfg.capacity}d{cfg.digit_bits}-{cfg_tag(cfg)[:6]}"
+
+
+def run_topk(cfg: TopKConfig, jobs: list[dict], *, sim: str = "verilator", idle: float = 0.0,
+             stall: float = 0.0, purpose: str = "jobs") -> list[dict]:
+    """Run `jobs` ({"values": [...], "k": int, "mode": "exact"|"statistical"}) through the RTL;
+    return one dict per job (indices, values, threshold, select_cycles, total_cycles, error,
+    ...)."""
+    clean_jobs = [{"values": [int(x) for x in j["values"]], "k": int(j["k"]),
+                   "mode": j.get("mode", "exact")} for j in jobs]
+    return run_testbench_jobs(lambda: TopK(config=cfg), clean_jobs, name=TOPLEVEL,
+                              tb_module=__name__, config=cfg, tag=_tag(cfg), sim=sim, idle=idle,
+                              stall=stall, purpose=purpose)
+
+
+def topk_selftest(cfg: TopKConfig, *, sim: str, seed: int, random_runs: int = 12,
+                  testcase=None) -> CocotbResult:
+    """Run the self-checking tests below; raises `CocotbFailure` when one fails."""
+    return run_testbench(lambda: TopK(config=cfg), name=TOPLEVEL, tb_module=__name__,
+                         config=cfg, tag=_tag(cfg), sim=sim, testcase=testcase,
+                         settings={"seed": seed, "random_runs": random_runs})
+
+
+# ------------------------------------------------------------------------------ cocotb side
+CFG, SEED, _SETTINGS = tb_config(TopKConfig, random_runs=12)
+RANDOM_RUNS = int(_SETTINGS["random_runs"])
 HAS_JOBS = "jobs" in _SETTINGS
 P = CFG.lanes
 TIMEOUT_CYCLES = 40 * (CFG.capacity // CFG.lanes + 8) * CFG.digits + 2000
@@ -43,28 +75,24 @@ def beats_of(values) -> list[dict]:
     return lane_beats(values, P)
 
 
-class Bench:
-    """Owns the source and sink of one test and runs jobs through the engine."""
+class Bench(UnitBench):
+    """The source and sink of one test; runs jobs through the engine."""
+
+    INPUTS = {"i__valid": 0, "o__ready": 0, "k": 0, "mode": 0}
+    RNG_OFFSETS = (11, 13)
 
     def __init__(self, dut, idle=0.0, stall=0.0, seed=SEED):
-        self.dut = dut
-        self.src = StreamSource(dut, "i", dut.clk, input_layout(CFG), idle_prob=idle,
-                                rng=random.Random(seed + 11))
-        self.sink = StreamSink(dut, "o", dut.clk, output_layout(CFG), stall_prob=stall,
-                               rng=random.Random(seed + 13))
-        self.idle, self.stall = idle, stall
-
-    def retune(self, idle, stall):
-        self.src.idle_prob, self.sink.stall_prob = idle, stall
-        self.idle, self.stall = idle, stall
+        super().__init__(dut, ("i", input_layout(CFG)), ("o", output_layout(CFG)), idle=idle,
+                         stall=stall, seed=seed)
 
     async def run(self, beats, k, mode) -> dict:
         """Send one run's beats, collect its output packet and status."""
         dut = self.dut
         dut.k.value = int(k)
         dut.mode.value = mode.value if isinstance(mode, Mode) else int(mode)
-        self.src.send_nowait(beats)
-        packet = await with_timeout(self.sink.recv_packet(), dut, TIMEOUT_CYCLES)
+        got = await self.exchange(beats, self.sink.recv_packet, 1, TIMEOUT_CYCLES)
+        assert got, f"no output packet within {TIMEOUT_CYCLES} cycles (hang)"
+        packet = got[0]
         await self.src.wait_idle()
         await RisingEdge(dut.clk)
         await ReadOnly()
@@ -88,15 +116,6 @@ class Bench:
         }
         await RisingEdge(dut.clk)
         return res
-
-
-async def start(dut, idle=0.0, stall=0.0, seed=SEED) -> Bench:
-    dut.i__valid.value = 0
-    dut.o__ready.value = 0
-    dut.k.value = 0
-    dut.mode.value = 0
-    await clock_and_reset(dut)
-    return Bench(dut, idle, stall, seed)
 
 
 # ------------------------------------------------------------------------------ the checker
@@ -184,47 +203,42 @@ async def run_cases(dut, bench, cases, *, cycles_exact) -> list[str]:
     return errs
 
 
-def _report(dut, errs, what):
-    dut._log.info("seed %d: %s", SEED, what)
-    assert not errs, f"seed {SEED}: {len(errs)} problems, first: " + "; ".join(errs[:5])
-
-
 # ------------------------------------------------------------------------------ self-checking
 @cocotb.test(skip=HAS_JOBS)
 async def test_edge_cases(dut):
     """Every edge case of the contract, back to back, cycle counts exact."""
-    bench = await start(dut)
+    bench = await Bench.start(dut)
     cases = edge_cases(np.random.default_rng(SEED))
-    _report(dut, await run_cases(dut, bench, cases, cycles_exact=True),
+    report(dut, SEED, await run_cases(dut, bench, cases, cycles_exact=True),
             f"{len(cases)} edge cases")
 
 
 @cocotb.test(skip=HAS_JOBS)
 async def test_random(dut):
     """Seeded random inputs (uniform, many ties, normal), cycle counts exact."""
-    bench = await start(dut)
+    bench = await Bench.start(dut)
     cases = random_cases(np.random.default_rng(SEED + 1), RANDOM_RUNS)
-    _report(dut, await run_cases(dut, bench, cases, cycles_exact=True),
+    report(dut, SEED, await run_cases(dut, bench, cases, cycles_exact=True),
             f"{len(cases)} random runs")
 
 
 @cocotb.test(skip=HAS_JOBS)
 async def test_gaps_and_backpressure(dut):
     """Edge cases and random inputs with random input gaps and output backpressure."""
-    bench = await start(dut, idle=0.3, stall=0.4, seed=SEED + 2)
+    bench = await Bench.start(dut, idle=0.3, stall=0.4, seed=SEED + 2)
     rng = np.random.default_rng(SEED + 2)
     cases = edge_cases(rng)[::2] + random_cases(rng, max(4, RANDOM_RUNS // 2))
     errs = await run_cases(dut, bench, cases, cycles_exact=False)
     bench.retune(0.0, 0.7)
     errs += await run_cases(dut, bench, random_cases(rng, 3), cycles_exact=False)
     assert bench.src.idle_cycles > 0 and bench.sink.stall_cycles > 0, "no gap or stall happened"
-    _report(dut, errs, f"{len(cases) + 3} runs under gaps and backpressure")
+    report(dut, SEED, errs, f"{len(cases) + 3} runs under gaps and backpressure")
 
 
 @cocotb.test(skip=HAS_JOBS)
 async def test_statistical(dut):
     """The statistical mode, bit-exact against the golden model (cycle counts exact too)."""
-    bench = await start(dut)
+    bench = await Bench.start(dut)
     rng = np.random.default_rng(SEED + 3)
     cases = [(lbl, v, k, "statistical") for lbl, v, k, _ in edge_cases(rng)[::3]]
     cases += random_cases(rng, max(4, RANDOM_RUNS // 2), mode="statistical")
@@ -232,7 +246,7 @@ async def test_statistical(dut):
     bench.retune(0.3, 0.3)
     errs += await run_cases(dut, bench, random_cases(rng, 3, mode="statistical"),
                             cycles_exact=False)
-    _report(dut, errs, f"{len(cases) + 3} statistical runs")
+    report(dut, SEED, errs, f"{len(cases) + 3} statistical runs")
 
 
 def _bad_runs(rng):
@@ -261,7 +275,7 @@ def _bad_runs(rng):
 @cocotb.test(skip=HAS_JOBS)
 async def test_errors(dut):
     """Bad input: an error code, one empty packet, no hang; the next good run is exact."""
-    bench = await start(dut, idle=0.2, stall=0.2, seed=SEED + 4)
+    bench = await Bench.start(dut, idle=0.2, stall=0.2, seed=SEED + 4)
     rng = np.random.default_rng(SEED + 4)
     errs = []
     for label, beats, k, mode, want in _bad_runs(rng):
@@ -273,14 +287,14 @@ async def test_errors(dut):
         label2, v, k2, _ = random_cases(rng, 1)[0]
         res = await bench.run(beats_of(v), k2, Mode.EXACT)
         errs += check(v, k2, "exact", res, cycles_exact=False, label=f"after {label}: {label2}")
-    _report(dut, errs, "error cases, each followed by a good run")
+    report(dut, SEED, errs, "error cases, each followed by a good run")
 
 
 @cocotb.test(skip=HAS_JOBS)
 async def test_reset_mid_run(dut):
     """A reset in every phase of a run (input, selection, output) returns the engine to idle;
     the run after it is exact and its cycle counts match the model."""
-    bench = await start(dut)
+    bench = await Bench.start(dut)
     rng = np.random.default_rng(SEED + 5)
     errs = []
     n = CFG.capacity
@@ -288,19 +302,12 @@ async def test_reset_mid_run(dut):
     model = golden.cycle_model(CFG, v, n // 3)
     beats_in = -(-n // P)
     for when in (beats_in // 2, beats_in + model["select"] // 2, model["total"] - 2):
-        bench.src.stop()
-        bench.sink.stop()
+        bench.stop()
         bench = Bench(dut, seed=SEED + when)
         dut.k.value = n // 3
         bench.src.send_nowait(beats_of(v))
         await ClockCycles(dut.clk, max(1, when))
-        bench.src.stop()
-        bench.sink.stop()
-        dut.i__valid.value = 0
-        dut.rst.value = 1
-        await ClockCycles(dut.clk, 2)
-        dut.rst.value = 0
-        await RisingEdge(dut.clk)
+        await bench.reset()
         await ReadOnly()
         if int(dut.busy.value) or int(dut.o__valid.value) or int(dut.done.value):
             errs.append(f"reset at cycle {when}: not idle after reset")
@@ -308,7 +315,7 @@ async def test_reset_mid_run(dut):
         bench = Bench(dut, seed=SEED + when + 1)
         res = await bench.run(beats_of(v), n // 3, Mode.EXACT)
         errs += check(v, n // 3, "exact", res, cycles_exact=True, label=f"after reset @{when}")
-    _report(dut, errs, "resets in the input, selection and output phases")
+    report(dut, SEED, errs, "resets in the input, selection and output phases")
 
 
 # ------------------------------------------------------------------------------ job runner
@@ -316,11 +323,10 @@ async def test_reset_mid_run(dut):
 async def run_jobs(dut):
     """Run the jobs of the settings file and write their results (for the command line and
     the benchmarks); checks nothing itself."""
-    bench = await start(dut, idle=float(_SETTINGS.get("idle", 0.0)),
-                        stall=float(_SETTINGS.get("stall", 0.0)))
+    bench = await Bench.start(dut, idle=float(_SETTINGS.get("idle", 0.0)),
+                              stall=float(_SETTINGS.get("stall", 0.0)))
     results = []
     for job in _SETTINGS["jobs"]:
         mode = Mode.EXACT if job.get("mode", "exact") == "exact" else Mode.STATISTICAL
         results.append(await bench.run(beats_of(job["values"]), job["k"], mode))
-    with open(_SETTINGS["results"], "w") as f:
-        json.dump(results, f)
+    write_results(results)

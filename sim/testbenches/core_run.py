@@ -14,14 +14,14 @@ from amaranth.lib.wiring import In
 
 from spatten.config import Config
 
-from .dram import DramModel
-from .runner import CocotbResult
-from .unit_run import cfg_tag, unit_selftest
+from ..infra.runner import CocotbResult
+from ..infra.testbench import cfg_tag, run_testbench
+from ..models.dram import DramModel
 
 __all__ = ["CoreTop", "core_selftest", "run_core", "job_for_group", "TOPLEVEL"]
 
 TOPLEVEL = "core_top"
-TB = "spatten.sim.tb_core"
+TB = "spatten.sim.testbenches.tb_core"
 
 
 class CoreTop(wiring.Component):
@@ -84,7 +84,7 @@ def core_selftest(config: Config, *, depth_beats: int = 2048, seed: int = 1,
                 "memory": dataclasses.asdict(config.memory),
                 "depth_beats": depth_beats, "seed": seed}
     tag = cfg_tag(config.attention) + "-" + cfg_tag(config.memory) + f"-{depth_beats}"
-    return unit_selftest(lambda: CoreTop(config, depth_beats=depth_beats),
+    return run_testbench(lambda: CoreTop(config, depth_beats=depth_beats),
                          name=TOPLEVEL, tag=tag, tb_module=TB, settings=settings, sim=sim,
                          testcase=testcase, purpose="rtl")
 
@@ -97,7 +97,7 @@ def run_core(config: Config, jobs: list[dict], *, depth_beats: int, sim: str = "
     import json
     import os
 
-    from .runner import sim_build_dir
+    from ..infra.runner import sim_build_dir
 
     tag = cfg_tag(config.attention) + "-" + cfg_tag(config.memory) + f"-{depth_beats}"
     bdir = sim_build_dir(TOPLEVEL, tag, "rtl")
@@ -107,7 +107,7 @@ def run_core(config: Config, jobs: list[dict], *, depth_beats: int, sim: str = "
                 "memory": dataclasses.asdict(config.memory),
                 "depth_beats": depth_beats, "jobs": jobs, "results": str(results),
                 "idle": idle, "stall": stall}
-    unit_selftest(lambda: CoreTop(config, depth_beats=depth_beats),
+    run_testbench(lambda: CoreTop(config, depth_beats=depth_beats),
                   name=TOPLEVEL, tag=tag, tb_module=TB, settings=settings, sim=sim,
                   testcase="run_jobs", purpose="rtl")
     try:

@@ -9,7 +9,7 @@ registers carried in the input stream, so that a stream driver can change them r
     row : Out(stream.Signature(row_info_layout(config)))
 
 `softmax_selftest(config, seed=...)` builds it and runs the self-checking tests below through
-`spatten.sim.unit_run.unit_selftest` (settings: ``config`` (the `AttentionConfig` fields),
+`spatten.sim.infra.testbench.run_testbench` (settings: ``config`` (the `AttentionConfig` fields),
 ``seed``, ``random_rows``).
 
 Testbench: driver `StreamSource` on ``i`` (random idle cycles when asked; the registers of every
@@ -19,24 +19,29 @@ backpressure when asked; they check the stream rules), transaction-level model
 row beat; an error row must give ``error`` and one empty beat). Without gaps and backpressure
 the cycle of every row's first input beat and last output beat must equal
 `spatten.golden.softmax_cycles.softmax_cycle_model` exactly (`cycle_errors`, which the
-Amaranth-simulator tests use too). The bench plumbing is the shared one of `spatten.sim.unit_top`.
+Amaranth-simulator tests use too). The bench is the shared one,
+`spatten.sim.infra.bench.UnitBench`.
 """
 
 from __future__ import annotations
 
 import random
 
+import cocotb
 import numpy as np
 from amaranth.hdl import Module, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig
+from spatten.golden.attention import softmax as golden_softmax
 from spatten.golden.softmax_cycles import softmax_cycle_model
 from spatten.hw.softmax import Softmax, dots_layout, probs_layout, row_info_layout
 
-from .runner import CocotbResult
-from .unit_top import UnitBench, cocotb, cycle_now, lane_beats, report, tb_config, unit_test
+from ..infra.bench import UnitBench, cycle_now, report, tb_config
+from ..infra.runner import CocotbResult
+from ..infra.testbench import run_testbench
+from .unit_top import lane_beats
 
 __all__ = ["SoftmaxTop", "feed_layout", "softmax_selftest", "beats_of", "make_rows",
            "cycle_errors", "TOPLEVEL"]
@@ -82,9 +87,9 @@ def softmax_selftest(cfg: AttentionConfig, *, seed: int, random_rows: int = 12,
                      sim: str = "verilator", testcase=None) -> CocotbResult:
     """Build `SoftmaxTop` and run this module's self-checking tests; raises `CocotbFailure` when
     one fails."""
-    return unit_test(lambda: SoftmaxTop(cfg), cfg, name=TOPLEVEL,
-                     tb_module="spatten.sim.tb_softmax", sim=sim, testcase=testcase, seed=seed,
-                     random_rows=random_rows)
+    return run_testbench(lambda: SoftmaxTop(cfg), name=TOPLEVEL, tb_module=__name__, config=cfg,
+                         settings={"seed": seed, "random_rows": random_rows}, sim=sim,
+                         testcase=testcase)
 
 
 def cycle_errors(cfg: AttentionConfig, model_rows, first_in, last_out) -> list[str]:
@@ -172,125 +177,124 @@ def make_rows(cfg: AttentionConfig, rng: np.random.Generator, kind: str, count: 
 
 
 # ---------------------------------------------------------------------------------- cocotb
-if cocotb is not None:
-    from spatten.golden.attention import softmax as golden_softmax
+CFG, SEED, _SETTINGS = tb_config(random_rows=12)
+RANDOM_ROWS = int(_SETTINGS["random_rows"])
 
-    from .streams import StreamSink
 
-    CFG, SEED, _SETTINGS = tb_config(random_rows=12)
-    RANDOM_ROWS = int(_SETTINGS["random_rows"])
+class Bench(UnitBench):
+    INPUTS = {"i__valid": 0, "o__ready": 0, "row__ready": 0}
 
-    class Bench(UnitBench):
-        INPUTS = {"i__valid": 0, "o__ready": 0, "row__ready": 0}
+    def __init__(self, dut, idle=0.0, stall=0.0, row_stall=0.0, seed=SEED):
+        self.rng = random.Random(seed)
+        self.o_cycles: list[int] = []
+        super().__init__(dut, ("i", feed_layout(CFG)), ("o", probs_layout(CFG)), idle=idle,
+                         stall=stall, seed=seed, on_sink=self._o_beat)
+        self.rows = self.add_sink("row", row_info_layout(CFG), stall=row_stall,
+                                  rng=random.Random(seed + 3))
 
-        def __init__(self, dut, idle=0.0, stall=0.0, row_stall=0.0, seed=SEED):
-            self.rng = random.Random(seed)
-            self.o_cycles: list[int] = []
-            super().__init__(dut, ("i", feed_layout(CFG)), ("o", probs_layout(CFG)), idle=idle,
-                             stall=stall, seed=seed, on_sink=self._o_beat)
-            self.rows = StreamSink(dut, "row", dut.clk, row_info_layout(CFG),
-                                   stall_prob=row_stall, rng=random.Random(seed + 3))
-            self.outputs.append("row")
+    def _o_beat(self, beat):
+        if beat["last"]:
+            self.o_cycles.append(cycle_now())
 
-        def _o_beat(self, beat):
-            if beat["last"]:
-                self.o_cycles.append(cycle_now())
+    def feed(self, rows) -> list[dict]:
+        DW, SB = CFG.dot_width, CFG.scale_bits
+        out = []
+        for _, beats, p, _ in rows:
+            for i, b in enumerate(beats):
+                if i == 0:
+                    regs = (p.shift, p.scale, p.post_shift)
+                else:
+                    regs = (self.rng.randrange(DW + 1), self.rng.randrange(1 << SB),
+                            self.rng.randrange(32))
+                out.append({"beat": b, "shift": regs[0], "scale": regs[1],
+                            "post_shift": regs[2]})
+        return out
 
-        def feed(self, rows) -> list[dict]:
-            DW, SB = CFG.dot_width, CFG.scale_bits
-            out = []
-            for _, beats, p, _ in rows:
-                for i, b in enumerate(beats):
-                    if i == 0:
-                        regs = (p.shift, p.scale, p.post_shift)
-                    else:
-                        regs = (self.rng.randrange(DW + 1), self.rng.randrange(1 << SB),
-                                self.rng.randrange(32))
-                    out.append({"beat": b, "shift": regs[0], "scale": regs[1],
-                                "post_shift": regs[2]})
-            return out
-
-        async def run(self, rows, timed=False) -> list[str]:
-            """Send `rows` back to back, check every row in order (and the cycles when
-            `timed`); return the problems found."""
-            log = self.log_transfers("i") if timed else None
-            self.o_cycles = []
-            limit = 60 * sum(len(r[1]) + 1 for r in rows) + 400 * len(rows) + 2000
-            got = await self.exchange(self.feed(rows), self._row, len(rows), limit)
-            errs = []
-            for ri, (row, (packet, info)) in enumerate(zip(rows, got, strict=True)):
-                label, beats, p, dots = row
-                errs += [f"row {ri} ({label}): {e}" for e in _check(beats, p, dots, packet,
-                                                                       info)]
-            if len(got) < len(rows):
-                return errs + [f"row {len(got)} ({rows[len(got)][0]}): no output (hang)"]
-            errs += await self.settle()
-            if timed:
-                firsts, k = [], 0
-                for _, beats, _, _ in rows:
-                    firsts.append(log["i"][k])
-                    k += len(beats)
-                model_rows = [("error", len(b)) if d is None else int(d.size)
-                              for _, b, _, d in rows]
-                errs += cycle_errors(CFG, model_rows, firsts, self.o_cycles)
-            return errs
-
-        async def _row(self):
-            packet = await self.sink.recv_packet()
-            info = await self.rows.recv()
-            return packet, info
-
-    def _check(beats, p, dots, packet, info) -> list[str]:
-        S = CFG.softmax_lanes
-        if dots is None:
-            errs = []
-            if info["error"] != 1 or any(info[k] for k in ("p_max", "esum", "n", "max")):
-                errs.append(f"row beat {info}, want error=1 and zeros")
-            if len(packet) != 1 or packet[0]["count"] != 0 or packet[0]["last"] != 1:
-                errs.append(f"o packet of {len(packet)} beats, want one empty beat")
-            return errs
-        g = golden_softmax(CFG, dots, p)
-        want = {"p_max": int(g.p_max), "esum": int(g.esum), "n": int(dots.size),
-                "max": int(g.max), "error": 0}
-        errs = [] if info == want else [f"row beat {info} != golden {want}"]
-        if [(b["count"], b["last"]) for b in packet] != [(b["count"], b["last"]) for b in beats]:
-            return errs + [f"beat structure {[(b['count'], b['last']) for b in packet]}"]
-        got = [x for b in packet for x in b["data"][:b["count"]]]
-        if got != g.p.tolist():
-            bad = next(i for i, (a, b) in enumerate(zip(got, g.p.tolist(), strict=False)) if a != b)
-            errs.append(f"p[{bad}] = {got[bad]} != golden {int(g.p[bad])}")
-        if any(x for b in packet for x in b["data"][b["count"]:S]):
-            errs.append("lanes above count are not 0")
+    async def run(self, rows, timed=False) -> list[str]:
+        """Send `rows` back to back, check every row in order (and the cycles when
+        `timed`); return the problems found."""
+        log = self.log_transfers("i") if timed else None
+        self.o_cycles = []
+        limit = 60 * sum(len(r[1]) + 1 for r in rows) + 400 * len(rows) + 2000
+        got = await self.exchange(self.feed(rows), self._row, len(rows), limit)
+        errs = []
+        for ri, (row, (packet, info)) in enumerate(zip(rows, got, strict=True)):
+            label, beats, p, dots = row
+            errs += [f"row {ri} ({label}): {e}" for e in _check(beats, p, dots, packet,
+                                                                   info)]
+        if len(got) < len(rows):
+            return errs + [f"row {len(got)} ({rows[len(got)][0]}): no output (hang)"]
+        errs += await self.settle()
+        if timed:
+            firsts, k = [], 0
+            for _, beats, _, _ in rows:
+                firsts.append(log["i"][k])
+                k += len(beats)
+            model_rows = [("error", len(b)) if d is None else int(d.size)
+                          for _, b, _, d in rows]
+            errs += cycle_errors(CFG, model_rows, firsts, self.o_cycles)
         return errs
 
-    @cocotb.test()
-    async def test_edge_and_errors(dut):
-        """Edge rows and error rows (each followed by a good row), back to back, cycles exact."""
-        bench = await Bench.start(dut)
-        rng = np.random.default_rng(SEED)
-        rows = make_rows(CFG, rng, "edge")
-        for bad in make_rows(CFG, rng, "error"):
-            rows += [bad] + make_rows(CFG, rng, "random", 1)
-        report(dut, SEED, await bench.run(rows, timed=True), f"{len(rows)} edge and error rows")
+    async def _row(self):
+        packet = await self.sink.recv_packet()
+        info = await self.rows.recv()
+        return packet, info
 
-    @cocotb.test()
-    async def test_random_and_real(dut):
-        """Seeded random rows and realistic rows (quantized Gaussian q, k), cycles exact."""
-        bench = await Bench.start(dut)
-        rng = np.random.default_rng(SEED + 1)
-        rows = make_rows(CFG, rng, "random", RANDOM_ROWS) + make_rows(CFG, rng, "real",
-                                                                      RANDOM_ROWS)
-        report(dut, SEED, await bench.run(rows, timed=True), f"{len(rows)} random and real rows")
 
-    @cocotb.test()
-    async def test_gaps_and_backpressure(dut):
-        """Random, edge and error rows under input gaps, o backpressure and a slow row
-        consumer: nothing lost, duplicated or reordered."""
-        bench = await Bench.start(dut, idle=0.3, stall=0.4, row_stall=0.6, seed=SEED + 2)
-        rng = np.random.default_rng(SEED + 2)
-        rows = make_rows(CFG, rng, "random", RANDOM_ROWS) + make_rows(CFG, rng, "edge")[::2]
-        rows += make_rows(CFG, rng, "error") + make_rows(CFG, rng, "random", 2)
-        errs = await bench.run(rows)
-        if not (bench.src.idle_cycles and bench.sink.stall_cycles and bench.rows.stall_cycles):
-            errs.append("no gap or stall happened")
-        report(dut, SEED, errs, f"{len(rows)} rows under gaps and backpressure")
+def _check(beats, p, dots, packet, info) -> list[str]:
+    S = CFG.softmax_lanes
+    if dots is None:
+        errs = []
+        if info["error"] != 1 or any(info[k] for k in ("p_max", "esum", "n", "max")):
+            errs.append(f"row beat {info}, want error=1 and zeros")
+        if len(packet) != 1 or packet[0]["count"] != 0 or packet[0]["last"] != 1:
+            errs.append(f"o packet of {len(packet)} beats, want one empty beat")
+        return errs
+    g = golden_softmax(CFG, dots, p)
+    want = {"p_max": int(g.p_max), "esum": int(g.esum), "n": int(dots.size),
+            "max": int(g.max), "error": 0}
+    errs = [] if info == want else [f"row beat {info} != golden {want}"]
+    if [(b["count"], b["last"]) for b in packet] != [(b["count"], b["last"]) for b in beats]:
+        return errs + [f"beat structure {[(b['count'], b['last']) for b in packet]}"]
+    got = [x for b in packet for x in b["data"][:b["count"]]]
+    if got != g.p.tolist():
+        bad = next(i for i, (a, b) in enumerate(zip(got, g.p.tolist(), strict=False)) if a != b)
+        errs.append(f"p[{bad}] = {got[bad]} != golden {int(g.p[bad])}")
+    if any(x for b in packet for x in b["data"][b["count"]:S]):
+        errs.append("lanes above count are not 0")
+    return errs
+
+
+@cocotb.test()
+async def test_edge_and_errors(dut):
+    """Edge rows and error rows (each followed by a good row), back to back, cycles exact."""
+    bench = await Bench.start(dut)
+    rng = np.random.default_rng(SEED)
+    rows = make_rows(CFG, rng, "edge")
+    for bad in make_rows(CFG, rng, "error"):
+        rows += [bad] + make_rows(CFG, rng, "random", 1)
+    report(dut, SEED, await bench.run(rows, timed=True), f"{len(rows)} edge and error rows")
+
+
+@cocotb.test()
+async def test_random_and_real(dut):
+    """Seeded random rows and realistic rows (quantized Gaussian q, k), cycles exact."""
+    bench = await Bench.start(dut)
+    rng = np.random.default_rng(SEED + 1)
+    rows = make_rows(CFG, rng, "random", RANDOM_ROWS) + make_rows(CFG, rng, "real",
+                                                                  RANDOM_ROWS)
+    report(dut, SEED, await bench.run(rows, timed=True), f"{len(rows)} random and real rows")
+
+
+@cocotb.test()
+async def test_gaps_and_backpressure(dut):
+    """Random, edge and error rows under input gaps, o backpressure and a slow row
+    consumer: nothing lost, duplicated or reordered."""
+    bench = await Bench.start(dut, idle=0.3, stall=0.4, row_stall=0.6, seed=SEED + 2)
+    rng = np.random.default_rng(SEED + 2)
+    rows = make_rows(CFG, rng, "random", RANDOM_ROWS) + make_rows(CFG, rng, "edge")[::2]
+    rows += make_rows(CFG, rng, "error") + make_rows(CFG, rng, "random", 2)
+    errs = await bench.run(rows)
+    if not (bench.src.idle_cycles and bench.sink.stall_cycles and bench.rows.stall_cycles):
+        errs.append("no gap or stall happened")
+    report(dut, SEED, errs, f"{len(rows)} rows under gaps and backpressure")

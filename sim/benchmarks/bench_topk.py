@@ -20,7 +20,7 @@ import numpy as np
 from spatten.config import preset
 from spatten.golden import topk as golden
 
-from .topk_run import run_topk
+from ..testbenches.tb_topk import run_topk
 
 NS = (64, 256, 1024, 4096)
 K_FRACTIONS = (8, 4, 2)

@@ -1,7 +1,7 @@
 """cocotb drivers and monitors for Amaranth streams, and payload packing from `lib.data` layouts.
 
-Imported inside the simulator by the testbenches (`spatten.sim.tb_*`); it imports cocotb and
-Amaranth (pure Python: only `lib.data` / `hdl` shapes, no simulation).
+Imported inside the simulator by the testbenches (`spatten.sim.testbenches.tb_*`); it imports
+cocotb and Amaranth (pure Python: only `lib.data` / `hdl` shapes, no simulation).
 
 Port naming (trap 8 of the toolchain notes): a top-level port ``i: In(stream.Signature(layout))``
 appears in the Verilog as ``i__payload`` (one flat vector holding the whole layout), ``i__valid``

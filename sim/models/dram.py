@@ -18,6 +18,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from spatten.config import MemoryConfig
+
 __all__ = ["DramModel", "image_beats", "expected_resp", "lfsr_bytes", "lfsr_next",
            "LFSR_WIDTH", "LFSR_TAPS", "COUNTER_WIDTH"]
 
@@ -94,9 +96,11 @@ class DramModel(wiring.Component):
     """A memory of `depth_beats` beats of `beat_bytes` (B) bytes answering burst read requests in
     order, with a programmable latency, bandwidth and random stalls.
 
-    Parameters (keyword-only): ``beat_bytes`` B (a power of two, 1..64; default 16),
-    ``depth_beats`` (>= 1), ``max_burst`` (largest good request in beats, default 64),
-    ``max_outstanding`` (accepted but unfinished requests, 1..256, default 4), ``max_latency``
+    Parameters (keyword-only): ``beat_bytes`` B (a power of two, 1..64; default the memory side's,
+    `MemoryConfig.beat_bytes`), ``depth_beats`` (>= 1), ``max_burst`` (largest good request in
+    beats, default 64: more than the fetch unit asks for, `MemoryConfig.max_burst`, so that tests
+    can probe longer bursts), ``max_outstanding`` (accepted but unfinished requests, 1..256,
+    default `MemoryConfig.max_outstanding`), ``max_latency``
     (sets the width of ``latency``, default 64), ``addr_width`` (bits of the byte address; default
     and minimum: just enough for ``depth_beats * B`` bytes), ``lfsr_seed`` (the stall LFSR's
     state after reset, 1 .. 2**32-1, default 0x5EED1234), ``init`` (the memory's contents after
@@ -166,8 +170,9 @@ class DramModel(wiring.Component):
     ``error`` is 0 (LiteDRAM has none; an adapter may flag out-of-range addresses itself).
     """
 
-    def __init__(self, *, beat_bytes: int = 16, depth_beats: int, max_burst: int = 64,
-                 max_outstanding: int = 4, max_latency: int = 64, addr_width: int | None = None,
+    def __init__(self, *, beat_bytes: int = MemoryConfig.beat_bytes, depth_beats: int,
+                 max_burst: int = 64, max_outstanding: int = MemoryConfig.max_outstanding,
+                 max_latency: int = 64, addr_width: int | None = None,
                  lfsr_seed: int = 0x5EED_1234, init=None):
         B = _int_param("beat_bytes", beat_bytes, 1, 64)
         if B & (B - 1):

@@ -1,0 +1,1 @@
+"""The benchmarks behind `spatten bench`: tables, JSON and plots under build/bench."""

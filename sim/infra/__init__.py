@@ -1,0 +1,1 @@
+"""Simulation infrastructure: build and run testbenches, drive and check streams, formal checks."""

@@ -1,0 +1,1 @@
+"""Simulation-only hardware models (not synthesized): the DRAM model."""
