@@ -311,11 +311,12 @@ def cmd_demo(args):
 
 # ------------------------------------------------------------------------------------- results
 def cmd_results(args):
-    from spatten.results import render, update_readme
+    from spatten.results import RESULTS_DOC, render, update
 
-    if args.update_readme:
-        update_readme()
-        print("README.md results section rewritten from build/bench and build/synth")
+    if args.update:
+        update()
+        print(f"{RESULTS_DOC} and the README's summary rewritten from build/bench and "
+              "build/synth")
     else:
         print(render())
     return 0
@@ -454,11 +455,12 @@ def build_parser():
     p.add_argument("--no-synth", action="store_true", help="skip the bitstream build")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("results", help="the README's results tables, from build/ JSON",
+    p = sub.add_parser("results", help="the results tables, from build/ JSON",
                        description="Render the results tables from build/bench/*.json and "
                                    "build/synth/*/report.json (markdown).")
-    p.add_argument("--update-readme", action="store_true",
-                   help="rewrite README.md between its results markers")
+    p.add_argument("--update", action="store_true",
+                   help="rewrite docs/results.md and the README's summary table (between its "
+                        "results markers)")
     p.set_defaults(func=cmd_results)
     return ap
 
