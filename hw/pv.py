@@ -34,21 +34,13 @@ from spatten.config import AttentionConfig
 
 from .dsp import mult18x18d
 from .fanout import copies
+from .recip import Reciprocal
 
-__all__ = ["ProbV", "input_layout", "output_layout", "v_word_layout", "v_depth", "pv_latency",
-           "RECIP_READY", "lane_depth", "GRANT_LOOKAHEAD"]
+__all__ = ["ProbV", "input_layout", "output_layout", "v_word_layout", "v_depth", "pv_latency"]
 
 MIN_D_LOG2 = 3
-#: restoring-division steps done per cycle by the reciprocal unit (18 quotient bits)
+#: quotient bits the reciprocal unit computes a cycle (of prob_bits + 2)
 DIV_STEPS = 1
-QUOT_BITS = 18
-#: cycles from the issue of a query's last V word to its reciprocal being ready: to R1 (1),
-#: count leading zeros (1), normalise (1), divide (18 / DIV_STEPS), round (1)
-RECIP_READY = 4 + QUOT_BITS // DIV_STEPS
-
-#: a query's last word may be issued when the fold register is sure to be free this many cycles
-#: later (the depth of the multiplier pipeline)
-GRANT_LOOKAHEAD = 3
 
 
 def _log2(x: int) -> int:
@@ -81,19 +73,12 @@ def v_depth(cfg: AttentionConfig) -> int:
     return cfg.capacity
 
 
-def lane_depth(cfg: AttentionConfig) -> int:
-    """Registers of the renormalisation lane from reading a column of F to writing it into the
-    output register: ceil(log2(Mv) / 2) levels of 4:1 read multiplexers, shift, partial products,
-    two adds."""
-    return (_log2(cfg.pv_mults) + 1) // 2 + 4
-
-
 def pv_latency(cfg: AttentionConfig, d: int, renorm: bool = False) -> int:
     """Cycles from the transfer of a one-beat query whose pairs fall in one V word to its ``o``
-    beat, nothing else in flight: 8 + log2(Mv/d), or 4 + RECIP_READY + lane_depth + d with
-    renorm."""
+    beat, nothing else in flight: 8 + log2(Mv/d), or 4 + pv_recip_ready + pv_lane_depth + d
+    with renorm (the latencies of the config)."""
     if renorm:
-        return 4 + RECIP_READY + lane_depth(cfg) + d
+        return 4 + cfg.pv_recip_ready + cfg.pv_lane_depth + d
     return 8 + _log2(cfg.pv_mults // d)
 
 
@@ -216,10 +201,11 @@ class ProbV(wiring.Component):
     multipliers all busy. Consecutive queries cost one cycle more each: the issue stage empties
     after a query's last beat (so that no handshake waits on the fold register). A query's last
     word is issued only when nothing else is on its way to the fold register F and F is sure to
-    be free when the word reaches it (`GRANT_LOOKAHEAD` cycles later), so queries of few words
-    run at one per max(4, log2(gv) + 1) cycles (4.4 on average at gv = 8: every fifth query
-    waits a cycle for the output register to drain), renormalised ones at one per
-    d + RECIP_READY - GRANT_LOOKAHEAD cycles (d + 19); longer queries run at one word a cycle.
+    be free when the word reaches it (``config.pv_grant_lookahead`` cycles later), so queries of
+    few words run at one per max(4, log2(gv) + 1) cycles (4.4 on average at gv = 8: every fifth
+    query waits a cycle for the output register to drain), renormalised ones at one per
+    d + pv_recip_ready - pv_grant_lookahead cycles (d + 19); longer queries run at one word a
+    cycle.
 
     Latency (unstalled, nothing in flight). Stages A (word address and row-slot of each pair), B
     (runs: a segment number per pair), C (issue, one word a cycle, from the cycle after B); a
@@ -231,14 +217,15 @@ class ProbV(wiring.Component):
     cycle rounds and saturates F[e] / 2**(16 - out_frac_bits) into the output register. From
     the first beat's transfer to the ``o`` beat: `pv_latency` = 8 + log2(gv), plus the query's
     issue cycles - 1. With renorm the reciprocal of the probability sum is computed from the
-    issue of the last word on (count leading zeros, normalise to [2**15, 2**16), 18-bit
-    quotient by restoring division, DIV_STEPS bits a cycle: ready `RECIP_READY` cycles after
-    that issue); then one column a cycle is read from F and
-    goes through the `lane_depth` registers of the lane (4:1 read multiplexers, multiplier
-    inputs: the column shifted by the leading zeros, partial products of 17-bit chunks by the
-    reciprocal, two adds; then saturate into the output register, where the columns shift in at
-    lane d - 1 and on down to lane 0): `pv_latency` = 4 + RECIP_READY + lane_depth + d, plus
-    the issue cycles - 1. The exact schedule is `spatten.golden.pv_cycles.pv_schedule`.
+    issue of the last word on (`hw.recip.Reciprocal`: count leading zeros, normalise to
+    [2**15, 2**16), 18-bit quotient by restoring division, DIV_STEPS bits a cycle; ready
+    ``config.pv_recip_ready`` cycles after that issue); then one column a cycle is read from F
+    and goes through the ``config.pv_lane_depth`` registers of the lane (4:1 read multiplexers,
+    multiplier inputs: the column shifted by the leading zeros, partial products of 17-bit
+    chunks by the reciprocal, two adds; then saturate into the output register, where the
+    columns shift in at lane d - 1 and on down to lane 0): `pv_latency` = 4 + pv_recip_ready +
+    pv_lane_depth + d, plus the issue cycles - 1. The exact schedule is
+    `spatten.golden.pv_cycles.pv_schedule`.
 
     Arithmetic: the accumulators hold the exact sums (acc_width bits) per lane, plus the rounding
     constant 2**(15 - fb) (fb = out_frac_bits) in the lanes e < d, set as a query's first word
@@ -413,16 +400,13 @@ class ProbV(wiring.Component):
         f_lvl = Signal(range(GB + 1))         # fold steps done
         folding = Signal()                    # f_rem != 0
 
-        # reciprocal unit: started by each query's last word (in R1), used by that query in F
-        PH_IDLE, PH_NORM, PH_DIV, PH_RECIP, PH_DONE = range(5)
-        dv_ph = Signal(range(5))
-        dv_psum = Signal(PW)
-        dv_s = Signal(range(PW + 1))          # psum_width - bit_length(psum)
-        dv_m = Signal(PB)                     # psum normalised to [2**15, 2**16)
-        dv_r = Signal(PB + 1)
-        dv_q = Signal(QUOT_BITS)
-        dv_k = Signal(range(QUOT_BITS // DIV_STEPS))
-        dv_recip = Signal(PB + 1)
+        # reciprocal unit: started by a renormalised query's last word (in R1), its result taken
+        # by that query's lane start
+        m.submodules.reciprocal = recip = Reciprocal(
+            value_width=PW, divisor_bits=PB, steps_per_cycle=DIV_STEPS, normalise_up=True,
+            saturate=False)
+        # R1, the unit, the lane's start flag (ap_pre)
+        assert 1 + recip.latency + 1 == cfg.pv_recip_ready, (recip.latency, cfg.pv_recip_ready)
 
         # renormalisation lane: read F[j] (L1), shift (L2), partial products (L3), two adds
         # (L4, L5), round and saturate into O[j]
@@ -437,7 +421,7 @@ class ProbV(wiring.Component):
         CH = PB + 1                           # chunk of the shifted sum per multiplier
         chunks = [(lo, min(CH, AW - lo)) for lo in range(0, AW, CH)]
         assert 2 <= len(chunks) <= 3, chunks
-        LD = lane_depth(cfg)
+        LD = cfg.pv_lane_depth
         lv = [Signal(name=f"l{k}_v") for k in range(1, LD + 1)]
         llast = [Signal(name=f"l{k}_last") for k in range(1, LD + 1)]
         lj = [Signal(range(Mv), name=f"l{k}_j") for k in range(1, LD + 1)]
@@ -479,7 +463,7 @@ class ProbV(wiring.Component):
 
         reserved = Signal()
         grant = Signal()
-        la = GRANT_LOOKAHEAD
+        la = cfg.pv_grant_lookahead
         m.d.comb += [
             reserved.eq(r1_last | r2_last | r3_last),
             grant.eq(~reserved & (
@@ -679,7 +663,7 @@ class ProbV(wiring.Component):
             f_rn_nx.eq(Mux(r3_last, r3_rn, f_rn)),
             f_rem_nx.eq(Mux(r3_last, LMV - r3_dl, Mux(folding, f_rem - 1, f_rem))),
             lane_busy_nx.eq(Mux(ap_start, 1, Mux(lv[-1] & llast[-1], 0, lane_busy))),
-            dv_done_nx.eq(~r1_last & ((dv_ph == PH_RECIP) | (dv_ph == PH_DONE))),
+            dv_done_nx.eq(~r1_last & recip.o.valid),
         ]
         # o_pre_nx = f_v_nx & ~f_rn_nx & (f_rem_nx == 0) & ~lane_busy_nx and ap_pre_nx (the same
         # with f_rn_nx & dv_done_nx), as o_pre_q & ~(o_ld & ~r3_last) and ap_pre_q & ~ap_start,
@@ -704,34 +688,10 @@ class ProbV(wiring.Component):
                      lane_busy.eq(lane_busy_nx), o_pre.eq(o_pre_nx), ap_pre.eq(ap_pre_nx)]
 
         # ------------------------------------------------------------ reciprocal unit
-        clz = Signal(range(PW + 1))
-        m.d.comb += clz.eq(PW)
-        for bit in range(PW):       # the highest set bit wins (assigned last)
-            with m.If(r1_psum[bit]):
-                m.d.comb += clz.eq(PW - 1 - bit)
-        norm = Signal(PW)
-        m.d.comb += norm.eq(dv_psum << dv_s)
-        r, q = dv_r, dv_q
-        for _ in range(DIV_STEPS):
-            diff = Signal(signed(PB + 2))
-            m.d.comb += diff.eq(r - dv_m)          # one carry chain: its sign says r < m
-            ge = ~diff[-1]
-            rs = Mux(ge, diff[:PB], r[:PB])
-            q = Cat(ge, q)[:QUOT_BITS]
-            r = Cat(Const(0, 1), rs)
-        with m.Switch(dv_ph):
-            with m.Case(PH_NORM):
-                m.d.sync += [dv_m.eq(norm[PW - PB:]), dv_r.eq(1 << (PB - 1)), dv_q.eq(0),
-                             dv_k.eq(0), dv_ph.eq(PH_DIV)]
-            with m.Case(PH_DIV):
-                m.d.sync += [dv_r.eq(r), dv_q.eq(q), dv_k.eq(dv_k + 1)]
-                with m.If(dv_k == QUOT_BITS // DIV_STEPS - 1):
-                    m.d.sync += dv_ph.eq(PH_RECIP)
-            with m.Case(PH_RECIP):
-                m.d.sync += [dv_recip.eq(Mux(dv_psum == 0, 0, (dv_q + 1) >> 1)),
-                             dv_ph.eq(PH_DONE)]
-        with m.If(r1_last):                     # every query's last word restarts the unit
-            m.d.sync += [dv_psum.eq(r1_psum), dv_s.eq(clz), dv_ph.eq(PH_NORM)]
+        # (idle whenever a renormalised query's last word is issued: the previous one's lane has
+        # started by then, see the grant)
+        m.d.comb += [recip.i.valid.eq(r1_last & r1_rn), recip.i.payload.eq(r1_psum),
+                     recip.o.ready.eq(ap_start)]
 
         # ------------------------------------------------------------ renormalisation lane
         ap_j_nx = Signal.like(ap_j)
@@ -740,7 +700,8 @@ class ProbV(wiring.Component):
         with m.If(ap_start):
             m.d.sync += [
                 ap_v.eq(1), ap_rem.eq(f_cm1),
-                lane_s.eq(dv_s), lane_recip.eq(dv_recip), lane_psum.eq(f_psum),
+                lane_s.eq(recip.o.payload.leading_zeros), lane_recip.eq(recip.o.payload.recip),
+                lane_psum.eq(f_psum),
             ]
         with m.If(ap_v):
             m.d.sync += ap_rem.eq(ap_rem - 1)
@@ -801,7 +762,7 @@ class ProbV(wiring.Component):
         # by then) and down to lane 0, d shifts in all (lanes >= d shift zeros), so that no net
         # reaches every lane but the per-lane copies of the controls and ``o.ready``.
         # (top: copies of lane_dl == log2(e + 1), a cycle late: the first output of a lane run
-        # comes lane_depth + 1 cycles after its start)
+        # comes pv_lane_depth + 1 cycles after its start)
         lane_dl = Signal(range(LMV + 1))
         with m.If(ap_start):
             m.d.sync += lane_dl.eq(f_dl)

@@ -54,6 +54,7 @@ from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig
 
+from .recip import Reciprocal
 from .rowstream import row_layout
 
 __all__ = ["Softmax", "dots_layout", "probs_layout", "row_info_layout"]
@@ -390,43 +391,23 @@ class Softmax(wiring.Component):
                 m.d.sync += [e_meta[j]["esum"].eq(acc_next), e_state[j].eq(_DONE)]
 
         # ------------------------------------------------------------------ reciprocal
+        # esum >= 2**16 for a good row (the maximum's e is 2**16), 0 for an error row
+        m.submodules.reciprocal = recip = Reciprocal(
+            value_width=EW, divisor_bits=PB + 1, normalise_up=False, saturate=True)
+        assert recip.latency + 1 == cfg.softmax_recip_cycles      # + the e bank's ready flag
         rp = reg(range(NE), "rc_ptr")
-        rc_busy = reg(1, "rc_busy")
         rc_bank = reg(range(NE), "rc_bank")
-        rc_esum = reg(unsigned(EW), "rc_esum")
-        rc_norm = reg(nrm_w, "rc_norm")
-        rc_m = reg(unsigned(PB + 1), "rc_m")
-        rc_r = reg(unsigned(PB + 1), "rc_r")
-        rc_q = reg(unsigned(PB + 3), "rc_q")
-        rc_step = reg(range(PB + 6), "rc_step")
-        es = pick([e_meta[j]["esum"] for j in range(NE)], rp)
-        norm_of = Const(0, nrm_w)
-        for bit in range(PB + 1, EW):                     # highest set bit wins
-            norm_of = Mux(es[bit], bit - PB, norm_of)
-        rc_start = ~rc_busy & (pick(e_state, rp) == _DONE)
-        with m.If(rc_start):
-            m.d.sync += [rc_busy.eq(1), rc_bank.eq(rp), rc_esum.eq(es), rc_norm.eq(norm_of),
-                         rc_step.eq(0), rp.eq(ptr_next(rp))]
-        with m.Elif(rc_busy):
-            m.d.sync += rc_step.eq(rc_step + 1)
-            with m.If(rc_step == 0):
-                # m = esum >> norm in [2**16, 2**17); remainder before quotient bit 18
-                m.d.sync += [rc_m.eq(rc_esum >> rc_norm), rc_r.eq(1 << (PB - 1)), rc_q.eq(0)]
-            with m.Elif(rc_step <= PB + 3):
-                # restoring division of 2**34 by m, quotient bits 18..0
-                r2 = Cat(Const(0, 1), rc_r)
-                ge = r2 >= rc_m
-                m.d.sync += [rc_r.eq(Mux(ge, r2 - rc_m, r2)[:PB + 1]),
-                             rc_q.eq(Cat(ge, rc_q[:-1]))]
-            with m.Else():
-                # recip = min((q + 1) >> 1, 2**17 - 1)
-                rq = (rc_q + 1)[1:]
-                recip = Mux(rq[PB + 1:] != 0, (1 << (PB + 1)) - 1, rq[:PB + 1])
-                m.d.sync += rc_busy.eq(0)
-                for j in range(NE):
-                    with m.If(rc_bank == j):
-                        m.d.sync += [e_meta[j]["recip"].eq(recip), e_meta[j]["norm"].eq(rc_norm),
-                                     e_state[j].eq(_RDY)]
+        m.d.comb += [recip.i.valid.eq(pick(e_state, rp) == _DONE),
+                     recip.i.payload.eq(pick([e_meta[j]["esum"] for j in range(NE)], rp)),
+                     recip.o.ready.eq(1)]
+        with m.If(recip.i.valid & recip.i.ready):
+            m.d.sync += [rc_bank.eq(rp), rp.eq(ptr_next(rp))]
+        with m.If(recip.o.valid):
+            for j in range(NE):
+                with m.If(rc_bank == j):
+                    m.d.sync += [e_meta[j]["recip"].eq(recip.o.payload.recip),
+                                 e_meta[j]["norm"].eq(recip.o.payload.exponent),
+                                 e_state[j].eq(_RDY)]
 
         # ------------------------------------------------------------------ normalise pass
         np_ = reg(range(NE), "n_ptr")

@@ -21,9 +21,7 @@ import pytest
 from amaranth.hdl import Shape, signed, unsigned
 
 from spatten.config import AttentionConfig, preset
-from spatten.golden import pv_cycles
 from spatten.golden.pv_cycles import pv_beat_ops, pv_cycle_model, pv_schedule
-from spatten.hw import pv as hw_pv
 from spatten.hw.pv import ProbV, input_layout, output_layout, pv_latency, v_depth
 from spatten.sim.amaranth_tb import run_streams
 from spatten.sim.tb_pv import PvTop, expected_beat, make_query, query_beats, v_words
@@ -251,10 +249,6 @@ def test_d_log2_clamped():
 
 def test_cycle_model():
     cfg = DEFAULT
-    for name in ("RECIP_READY", "GRANT_LOOKAHEAD"):
-        assert getattr(pv_cycles, name) == getattr(hw_pv, name), name
-    for c in [SMALL, DEFAULT, *VARIANTS.values(), AttentionConfig(pv_mults=256, qk_mults=256)]:
-        assert pv_cycles.lane_depth(c) == hw_pv.lane_depth(c)
     for d in cfg.head_dims:
         gv = cfg.pv_mults // d
         n = rows_of(cfg, d)
@@ -265,7 +259,7 @@ def test_cycle_model():
         assert dense["latency"] == pv_latency(cfg, d) + dense["ops"] - 1
         rn = pv_cycle_model(cfg, list(range(n)), d, True)
         assert rn["latency"] == pv_latency(cfg, d, True) + rn["ops"] - 1
-        assert rn["period"] == max(rn["ops"] + 1, d + hw_pv.RECIP_READY - hw_pv.GRANT_LOOKAHEAD)
+        assert rn["period"] == max(rn["ops"] + 1, d + cfg.pv_recip_ready - cfg.pv_grant_lookahead)
         one = pv_cycle_model(cfg, [3], d)
         assert one["latency"] == pv_latency(cfg, d) and one["ops"] == 1
         assert one["period"] <= 5                    # a couple of cycles over the one word
@@ -281,12 +275,12 @@ def test_cycle_model():
         pv_beat_ops(cfg, [0], 12)
     with pytest.raises(ValueError):
         pv_beat_ops(cfg, [cfg.capacity], 16)
-    # renorm costs d + RECIP_READY + lane_depth - 4 - log2(gv) cycles of latency (d + 25 -
+    # renorm costs d + pv_recip_ready + pv_lane_depth - 4 - log2(gv) cycles of latency (d + 25 -
     # log2(gv) at Mv = 64) over the plain query
     for d in cfg.head_dims:
         extra = pv_latency(cfg, d, True) - pv_latency(cfg, d)
         log_gv = (cfg.pv_mults // d).bit_length() - 1
-        assert extra == d + hw_pv.RECIP_READY + hw_pv.lane_depth(cfg) - 4 - log_gv
+        assert extra == d + cfg.pv_recip_ready + cfg.pv_lane_depth - 4 - log_gv
 
 
 def test_ports_and_sizes():
