@@ -51,7 +51,8 @@ class EBankRing(wiring.Component):
     summed : In(data.StructLayout({"valid": 1, "bank": range(E_BANKS), "esum": ...}))
         The exp pass has written bank ``bank``'s row, whose exponentials sum to ``esum``.
     sums : Out(stream.Signature(unsigned(esum_width)))
-        The esum of the rows in turn, for the reciprocal.
+        The esum of the rows in turn, for the reciprocal, which takes one at a time: a sum's
+        result comes back on ``reciprocals`` before the next sum is taken.
     reciprocals : In(stream.Signature(StructLayout({"recip", "norm"})))
         The reciprocal of each row's esum and its exponent, in turn (always taken).
     rows : Out(stream.Signature(bank_row_layout(config)))
