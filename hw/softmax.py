@@ -61,7 +61,7 @@ from .softmax_common import (
     probs_layout,
     row_info_layout,
 )
-from .softmax_exp import ExpPipeline, ExpReader, e_port_shape
+from .softmax_exp import ExpPipeline, ExpReader, e_port_shape, exp_rom
 from .softmax_ingest import ScoreIngest
 from .softmax_norm import NormalisePass, RowOutput
 
@@ -118,6 +118,7 @@ class Softmax(wiring.Component):
             shape=data.ArrayLayout(signed(cfg.dot_width), S), depth=2 * depth, init=[])
         m.submodules.ebanks = e_memory = Memory(shape=e_port_shape(cfg), depth=E_BANKS * depth,
                                                 init=[])
+        m.submodules.exp_rom = rom = exp_rom(cfg)
 
         m.submodules.ingest = ingest = ScoreIngest(config=cfg)
         m.submodules.exp_reader = reader = ExpReader(config=cfg)
@@ -151,6 +152,9 @@ class Softmax(wiring.Component):
         m.d.comb += [score_read.addr.eq(reader.score_read.addr), exp.dots.eq(score_read.data),
                      exp.reads.eq(reader.reads), banks.summed.eq(exp.summed)]
         wiring.connect(m, exp.e_write, e_memory.write_port())
+        for lane in range(S):
+            rom_read = rom.read_port()
+            m.d.comb += [rom_read.addr.eq(exp.rom_addr[lane]), exp.rom_data[lane].eq(rom_read.data)]
 
         wiring.connect(m, banks.sums, recip.i)
         m.d.comb += [banks.reciprocals.valid.eq(recip.o.valid),

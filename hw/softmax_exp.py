@@ -25,7 +25,7 @@ from .softmax_common import (
     score_row_layout,
 )
 
-__all__ = ["ExpReader", "ExpPipeline", "exp_read_layout"]
+__all__ = ["ExpReader", "ExpPipeline", "exp_read_layout", "exp_rom"]
 
 
 def exp_read_layout(cfg) -> data.StructLayout:
@@ -43,6 +43,11 @@ def exp_read_layout(cfg) -> data.StructLayout:
         "max": signed(cfg.dot_width),
         **{name: field.shape for name, field in score_params_layout(cfg)},
     })
+
+
+def exp_rom(cfg) -> Memory:
+    """The exponent ROM: rom[f] = round(2**16 * 2**(-f / 2**y_frac_bits)), U1.16."""
+    return Memory(shape=unsigned(cfg.e_width), depth=1 << cfg.y_frac_bits, init=cfg.exp_table())
 
 
 def _score_port(cfg):
@@ -158,6 +163,9 @@ class ExpPipeline(wiring.Component):
         above the beat's count.
     summed : Out(StructLayout({"valid": 1, "bank": range(E_BANKS), "esum": ...}))
         A row's sum of e, strobed once per row.
+    rom_addr : Out(ArrayLayout(unsigned(y_frac_bits), S)); rom_data : In(ArrayLayout(...))
+        Synchronous read ports of the exponent ROM (`exp_rom`, which the softmax holds beside
+        its other memories): the data the cycle after the address.
 
     Arithmetic (bit for bit `golden.attention.softmax`): t = max - dot; y = min(((min(t >>
     shift, 2**t_bits - 1) * scale * 2) >> post_shift + 1) >> 1, y_max); e = (2 * rom[y mod
@@ -182,6 +190,8 @@ class ExpPipeline(wiring.Component):
                 addr_width=(E_BANKS * bank_depth(cfg) - 1).bit_length(), shape=e_port_shape(cfg))),
             "summed": Out(data.StructLayout({"valid": 1, "bank": range(E_BANKS),
                                              "esum": unsigned(cfg.esum_width)})),
+            "rom_addr": Out(data.ArrayLayout(unsigned(cfg.y_frac_bits), cfg.softmax_lanes)),
+            "rom_data": In(data.ArrayLayout(unsigned(cfg.e_width), cfg.softmax_lanes)),
         })
 
     @property
@@ -197,9 +207,6 @@ class ExpPipeline(wiring.Component):
         YW, YF = cfg.y_width, cfg.y_frac_bits
         PB = cfg.prob_bits
         lanes = range(S)
-        rom = m.submodules.exp_rom = Memory(shape=unsigned(PB + 1), depth=1 << YF,
-                                            init=cfg.exp_table())
-        rom_read = [rom.read_port() for _ in lanes]
 
         def lane_regs(shape, name):
             return [Signal(shape, name=f"{name}{lane}") for lane in lanes]
@@ -250,13 +257,13 @@ class ExpPipeline(wiring.Component):
             v = v2[lane]
             sat = (v[YW + 1:] != 0) | (v[:YW + 1] == (1 << (YW + 1)) - 1)
             y = Mux(sat, cfg.y_max, (v[1:YW + 1] + v[0])[:YW])
-            m.d.comb += rom_read[lane].addr.eq(y[:YF])
+            m.d.comb += self.rom_addr[lane].eq(y[:YF])
             m.d.sync += yi[lane].eq(y[YF:])
         # P10: the ROM's output, registered
         chain.advance(beat_keys, "x10")
         tab = lane_regs(unsigned(PB + 1), "x10_tab")
         yi10 = lane_regs(unsigned(cfg.y_int_bits), "x10_yi")
-        m.d.sync += [tab[lane].eq(rom_read[lane].data) for lane in lanes]
+        m.d.sync += [tab[lane].eq(self.rom_data[lane]) for lane in lanes]
         m.d.sync += [yi10[lane].eq(yi[lane]) for lane in lanes]
         # P11: (2 tab) >> yi
         p11 = chain.advance(beat_keys, "x11")

@@ -17,7 +17,7 @@ from amaranth.sim import Simulator
 from spatten.config import AttentionConfig
 from spatten.golden.attention import ScoreParams, softmax
 from spatten.hw.softmax_common import E_BANKS, bank_depth
-from spatten.hw.softmax_exp import ExpPipeline, ExpReader
+from spatten.hw.softmax_exp import ExpPipeline, ExpReader, exp_rom
 from spatten.sim.amaranth_tb import run_streams, to_py
 from spatten.sim.unit_top import lane_beats, pick_seed
 
@@ -86,12 +86,24 @@ def test_reader(name, gap, stall):
 
 
 # ------------------------------------------------------------------------------ the datapath
+class PipelineWithRom(ExpPipeline):
+    """`ExpPipeline` reading an exponent ROM of its own, as the softmax's."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.submodules.exp_rom = rom = exp_rom(self.cfg)
+        for lane in range(self.cfg.softmax_lanes):
+            port = rom.read_port()
+            m.d.comb += [port.addr.eq(self.rom_addr[lane]), self.rom_data[lane].eq(port.data)]
+        return m
+
+
 def run_pipeline(cfg, rows, *, gap, seed):
     """Feed `rows` ((dots, params) each) through an ExpPipeline, one read a cycle with random
     idle cycles; check every write and every esum (values and cycles)."""
     rng = random.Random(seed)
     S, depth = cfg.softmax_lanes, bank_depth(cfg)
-    dut = ExpPipeline(config=cfg)
+    dut = PipelineWithRom(config=cfg)
     schedule = []                  # (bank, beat index, beat, row index, params, max)
     for k, (dots, params) in enumerate(rows):
         beats = lane_beats(dots, S)
