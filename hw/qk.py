@@ -19,10 +19,10 @@ from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig
 
-from .dsp import mult18x18d
+from .dsp import Multiplier
 from .zero_elim import compact_layout
 
-__all__ = ["QKArray", "Multiplier", "q_layout", "k_word_layout", "dots_layout", "k_depth",
+__all__ = ["QKArray", "q_layout", "k_word_layout", "dots_layout", "k_depth",
            "qk_latency"]
 
 MIN_D_LOG2 = 3
@@ -54,36 +54,6 @@ def qk_latency(cfg: AttentionConfig) -> int:
     """Cycles from a query's ``q`` transfer to its first ``o`` beat (nothing in flight, ``o``
     ready): log2(M) + 9."""
     return _log2(cfg.qk_mults) + 9
-
-
-class Multiplier(wiring.Component):
-    """p = a x b (signed), two cycles: the operands are registered, then the product.
-
-    Ports: ``a``, ``b`` In(signed(width)); ``p`` Out(signed(2 x width)), the product of the
-    operands presented two cycles earlier. On an ECP5 platform (``platform.family == "ecp5"``)
-    it is one MULT18X18D with its own input and output registers enabled (Yosys infers the block
-    but never its registers, and the routing into and out of an unregistered block is the slow
-    path of the Q.K array); elsewhere fabric registers around a ``*``.
-    """
-
-    def __init__(self, width: int):
-        if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= 18:
-            raise ValueError(f"width must be an integer in 1..18, not {width!r}")
-        self.width = width
-        super().__init__({"a": In(signed(width)), "b": In(signed(width)),
-                          "p": Out(signed(2 * width))})
-
-    def elaborate(self, platform):
-        m = Module()
-        if getattr(platform, "family", None) == "ecp5":
-            mult18x18d(m, self.a, self.b, self.p)
-        else:
-            a = Signal(signed(self.width), reset_less=True)
-            b = Signal(signed(self.width), reset_less=True)
-            p = Signal(signed(2 * self.width), reset_less=True)
-            m.d.sync += [a.eq(self.a), b.eq(self.b), p.eq(a * b)]
-            m.d.comb += self.p.eq(p)
-        return m
 
 
 class QKArray(wiring.Component):
@@ -135,7 +105,7 @@ class QKArray(wiring.Component):
 
     Pipeline (from a read in cycle t; a number is the clock edge that registers the stage):
     t+1 the K word and the query's q in fabric registers, t+2 multiplier input registers, t+3
-    products (`Multiplier`: a MULT18X18D with its registers on ECP5), then one register per
+    products (`hw.dsp.Multiplier`: a MULT18X18D with its registers on ECP5), then one register per
     adder-tree level (t+3+k for level k, L = log2 M levels); the sums of level log2(d) are
     delayed to the depth of level L, gathered (t+L+4), packed into an S-lane beat (t+L+5),
     written to a `SyncFIFOBuffered` (t+L+6) and offered on ``o`` from t+L+8.
@@ -317,7 +287,7 @@ class QKArray(wiring.Component):
         # t+2, t+3: multiplier input and output registers (inside the DSP blocks on ECP5)
         prods = []
         for j in range(M):
-            mul = m.submodules[f"mul{j}"] = Multiplier(W)
+            mul = m.submodules[f"mul{j}"] = Multiplier(a_shape=signed(W), b_shape=signed(W))
             m.d.comb += [mul.a.eq(kreg[j]), mul.b.eq(qm[j])]
             prods.append(mul.p)
         next_meta("meta_mul_in")

@@ -637,18 +637,60 @@ def test_attention_floorplan_pins_each_array_in_its_own_rows():
         dsp_sites(11)
 
 
+class _Ecp5:
+    """Just enough of an ECP5 platform for the units to instantiate their ECP5 primitives."""
+    family = "ecp5"
+
+
+def _flattened_names(text: str) -> tuple[dict, set]:
+    """From RTLIL of a design whose top is ``top``: {hierarchical name: cell type} of every
+    instance cell and the hierarchical names of every memory, as Yosys names them once the
+    design is flattened (``qk.mul0.dsp``: the path of submodule names, then the cell's)."""
+    cells, memories, path = {}, set(), None
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["module"]:
+            path = words[1].lstrip("\\").removeprefix("top").lstrip(".")
+        elif words[:1] == ["cell"] and not words[1].startswith("$"):
+            cells[".".join(filter(None, (path, words[2].lstrip("\\"))))] = words[1].lstrip("\\")
+        elif words[:1] == ["memory"]:
+            memories.add(".".join(filter(None, (path, words[-1].lstrip("\\")))))
+    return cells, memories
+
+
+def test_attention_floorplan_names_are_cells_of_the_design():
+    """Every multiplier `attention_bels` pins is a MULT18X18D of that name in the pipeline as
+    elaborated for an ECP5, and every block-RAM rule of `attention_pins` matches a memory."""
+    import re
+
+    from spatten.fpga.floorplan import attention_pins
+    from spatten.hw.attention import Attention
+
+    cfg = preset("small")
+    cells, memories = _flattened_names(rtlil.convert(Attention(config=cfg), name="top",
+                                                     platform=_Ecp5()))
+    pins = attention_pins(cfg.attention, "dut")
+    assert len(pins["bels"]) == cfg.attention.qk_mults + cfg.attention.pv_mults + 3
+    for name in pins["bels"]:
+        assert cells.get(name.removeprefix("dut.")) == "MULT18X18D", name
+    for rule in pins["rows"]:
+        # the block RAMs of memory X are named X.0.<k> once mapped
+        assert any(re.fullmatch(rule["regex"], f"dut.{mem}.0.0") for mem in memories), \
+            rule["regex"]
+
+
 class OneMult(wiring.Component):
-    """Tiny DUT: one registered MULT18X18D (`hw.dsp`)."""
+    """Tiny DUT: one `hw.dsp.Multiplier` (a registered MULT18X18D on the ECP5)."""
 
     def __init__(self):
         super().__init__({"a": In(signed(12)), "b": In(signed(12)), "p": Out(signed(24))})
 
     def elaborate(self, platform):
-        from spatten.hw.dsp import mult18x18d
+        from spatten.hw.dsp import Multiplier
 
         m = Module()
-        m.submodules.mul = mul = Module()
-        mult18x18d(mul, self.a, self.b, self.p)
+        m.submodules.mul = mul = Multiplier(a_shape=signed(12), b_shape=signed(12))
+        m.d.comb += [mul.a.eq(self.a), mul.b.eq(self.b), self.p.eq(mul.p)]
         return m
 
 
