@@ -11,14 +11,14 @@ are in `hw.pv_common`.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Shape, Signal, signed, unsigned
+from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig
 
-from .dsp import mult18x18d
+from .dsp import Multiplier
 from .pv_accumulate import Accumulators
 from .pv_common import (
     MIN_D_LOG2,
@@ -48,46 +48,6 @@ def pv_latency(cfg: AttentionConfig, d: int, renorm: bool = False) -> int:
     if renorm:
         return 4 + cfg.pv_recip_ready + cfg.pv_lane_depth + d
     return 8 + log2(cfg.pv_mults // d)
-
-
-class _Mul(wiring.Component):
-    """p = a x b, two cycles: the operands are registered (``a`` only in cycles with ``a_en``
-    high; it holds otherwise, and resets to 0), then the product. ``a``, ``b`` may each be signed
-    or unsigned; ``p`` is signed(len(a) + len(b)) when either is signed, else unsigned (the exact
-    product fits).
-
-    On an ECP5 platform, when both operands fit 18-bit signed values, it is one MULT18X18D with
-    its own input and output registers (Yosys infers the block but never its registers; fabric
-    registers around an inferred block crowd the routing next to it); elsewhere fabric registers
-    around a ``*``.
-    """
-
-    def __init__(self, a_shape, b_shape):
-        a_shape, b_shape = Shape.cast(a_shape), Shape.cast(b_shape)
-        self._sgn = a_shape.signed or b_shape.signed
-        pw = a_shape.width + b_shape.width
-        super().__init__({"a": In(a_shape), "a_en": In(1), "b": In(b_shape),
-                          "p": Out(signed(pw) if self._sgn else unsigned(pw))})
-
-    @staticmethod
-    def _fits(shape) -> bool:
-        return shape.width + (0 if shape.signed else 1) <= 18
-
-    def elaborate(self, platform):
-        m = Module()
-        if (getattr(platform, "family", None) == "ecp5" and self._fits(self.a.shape())
-                and self._fits(self.b.shape())):
-            mult18x18d(m, self.a, self.b, self.p, ce_a=self.a_en)
-        else:
-            # (a resets, so that no unknown value reaches the product in a 4-state simulator)
-            a = Signal.like(self.a, name="a_q")
-            b = Signal.like(self.b, name="b_q", reset_less=True)
-            p = Signal.like(self.p, name="p_q", reset_less=True)
-            with m.If(self.a_en):
-                m.d.sync += a.eq(self.a)
-            m.d.sync += [b.eq(self.b), p.eq(a * b)]
-            m.d.comb += self.p.eq(p)
-        return m
 
 
 class ProbV(wiring.Component):
@@ -235,7 +195,8 @@ class ProbV(wiring.Component):
                      self.macs.eq(issue.macs), acc.word.eq(word)]
         # (V data is taken only from cycles that read, never the port's unread value)
         for e in range(Mv):
-            mul = m.submodules[f"mul{e}"] = _Mul(signed(W), unsigned(PB))
+            mul = m.submodules[f"mul{e}"] = Multiplier(a_shape=signed(W), b_shape=unsigned(PB),
+                                                       a_enable=True)
             m.d.comb += [mul.a.eq(self.v_rd.data[e]), mul.a_en.eq(issue.word_read[e % 8]),
                          mul.b.eq(word.block_prob[e >> MIN_D_LOG2]), acc.products[e].eq(mul.p)]
 
@@ -265,10 +226,10 @@ class ProbV(wiring.Component):
                      lane.columns.eq(fold.columns)]
         for k, (low, width) in enumerate(lane.chunks):
             top = k == len(lane.chunks) - 1
-            mul = m.submodules[f"lane_mul{k}"] = _Mul(signed(width) if top else unsigned(width),
-                                                      unsigned(PB + 1))
-            m.d.comb += [mul.a.eq(lane.operand[low:low + width]), mul.a_en.eq(1),
-                         mul.b.eq(lane.recip_operand), lane.products[f"p{k}"].eq(mul.p)]
+            mul = m.submodules[f"lane_mul{k}"] = Multiplier(
+                a_shape=signed(width) if top else unsigned(width), b_shape=unsigned(PB + 1))
+            m.d.comb += [mul.a.eq(lane.operand[low:low + width]), mul.b.eq(lane.recip_operand),
+                         lane.products[f"p{k}"].eq(mul.p)]
 
         wiring.connect(m, out.o, wiring.flipped(self.o))
         m.d.comb += [out.columns.eq(fold.columns), out.loaded.eq(fold.loaded),
