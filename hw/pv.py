@@ -156,6 +156,11 @@ class ProbV(wiring.Component):
         self.config = cfg = sizes.cfg
         self.depth = v_depth(cfg)
         self.addr_width = max(1, (self.depth - 1).bit_length())
+        #: the reciprocal of a renormalised query's probability sum (an attribute, so that a
+        #: test can watch it: it is idle whenever a query's last word starts it)
+        self.reciprocal = Reciprocal(value_width=cfg.psum_width, divisor_bits=cfg.prob_bits,
+                                     steps_per_cycle=DIV_STEPS, normalise_up=True,
+                                     saturate=False)
         super().__init__({
             "i": In(stream.Signature(input_layout(cfg))),
             "d_log2": In(range(sizes.mults_log2 + 1)),
@@ -176,9 +181,7 @@ class ProbV(wiring.Component):
         m.submodules.issue = issue = WordIssue(**units)
         m.submodules.accumulators = acc = Accumulators(**units)
         m.submodules.fold = fold = FoldRegister(**units)
-        m.submodules.reciprocal = recip = Reciprocal(
-            value_width=PW, divisor_bits=PB, steps_per_cycle=DIV_STEPS, normalise_up=True,
-            saturate=False)
+        m.submodules.reciprocal = recip = self.reciprocal
         m.submodules.lane = lane = RenormLane(**units)
         m.submodules.output = out = OutputRegister(**units)
         # the config's latencies from the structure: the word's registers from the issue to F
@@ -224,12 +227,7 @@ class ProbV(wiring.Component):
                      lane.psum.eq(fold.psum), lane.recip.eq(recip.o.payload.recip),
                      lane.leading_zeros.eq(recip.o.payload.leading_zeros),
                      lane.columns.eq(fold.columns)]
-        for k, (low, width) in enumerate(lane.chunks):
-            top = k == len(lane.chunks) - 1
-            mul = m.submodules[f"lane_mul{k}"] = Multiplier(
-                a_shape=signed(width) if top else unsigned(width), b_shape=unsigned(PB + 1))
-            m.d.comb += [mul.a.eq(lane.operand[low:low + width]), mul.b.eq(lane.recip_operand),
-                         lane.products[f"p{k}"].eq(mul.p)]
+        lane.add_multipliers(m)
 
         wiring.connect(m, out.o, wiring.flipped(self.o))
         m.d.comb += [out.columns.eq(fold.columns), out.loaded.eq(fold.loaded),

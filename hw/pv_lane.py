@@ -7,6 +7,7 @@ from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .dsp import Multiplier
 from .fanout import copies
 from .pv_common import ProbVSizes, saturate, saturate_increment
 
@@ -35,7 +36,8 @@ class RenormLane(wiring.Component):
     operand : Out(signed(acc_width)); recip_operand : Out(unsigned(prob_bits + 1))
         The inputs of the lane's multipliers: chunk k of ``operand`` (bits `chunks`[k], the top
         one signed) times ``recip_operand``, by a registered multiplier of two cycles each
-        (``lane_mul{k}`` of `hw.pv.ProbV`: they sit beside the array's)...
+        (`add_multipliers` puts them into the parent: ``lane_mul{k}`` of `hw.pv.ProbV`, beside
+        the array's)...
     products : In(StructLayout({"p0", "p1", ..}))
         ... whose products come back here.
     busy : Out(1)
@@ -81,6 +83,18 @@ class RenormLane(wiring.Component):
             "result": Out(signed(cfg.out_width)),
             "result_psum": Out(cfg.psum_width),
         })
+
+    def add_multipliers(self, m: Module, name: str = "lane_mul") -> None:
+        """Add the lane's multipliers to module `m` (its parent's: their names are then
+        ``{name}{k}`` there, which fpga/floorplan.py pins) and connect them: chunk k of
+        ``operand`` times ``recip_operand`` into ``products``."""
+        PB = self.sizes.cfg.prob_bits
+        for k, (low, width) in enumerate(self.chunks):
+            top = k == len(self.chunks) - 1
+            mul = m.submodules[f"{name}{k}"] = Multiplier(
+                a_shape=signed(width) if top else unsigned(width), b_shape=unsigned(PB + 1))
+            m.d.comb += [mul.a.eq(self.operand[low:low + width]), mul.b.eq(self.recip_operand),
+                         self.products[f"p{k}"].eq(mul.p)]
 
     @property
     def mux_levels(self) -> int:

@@ -390,3 +390,28 @@ def test_bad_p_sum_bits():
     for bad in (15, 27, 17.0, True, "17"):
         with pytest.raises(ValueError, match="p_sum_bits must be an int from 16 to 26"):
             ProbV(config=DEFAULT, p_sum_bits=bad)
+
+
+def test_reciprocal_idle_when_started(seed):
+    """A renormalised query's last word starts the reciprocal unit only when it is idle (the
+    grant sees to it: the previous such query's lane has started by then); renormalised
+    queries back to back, with output backpressure."""
+    rng = np.random.default_rng(seed)
+    flat = random_flat(SMALL, rng)
+    queries = [make_query(SMALL, rng, int(rng.choice(SMALL.head_dims)), int(rng.integers(1, 9)),
+                          str(rng.choice(["dense", "sparse", "single"])), True)
+               for _ in range(16)]
+    top = PvTop(SMALL, init=v_words(SMALL, flat))
+    recip, started = top.pv.reciprocal, []
+
+    def watch(ctx, cycle):
+        if ctx.get(recip.i.valid):
+            assert ctx.get(recip.i.ready), f"cycle {cycle}: the reciprocal is busy"
+            started.append(cycle)
+
+    beats = [b for q in queries for b in query_beats(SMALL, *q, rng=None)]
+    res = run_streams(top, sources={"i": beats}, sinks={"o": len(queries)}, stall=0.3,
+                      rng=random.Random(seed), watch=watch, max_cycles=20_000)
+    assert len(started) == len(queries)
+    for out, q in zip(res["beats"]["o"], queries, strict=True):
+        assert {"data": out["data"], "psum": out["psum"]} == expected_beat(SMALL, flat, q)
