@@ -129,24 +129,38 @@ class Reciprocal(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         XW, MW, N = self.value_width, self.divisor_bits, self.quotient_bits
-        lz_shape = self.result_layout["leading_zeros"].shape
+        top = XW - MW                  # exponent + leading zeros
 
         phase = Signal(ReciprocalPhase)
         value = Signal(XW)
-        leading_zeros = Signal(lz_shape)
         divisor = Signal(MW)
         remainder = Signal(MW)
         # the quotient, below a marker bit that is shifted up with it: it counts the steps
         quotient = Signal(N + 1)
 
-        # leading zeros of the offered value: the highest set bit wins (a priority encoder);
-        # without normalise_up only the bits at and above MW are looked at
-        lz_max = _leading_zeros_max(XW, MW, self.normalise_up)
-        offered_leading_zeros = Signal(lz_shape)
-        m.d.comb += offered_leading_zeros.eq(lz_max)
-        for bit in range(XW - lz_max, XW):
+        # the normalising shift of the offered value, from a priority encoder (the highest set
+        # bit wins): to the left by its leading zeros when normalising up, else to the right by
+        # its exponent (only the bits at and above MW are looked at)
+        if self.normalise_up:
+            shape, default, bits = self.result_layout["leading_zeros"].shape, XW, range(XW)
+            shifts = [XW - 1 - bit for bit in bits]
+        else:
+            shape, default, bits = self.result_layout["exponent"].shape, 0, range(MW, XW)
+            shifts = [bit + 1 - MW for bit in bits]
+        shift = Signal(shape, name="shift")
+        offered_shift = Signal(shape)
+        m.d.comb += offered_shift.eq(default)
+        for bit, bit_shift in zip(bits, shifts, strict=True):
             with m.If(self.i.payload[bit]):
-                m.d.comb += offered_leading_zeros.eq(XW - 1 - bit)
+                m.d.comb += offered_shift.eq(bit_shift)
+        if self.normalise_up:
+            normalised = (value << shift)[top:XW]
+            m.d.comb += [self.o.payload.leading_zeros.eq(shift),
+                         self.o.payload.exponent.eq(top - shift)]
+        else:
+            normalised = (value >> shift)[:MW]
+            m.d.comb += [self.o.payload.exponent.eq(shift),
+                         self.o.payload.leading_zeros.eq(top - shift)]
 
         m.d.comb += [self.i.ready.eq(phase == ReciprocalPhase.IDLE),
                      self.o.valid.eq(phase == ReciprocalPhase.ROUND)]
@@ -164,11 +178,10 @@ class Reciprocal(wiring.Component):
         with m.Switch(phase):
             with m.Case(ReciprocalPhase.IDLE):
                 with m.If(self.i.valid):
-                    m.d.sync += [value.eq(self.i.payload),
-                                 leading_zeros.eq(offered_leading_zeros),
+                    m.d.sync += [value.eq(self.i.payload), shift.eq(offered_shift),
                                  phase.eq(ReciprocalPhase.NORMALISE)]
             with m.Case(ReciprocalPhase.NORMALISE):
-                m.d.sync += [divisor.eq((value << leading_zeros)[XW - MW:XW]),
+                m.d.sync += [divisor.eq(normalised),
                              remainder.eq(1 << (MW - 2)), quotient.eq(1),
                              phase.eq(ReciprocalPhase.DIVIDE)]
             with m.Case(ReciprocalPhase.DIVIDE):
@@ -184,8 +197,6 @@ class Reciprocal(wiring.Component):
             recip = Mux(rounded[MW:] != 0, (1 << MW) - 1, rounded[:MW])
         else:
             recip = rounded[:MW + 1]
-        m.d.comb += [self.o.payload.recip.eq(recip),
-                     self.o.payload.leading_zeros.eq(leading_zeros),
-                     self.o.payload.exponent.eq(XW - MW - leading_zeros)]
+        m.d.comb += self.o.payload.recip.eq(recip)
         return m
 

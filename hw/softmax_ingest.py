@@ -158,6 +158,8 @@ class ScoreIngest(wiring.Component):
             later = Signal(desc_layout, name=f"desc{k + 1}")
             m.d.sync += later.eq(desc)
             desc = later
+        # registers from a row's last beat to its ready flag: the beat, the descriptors, the flag
+        assert 1 + 1 + self.levels + 1 == self.latency
 
         # the banks' descriptors; the reader takes them in turn
         stored = [Signal(row, name=f"s{j}") for j in range(2)]
