@@ -156,11 +156,9 @@ class ProbV(wiring.Component):
         self.config = cfg = sizes.cfg
         self.depth = v_depth(cfg)
         self.addr_width = max(1, (self.depth - 1).bit_length())
-        #: the reciprocal of a renormalised query's probability sum (an attribute, so that a
-        #: test can watch it: it is idle whenever a query's last word starts it)
-        self.reciprocal = Reciprocal(value_width=cfg.psum_width, divisor_bits=cfg.prob_bits,
-                                     steps_per_cycle=DIV_STEPS, normalise_up=True,
-                                     saturate=False)
+        #: the reciprocal unit of the last elaboration (a test watches it: it is idle whenever
+        #: a renormalised query's last word starts it)
+        self.reciprocal = None
         super().__init__({
             "i": In(stream.Signature(input_layout(cfg))),
             "d_log2": In(range(sizes.mults_log2 + 1)),
@@ -181,7 +179,9 @@ class ProbV(wiring.Component):
         m.submodules.issue = issue = WordIssue(**units)
         m.submodules.accumulators = acc = Accumulators(**units)
         m.submodules.fold = fold = FoldRegister(**units)
-        m.submodules.reciprocal = recip = self.reciprocal
+        m.submodules.reciprocal = self.reciprocal = recip = Reciprocal(
+            value_width=PW, divisor_bits=PB, steps_per_cycle=DIV_STEPS, normalise_up=True,
+            saturate=False)
         m.submodules.lane = lane = RenormLane(**units)
         m.submodules.output = out = OutputRegister(**units)
         # the config's latencies from the structure: the word's registers from the issue to F

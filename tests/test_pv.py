@@ -402,9 +402,10 @@ def test_reciprocal_idle_when_started(seed):
                           str(rng.choice(["dense", "sparse", "single"])), True)
                for _ in range(16)]
     top = PvTop(SMALL, init=v_words(SMALL, flat))
-    recip, started = top.pv.reciprocal, []
+    started = []
 
     def watch(ctx, cycle):
+        recip = top.pv.reciprocal             # (the unit as elaborated)
         if ctx.get(recip.i.valid):
             assert ctx.get(recip.i.ready), f"cycle {cycle}: the reciprocal is busy"
             started.append(cycle)
