@@ -11,19 +11,22 @@ stage A (t+1), stage B (t+2), the issue stage C (from t+3, one word a cycle); a 
 cycle u reaches the accumulators in u+3, and a query's last word loads the fold register F at
 the end of u+3. F then folds log2(gv) cycles and, in the next cycle (the output register being
 free), moves into the output register: the ``o`` beat is valid from u + log2(gv) + 5.
-With renorm, the reciprocal of the probability sum is ready RECIP_READY cycles after the issue
-of the query's last word; from then on, once F has folded, the lane is idle and the output
+With renorm, the reciprocal of the probability sum is ready ``pv_recip_ready`` cycles after the
+issue of the query's last word; from then on, once F has folded, the lane is idle and the output
 register free, the lane starts, reads one column a cycle from the next cycle on for d cycles
-and writes each to the output register lane_depth cycles after its read: the beat is valid from
-(lane start) + d + lane_depth + 1.
+and writes each to the output register ``pv_lane_depth`` cycles after its read: the beat is
+valid from (lane start) + d + ``pv_lane_depth`` + 1.
 
 Back pressure inside: a query's last word is issued only if nothing else is on its way to F
-and F is sure to be free GRANT_LOOKAHEAD cycles later: F empty, or (no renorm, at most
-GRANT_LOOKAHEAD fold steps left, the output register empty, the lane idle), or (renorm, the
-lane reading with at most GRANT_LOOKAHEAD columns left). Stages A, B, C form an elastic
-pipeline (a stage takes a beat when it is empty or hands its beat on in the same cycle), except
-that the issue stage takes no beat in the cycle that issues a query's last word: it empties
-first (one cycle per query).
+and F is sure to be free ``pv_grant_lookahead`` cycles later: F empty, or (no renorm, at most
+that many fold steps left, the output register empty, the lane idle), or (renorm, the lane
+reading with at most that many columns left). Stages A, B, C form an elastic pipeline (a stage
+takes a beat when it is empty or hands its beat on in the same cycle), except that the issue
+stage takes no beat in the cycle that issues a query's last word: it empties first (one cycle
+per query).
+
+The latencies ``pv_recip_ready``, ``pv_lane_depth`` and ``pv_grant_lookahead`` are properties of
+`spatten.config.AttentionConfig`, which the RTL is built with.
 
 `pv_schedule` runs these rules cycle by cycle (control only, no data); `pv_cycle_model` reports
 one query's figures.
@@ -36,17 +39,7 @@ from fractions import Fraction
 
 from spatten.config import AttentionConfig
 
-__all__ = ["pv_beat_ops", "pv_schedule", "pv_cycle_model", "lane_depth", "RECIP_READY",
-           "GRANT_LOOKAHEAD"]
-
-#: equal to the constants of `spatten.hw.pv` (golden/ does not import hw/; a test compares them)
-RECIP_READY = 22
-GRANT_LOOKAHEAD = 3
-
-
-def lane_depth(cfg: AttentionConfig) -> int:
-    """Registers of the renormalisation lane (as `spatten.hw.pv.lane_depth`)."""
-    return (cfg.pv_mults.bit_length()) // 2 + 4
+__all__ = ["pv_beat_ops", "pv_schedule", "pv_cycle_model"]
 
 
 def _check_d(cfg: AttentionConfig, d: int) -> None:
@@ -83,14 +76,14 @@ def pv_schedule(cfg: AttentionConfig, queries: Sequence) -> list[dict]:
                           "rn": bool(renorm), "L": L, "d": d})
     nq = len(queries)
     res = [{"in": None, "out": None} for _ in range(nq)]
-    la = GRANT_LOOKAHEAD
+    la = cfg.pv_grant_lookahead
     a = b = c = None
     c_cnt = 0
     r1 = r2 = r3 = None
     F = None
     ap_v, ap_rem, ap_q = False, 0, None
     lane_busy = False
-    lane = [None] * lane_depth(cfg)
+    lane = [None] * cfg.pv_lane_depth
     o_v, o_q = False, None
     bi, done, t = 0, 0, 0
     limit = 100 + sum(b["ops"] + 8 for b in beats) + sum(64 + q[1] for q in queries) * 2
@@ -119,7 +112,7 @@ def pv_schedule(cfg: AttentionConfig, queries: Sequence) -> list[dict]:
         f_load = r3 is not None and r3["last"]
         o_ld = F is not None and not F["rn"] and F["rem"] == 0 and not lane_busy
         ap_start = (F is not None and F["rn"] and F["rem"] == 0 and not lane_busy
-                    and t >= F["t_issue"] + RECIP_READY)
+                    and t >= F["t_issue"] + cfg.pv_recip_ready)
         # ---- state at the start of cycle t + 1
         if o_ld:
             o_v, o_q = True, F["q"]

@@ -16,6 +16,10 @@ R = log2 S) are::
                        norm_start[r-1] + max(B[r-1], 4))                reader free, row taken
     last_out[r]  = norm_start[r] + B[r] + 6
 
+(the constants are the latencies of `spatten.config.AttentionConfig`: 3 + R =
+``softmax_ingest_latency``, 13 + R = ``softmax_exp_latency``, 22 = ``softmax_recip_cycles``, 4 =
+``softmax_row_gap``, 6 = ``softmax_out_latency``, which the RTL is built with.)
+
 A row alone takes ``Bi + 2 B + 44 + 2 R`` cycles from its first input beat to its last output
 beat, inclusive. Back-to-back rows of B beats come one every ``max(B + 18 + R/2, 22)`` cycles
 on average (the e banks are the limit: each is held from a row's exp pass to the end of its
@@ -24,19 +28,11 @@ normalise pass, ``2 B + 36 + R`` cycles for two rows).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from spatten.config import AttentionConfig
 
-__all__ = ["RowCycles", "softmax_cycle_model", "softmax_latency", "softmax_interval",
-           "RECIP_CYCLES", "OUT_LATENCY", "ROW_GAP"]
-
-RECIP_CYCLES = 22      # reciprocal unit: normalise, 19 division steps, rounding
-OUT_LATENCY = 6        # normalise read -> o transfer (multiplier, shift, output FIFO)
-ROW_GAP = 4            # row beat computed and taken before the next normalise pass starts
-EXP_LATENCY = 13       # exp read -> esum known (plus R for the adder tree)
-INGEST_LATENCY = 3     # last input beat -> row max known (plus R for the max tree)
+__all__ = ["RowCycles", "softmax_cycle_model", "softmax_latency", "softmax_interval"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +70,7 @@ def _beats(cfg: AttentionConfig, row) -> tuple[int, int]:
 def softmax_cycle_model(cfg: AttentionConfig, rows) -> list[RowCycles]:
     """Event cycles of each row of `rows` (ints n, or ("error", input_beats)), fed back to back
     from cycle 0 with no input gap and no output backpressure."""
-    R = int(math.log2(cfg.softmax_lanes))
+    recip_cycles = cfg.softmax_recip_cycles
     out: list[RowCycles] = []
     for r, row in enumerate(rows):
         bi, b = _beats(cfg, row)
@@ -88,18 +84,19 @@ def softmax_cycle_model(cfg: AttentionConfig, rows) -> list[RowCycles]:
         if prev2:
             first_in = max(first_in, prev2.exp_start + pb2 + 1)
         last_in = first_in + bi - 1
-        exp_start = last_in + INGEST_LATENCY + R
+        exp_start = last_in + cfg.softmax_ingest_latency
         if prev:
             exp_start = max(exp_start, prev.exp_start + pb)
         if prev2:
             exp_start = max(exp_start, prev2.norm_start + pb2 + 1)
-        recip = exp_start + b + EXP_LATENCY + R
+        recip = exp_start + b + cfg.softmax_exp_latency
         if prev:
-            recip = max(recip, prev.recip_start + RECIP_CYCLES)
-        norm = recip + RECIP_CYCLES
+            recip = max(recip, prev.recip_start + recip_cycles)
+        norm = recip + recip_cycles
         if prev:
-            norm = max(norm, prev.norm_start + max(pb, ROW_GAP))
-        out.append(RowCycles(first_in, last_in, exp_start, recip, norm, norm + b + OUT_LATENCY))
+            norm = max(norm, prev.norm_start + max(pb, cfg.softmax_row_gap))
+        last_out = norm + b + cfg.softmax_out_latency
+        out.append(RowCycles(first_in, last_in, exp_start, recip, norm, last_out))
     return out
 
 

@@ -44,41 +44,28 @@ of rows; the tests compare it with this RTL.
 
 from __future__ import annotations
 
-import math
-
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Module, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig
 
-from .rowstream import row_layout
+from .recip import Reciprocal
+from .softmax_banks import EBankRing
+from .softmax_common import (
+    E_BANKS,
+    bank_depth,
+    check_config,
+    dots_layout,
+    probs_layout,
+    row_info_layout,
+)
+from .softmax_exp import ExpPipeline, ExpReader, e_port_shape, exp_rom
+from .softmax_ingest import ScoreIngest
+from .softmax_norm import NormalisePass, RowOutput
 
 __all__ = ["Softmax", "dots_layout", "probs_layout", "row_info_layout"]
-
-
-def dots_layout(cfg: AttentionConfig) -> data.StructLayout:
-    return row_layout(signed(cfg.dot_width), cfg.softmax_lanes)
-
-
-def probs_layout(cfg: AttentionConfig) -> data.StructLayout:
-    return row_layout(unsigned(cfg.prob_bits), cfg.softmax_lanes)
-
-
-def row_info_layout(cfg: AttentionConfig) -> data.StructLayout:
-    return data.StructLayout({
-        "p_max": unsigned(cfg.prob_bits),
-        "esum": unsigned(cfg.esum_width),
-        "n": range(cfg.capacity + 1),
-        "max": signed(cfg.dot_width),
-        "error": 1,
-    })
-
-
-# e-bank states
-_FREE, _EXP, _DONE, _RDY, _NORM = range(5)
 
 
 class Softmax(wiring.Component):
@@ -96,19 +83,21 @@ class Softmax(wiring.Component):
     post_shift : In(range(post_shift_max + 1))
     o : Out(stream.Signature(probs_layout(config)))
     row : Out(stream.Signature(row_info_layout(config)))
+
+    Structure: `ScoreIngest` -> the score memory -> `ExpReader` + `ExpPipeline` -> the e memory
+    -> `NormalisePass` (with its `RowOutput`), `EBankRing` keeping the e banks' rows and the
+    shared `Reciprocal` of each row's esum. The latencies between them are
+    those of the config (``softmax_*_latency``, ``softmax_recip_cycles``, ``softmax_row_gap``),
+    checked here against the sub-units' structure.
     """
 
     #: depth of the output FIFO (and of the normalise pass's credit)
-    OUT_DEPTH = 8
+    OUT_DEPTH = NormalisePass.OUT_DEPTH
     #: e banks used in turn (the score banks are two)
-    E_BANKS = 2
+    E_BANKS = E_BANKS
 
     def __init__(self, *, config: AttentionConfig):
-        if not isinstance(config, AttentionConfig):
-            raise TypeError(f"config must be an AttentionConfig, not {config!r}")
-        if config.prob_bits != 16:
-            raise ValueError(f"prob_bits must be 16, not {config.prob_bits}")
-        self.cfg = cfg = config
+        self.cfg = cfg = check_config(config)
         super().__init__({
             "i": In(stream.Signature(dots_layout(cfg))),
             "shift": In(range(cfg.dot_width + 1)),
@@ -121,395 +110,62 @@ class Softmax(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        S = cfg.softmax_lanes
-        R = int(math.log2(S))
-        DW = cfg.dot_width
-        TB, SB = cfg.t_bits, cfg.scale_bits
-        YW, YF = cfg.y_width, cfg.y_frac_bits
-        EW = cfg.esum_width
-        PB = cfg.prob_bits                  # 16
-        depth = cfg.capacity // S           # beats a bank holds
-        NE = self.E_BANKS
-        dmin = -(1 << (DW - 1))
-        nrm_w = range(EW - PB)              # norm = bit_length(esum) - 17, 0..EW-17
-        params = [("shift", self.shift.shape()), ("scale", self.scale.shape()),
-                  ("ps", self.post_shift.shape())]
+        S, depth = cfg.softmax_lanes, bank_depth(cfg)
 
-        def reg(shape, name, init=0):
-            return Signal(shape, name=name, init=init)
-
-        # ------------------------------------------------------------------ memories
         # Each pair of banks is one memory, the bank number its top address bit: no read
         # multiplexer between the block RAM (slow clock-to-out) and the register it feeds.
-        m.submodules.scores = smem = Memory(shape=data.ArrayLayout(signed(DW), S),
-                                            depth=2 * depth, init=[])
-        s_wr, s_rd = smem.write_port(), smem.read_port()
-        m.submodules.ebanks = emem = Memory(shape=data.ArrayLayout(unsigned(PB + 1), S),
-                                            depth=NE * depth, init=[])
-        e_wr, e_rd = emem.write_port(), emem.read_port()
+        m.submodules.scores = scores = Memory(
+            shape=data.ArrayLayout(signed(cfg.dot_width), S), depth=2 * depth, init=[])
+        m.submodules.ebanks = e_memory = Memory(shape=e_port_shape(cfg), depth=E_BANKS * depth,
+                                                init=[])
+        m.submodules.exp_rom = rom = exp_rom(cfg)
 
-        def bank_addr(bank, addr):
-            if depth & (depth - 1) == 0:                    # a power of two: just wires
-                return Cat(addr[:depth.bit_length() - 1], bank)
-            return bank * depth + addr
+        m.submodules.ingest = ingest = ScoreIngest(config=cfg)
+        m.submodules.exp_reader = reader = ExpReader(config=cfg)
+        m.submodules.exp = exp = ExpPipeline(config=cfg)
+        m.submodules.e_banks = banks = EBankRing(config=cfg)
+        # esum >= 2**16 for a good row (the maximum's e is 2**16), 0 for an error row
+        m.submodules.reciprocal = recip = Reciprocal(
+            value_width=cfg.esum_width, divisor_bits=cfg.e_width, normalise_up=False,
+            saturate=True)
+        m.submodules.normalise = norm = NormalisePass(config=cfg)
 
-        rom = Memory(shape=unsigned(PB + 1), depth=1 << YF, init=cfg.exp_table())
-        m.submodules.exp_rom = rom
-        rom_rd = [rom.read_port() for _ in range(S)]
+        # latencies of the cycle model (config), given by the sub-units' structure: + 1 for
+        # the e banks' state register between two phases
+        assert ingest.latency == cfg.softmax_ingest_latency
+        assert exp.sum_latency + 1 == cfg.softmax_exp_latency
+        assert recip.latency + 1 == cfg.softmax_recip_cycles
+        assert norm.latency == cfg.softmax_out_latency
+        assert RowOutput.latency + 1 == cfg.softmax_row_gap
 
-        # ------------------------------------------------------------------ ingest
-        in_bank = reg(1, "in_bank")
-        in_first = reg(1, "in_first", init=1)
-        s_full = [reg(1, f"s_full{j}") for j in range(2)]
-        s_ready = [reg(1, f"s_ready{j}") for j in range(2)]
-        cur = {k: reg(shp, f"cur_{k}") for k, shp in params}
-        m.d.comb += self.i.ready.eq(~Mux(in_bank, s_full[1], s_full[0]))
-        accept = self.i.valid & self.i.ready
+        wiring.connect(m, wiring.flipped(self.i), ingest.i)
+        m.d.comb += [ingest.shift.eq(self.shift), ingest.scale.eq(self.scale),
+                     ingest.post_shift.eq(self.post_shift)]
+        wiring.connect(m, ingest.score_write, scores.write_port())
+        wiring.connect(m, ingest.rows, reader.rows)
+        m.d.comb += [ingest.release.eq(reader.release),
+                     ingest.release_bank.eq(reader.release_bank)]
 
-        b = Signal(dots_layout(cfg), name="b")          # the accepted beat, one cycle later
-        b_v, b_first, b_bank = reg(1, "b_v"), reg(1, "b_first"), reg(1, "b_bank")
-        m.d.sync += b_v.eq(accept)
-        with m.If(accept):
-            m.d.sync += [b.eq(self.i.payload), b_first.eq(in_first), b_bank.eq(in_bank),
-                         in_first.eq(self.i.payload.last)]
-            with m.If(in_first):
-                m.d.sync += [cur["shift"].eq(self.shift), cur["scale"].eq(self.scale),
-                             cur["ps"].eq(self.post_shift)]
-            with m.If(self.i.payload.last):
-                m.d.sync += in_bank.eq(~in_bank)
-                for j in range(2):
-                    with m.If(in_bank == j):
-                        m.d.sync += s_full[j].eq(1)
-
-        idx = reg(range(depth + 1), "in_idx")            # beat index of b in its row
-        r_err = reg(1, "in_err")
-        cnt = b.count
-        over = idx == depth
-        bad = (cnt == 0) | (cnt > S) | (~b.last & (cnt != S)) | over
-        err_now = bad | r_err
-        m.d.comb += [s_wr.addr.eq(bank_addr(b_bank, idx)),
-                     s_wr.data.eq(b.data), s_wr.en.eq(b_v & ~over)]
-        with m.If(b_v):
-            with m.If(b.last):
-                m.d.sync += [idx.eq(0), r_err.eq(0)]
-            with m.Else():
-                m.d.sync += [idx.eq(Mux(over, idx, idx + 1)), r_err.eq(err_now)]
-
-        # running maximum per lane, then a registered tree
-        lane_max = [reg(signed(DW), f"lane_max{lane}") for lane in range(S)]
-        with m.If(b_v):
-            for lane in range(S):
-                ok = cnt > lane
-                with m.If(b_first):
-                    m.d.sync += lane_max[lane].eq(Mux(ok, b.data[lane], dmin))
-                with m.Elif(ok & (b.data[lane] > lane_max[lane])):
-                    m.d.sync += lane_max[lane].eq(b.data[lane])
-        level = lane_max
-        for k in range(R):
-            nxt = []
-            for x in range(len(level) // 2):
-                a, c = level[2 * x], level[2 * x + 1]
-                r = reg(signed(DW), f"max_l{k + 1}_{x}")
-                m.d.sync += r.eq(Mux(a > c, a, c))
-                nxt.append(r)
-            level = nxt
-        row_max = level[0]
-
-        # the row's descriptor, delayed to meet the tree's output
-        desc_fields = [("v", 1), ("bank", 1), ("err", 1), ("n", range(cfg.capacity + 1)),
-                       ("nb", range(depth + 1)), ("lc", range(S + 1))] + params
-        desc = {k: reg(shp, f"desc0_{k}") for k, shp in desc_fields}
-        n_now = idx * S + cnt
-        m.d.sync += desc["v"].eq(b_v & b.last)
-        with m.If(b_v & b.last):
-            m.d.sync += [desc["bank"].eq(b_bank), desc["err"].eq(err_now),
-                         desc["n"].eq(Mux(err_now, 0, n_now)),
-                         desc["nb"].eq(Mux(err_now, 1, idx + 1)),
-                         desc["lc"].eq(Mux(err_now, 0, cnt))]
-            m.d.sync += [desc[k].eq(cur[k]) for k, _ in params]
-        for k in range(R):
-            nxt = {f: reg(shp, f"desc{k + 1}_{f}") for f, shp in desc_fields}
-            m.d.sync += [nxt[f].eq(desc[f]) for f, _ in desc_fields]
-            desc = nxt
-
-        meta_fields = [("err", 1), ("n", range(cfg.capacity + 1)), ("nb", range(depth + 1)),
-                       ("lc", range(S + 1)), ("max", signed(DW))] + params
-        s_meta = [{k: reg(shp, f"s{j}_{k}") for k, shp in meta_fields} for j in range(2)]
-        for j in range(2):
-            with m.If(desc["v"] & (desc["bank"] == j)):
-                m.d.sync += s_ready[j].eq(1)
-                m.d.sync += [s_meta[j][k].eq(desc[k]) for k, _ in meta_fields if k != "max"]
-                m.d.sync += s_meta[j]["max"].eq(Mux(desc["err"], 0, row_max))
-
-        # ------------------------------------------------------------------ e banks
-        e_state = [reg(range(5), f"e_state{j}") for j in range(NE)]
-        e_fields = [("err", 1), ("n", range(cfg.capacity + 1)), ("nb", range(depth + 1)),
-                    ("lc", range(S + 1)), ("max", signed(DW)), ("esum", unsigned(EW)),
-                    ("recip", unsigned(PB + 1)), ("norm", nrm_w)]
-        e_meta = [{k: reg(shp, f"e{j}_{k}") for k, shp in e_fields} for j in range(NE)]
-
-        def pick(sigs, sel):
-            return Array(sigs)[sel] if len(sigs) > 1 else sigs[0]
-
-        def ptr_next(p):
-            return Mux(p == NE - 1, 0, p + 1)
-
-        # ------------------------------------------------------------------ exp pass: control
-        x_sptr = reg(1, "x_sptr")
-        xw = reg(range(NE), "xw")
-        x_act = reg(1, "x_act")
-        x_addr = reg(range(depth), "x_addr")
-        x_lasta = reg(range(depth), "x_lasta")
-        x_sb = reg(1, "x_sb")
-        x_eb = reg(range(NE), "x_eb")
-        x_lc = reg(range(S + 1), "x_lc")
-        x_max = reg(signed(DW), "x_max")
-        xp = {k: reg(shp, f"x_{k}") for k, shp in params}
-        x_at_last = x_addr == x_lasta
-        x_done = x_act & x_at_last
-        sm = {k: Mux(x_sptr, s_meta[1][k], s_meta[0][k]) for k, _ in meta_fields}
-        x_start = (Mux(x_sptr, s_ready[1], s_ready[0]) & (pick(e_state, xw) == _FREE)
-                   & (~x_act | x_at_last))
-        with m.If(x_start):
-            m.d.sync += [x_act.eq(1), x_addr.eq(0), x_lasta.eq(sm["nb"] - 1), x_sb.eq(x_sptr),
-                         x_eb.eq(xw), x_lc.eq(sm["lc"]), x_max.eq(sm["max"]),
-                         x_sptr.eq(~x_sptr), xw.eq(ptr_next(xw))]
-            m.d.sync += [xp[k].eq(sm[k]) for k, _ in params]
-            for j in range(2):
-                with m.If(x_sptr == j):
-                    m.d.sync += s_ready[j].eq(0)
-            for j in range(NE):
-                with m.If(xw == j):
-                    m.d.sync += e_state[j].eq(_EXP)
-                    m.d.sync += [e_meta[j][k].eq(sm[k]) for k in ("err", "n", "nb", "lc",
-                                                                   "max")]
-        with m.Elif(x_done):
-            m.d.sync += x_act.eq(0)
-        with m.If(x_act & ~x_start):
-            m.d.sync += x_addr.eq(x_addr + 1)
-        with m.If(x_done):
-            for j in range(2):
-                with m.If(x_sb == j):
-                    m.d.sync += s_full[j].eq(0)
-        m.d.comb += s_rd.addr.eq(bank_addr(x_sb, x_addr))
-
-        # ------------------------------------------------------------------ exp pass: datapath
-        def carry(src, keys, tag):
-            """Registered copies of src[k] for k in keys."""
-            out = {}
-            for k in keys:
-                out[k] = Signal.like(src[k], name=f"{tag}_{k}")
-                m.d.sync += out[k].eq(src[k])
-            return out
-
-        side = ["v", "eb", "ea", "last", "first", "cnt"]
-        p0 = {"v": x_act, "eb": x_eb, "ea": x_addr, "last": x_at_last, "first": x_addr == 0,
-              "cnt": Mux(x_at_last, x_lc, S), "max": x_max, **xp}
-        # P1: the read is in flight
-        p1 = carry(p0, side + ["max", "shift", "scale", "ps"], "x1")
-        # P2: the dots, straight from the bank into registers
-        p2 = carry(p1, side + ["max", "shift", "scale", "ps"], "x2")
-        dot = [Signal(signed(DW), name=f"x2_dot{lane}") for lane in range(S)]
+        wiring.connect(m, reader.claim, banks.claim)
+        m.d.comb += reader.claim_bank.eq(banks.claim_bank)
+        score_read = scores.read_port()
+        m.d.comb += [score_read.addr.eq(reader.score_read.addr), exp.dots.eq(score_read.data),
+                     exp.reads.eq(reader.reads), banks.summed.eq(exp.summed)]
+        wiring.connect(m, exp.e_write, e_memory.write_port())
         for lane in range(S):
-            m.d.sync += dot[lane].eq(s_rd.data[lane])
-        # P3: t = max - dot
-        p3 = carry(p2, side + ["shift", "scale", "ps"], "x3")
-        t = [Signal(unsigned(DW), name=f"x3_t{lane}") for lane in range(S)]
-        for lane in range(S):
-            m.d.sync += t[lane].eq((p2["max"] - dot[lane])[:DW])
-        # P4: t >> shift[0:3]
-        p4 = carry(p3, side + ["shift", "scale", "ps"], "x4")
-        u = [Signal(unsigned(DW), name=f"x4_u{lane}") for lane in range(S)]
-        for lane in range(S):
-            m.d.sync += u[lane].eq(t[lane] >> p3["shift"][:3])
-        # P5: t >> shift[3:], saturated to t_bits: the multiplier's inputs
-        p5 = carry(p4, side + ["scale", "ps"], "x5")
-        ts = [Signal(unsigned(TB), name=f"x5_ts{lane}") for lane in range(S)]
-        for lane in range(S):
-            w = u[lane] >> Cat(Const(0, 3), p4["shift"][3:])
-            hi = w[TB:] if DW > TB else Const(0, 1)
-            m.d.sync += ts[lane].eq(Mux(hi != 0, (1 << TB) - 1, w[:TB]))
-        # P6: the product
-        p6 = carry(p5, side + ["ps"], "x6")
-        prod = [Signal(unsigned(TB + SB), name=f"x6_prod{lane}") for lane in range(S)]
-        for lane in range(S):
-            m.d.sync += prod[lane].eq(ts[lane] * p5["scale"])
-        # P7, P8: v = (2 prod) >> post_shift in two steps; y = (v + 1) >> 1 saturated later
-        VW = max(TB + SB + 1, YW + 2)
-        p7 = carry(p6, side + ["ps"], "x7")
-        v1 = [Signal(unsigned(VW), name=f"x7_v{lane}") for lane in range(S)]
-        for lane in range(S):
-            m.d.sync += v1[lane].eq(Cat(Const(0, 1), prod[lane]) >> p6["ps"][:3])
-        p8 = carry(p7, side, "x8")
-        v2 = [Signal(unsigned(VW), name=f"x8_v{lane}") for lane in range(S)]
-        for lane in range(S):
-            m.d.sync += v2[lane].eq(v1[lane] >> Cat(Const(0, 3), p7["ps"][3:]))
-        # P9: y (saturated at y_max) addresses the exponent ROM; its integer part goes on
-        p9 = carry(p8, side, "x9")
-        yi = [Signal(unsigned(cfg.y_int_bits), name=f"x9_yi{lane}") for lane in range(S)]
-        for lane in range(S):
-            v = v2[lane]
-            sat = (v[YW + 1:] != 0) | (v[:YW + 1] == (1 << (YW + 1)) - 1)
-            y = Mux(sat, cfg.y_max, (v[1:YW + 1] + v[0])[:YW])
-            m.d.comb += [rom_rd[lane].addr.eq(y[:YF])]
-            m.d.sync += yi[lane].eq(y[YF:])
-        # P10: the ROM's output, registered
-        p10 = carry(p9, side, "x10")
-        tab = [Signal(unsigned(PB + 1), name=f"x10_tab{lane}") for lane in range(S)]
-        yi10 = [Signal.like(yi[lane], name=f"x10_yi{lane}") for lane in range(S)]
-        for lane in range(S):
-            m.d.sync += [tab[lane].eq(rom_rd[lane].data), yi10[lane].eq(yi[lane])]
-        # P11: (2 tab) >> yi
-        p11 = carry(p10, side, "x11")
-        h = [Signal(unsigned(PB + 2), name=f"x11_h{lane}") for lane in range(S)]
-        for lane in range(S):
-            m.d.sync += h[lane].eq(Cat(Const(0, 1), tab[lane]) >> yi10[lane])
-        # P12: e = (h + 1) >> 1, zero in the lanes above count
-        p12 = carry(p11, side, "x12")
-        e = [Signal(unsigned(PB + 1), name=f"x12_e{lane}") for lane in range(S)]
-        for lane in range(S):
-            m.d.sync += e[lane].eq(Mux(p11["cnt"] > lane, (h[lane][1:] + h[lane][0])[:PB + 1], 0))
-        m.d.comb += [e_wr.addr.eq(bank_addr(p12["eb"], p12["ea"])), e_wr.data.eq(Cat(*e)),
-                     e_wr.en.eq(p12["v"])]
-        # esum: an adder tree, registered per level, then the accumulator
-        sums, ps_ = e, p12
-        for k in range(R):
-            nxt = []
-            for x in range(len(sums) // 2):
-                r = Signal(unsigned(PB + 2 + k), name=f"esum_l{k + 1}_{x}")
-                m.d.sync += r.eq(sums[2 * x] + sums[2 * x + 1])
-                nxt.append(r)
-            sums = nxt
-            ps_ = carry(ps_, ["v", "eb", "last", "first"], f"xs{k + 1}")
-        acc = reg(unsigned(EW), "esum_acc")
-        acc_next = (Mux(ps_["first"], 0, acc) + sums[0])[:EW]
-        with m.If(ps_["v"]):
-            m.d.sync += acc.eq(acc_next)
-        for j in range(NE):
-            with m.If(ps_["v"] & ps_["last"] & (ps_["eb"] == j)):
-                m.d.sync += [e_meta[j]["esum"].eq(acc_next), e_state[j].eq(_DONE)]
+            rom_read = rom.read_port()
+            m.d.comb += [rom_read.addr.eq(exp.rom_addr[lane]), exp.rom_data[lane].eq(rom_read.data)]
 
-        # ------------------------------------------------------------------ reciprocal
-        rp = reg(range(NE), "rc_ptr")
-        rc_busy = reg(1, "rc_busy")
-        rc_bank = reg(range(NE), "rc_bank")
-        rc_esum = reg(unsigned(EW), "rc_esum")
-        rc_norm = reg(nrm_w, "rc_norm")
-        rc_m = reg(unsigned(PB + 1), "rc_m")
-        rc_r = reg(unsigned(PB + 1), "rc_r")
-        rc_q = reg(unsigned(PB + 3), "rc_q")
-        rc_step = reg(range(PB + 6), "rc_step")
-        es = pick([e_meta[j]["esum"] for j in range(NE)], rp)
-        norm_of = Const(0, nrm_w)
-        for bit in range(PB + 1, EW):                     # highest set bit wins
-            norm_of = Mux(es[bit], bit - PB, norm_of)
-        rc_start = ~rc_busy & (pick(e_state, rp) == _DONE)
-        with m.If(rc_start):
-            m.d.sync += [rc_busy.eq(1), rc_bank.eq(rp), rc_esum.eq(es), rc_norm.eq(norm_of),
-                         rc_step.eq(0), rp.eq(ptr_next(rp))]
-        with m.Elif(rc_busy):
-            m.d.sync += rc_step.eq(rc_step + 1)
-            with m.If(rc_step == 0):
-                # m = esum >> norm in [2**16, 2**17); remainder before quotient bit 18
-                m.d.sync += [rc_m.eq(rc_esum >> rc_norm), rc_r.eq(1 << (PB - 1)), rc_q.eq(0)]
-            with m.Elif(rc_step <= PB + 3):
-                # restoring division of 2**34 by m, quotient bits 18..0
-                r2 = Cat(Const(0, 1), rc_r)
-                ge = r2 >= rc_m
-                m.d.sync += [rc_r.eq(Mux(ge, r2 - rc_m, r2)[:PB + 1]),
-                             rc_q.eq(Cat(ge, rc_q[:-1]))]
-            with m.Else():
-                # recip = min((q + 1) >> 1, 2**17 - 1)
-                rq = (rc_q + 1)[1:]
-                recip = Mux(rq[PB + 1:] != 0, (1 << (PB + 1)) - 1, rq[:PB + 1])
-                m.d.sync += rc_busy.eq(0)
-                for j in range(NE):
-                    with m.If(rc_bank == j):
-                        m.d.sync += [e_meta[j]["recip"].eq(recip), e_meta[j]["norm"].eq(rc_norm),
-                                     e_state[j].eq(_RDY)]
+        wiring.connect(m, banks.sums, recip.i)
+        m.d.comb += [banks.reciprocals.valid.eq(recip.o.valid),
+                     banks.reciprocals.payload.recip.eq(recip.o.payload.recip),
+                     banks.reciprocals.payload.norm.eq(recip.o.payload.exponent),
+                     recip.o.ready.eq(banks.reciprocals.ready)]
 
-        # ------------------------------------------------------------------ normalise pass
-        np_ = reg(range(NE), "n_ptr")
-        n_act = reg(1, "n_act")
-        n_addr = reg(range(depth), "n_addr")
-        n_lasta = reg(range(depth), "n_lasta")
-        n_eb = reg(range(NE), "n_eb")
-        n_lc = reg(range(S + 1), "n_lc")
-        n_recip = reg(unsigned(PB + 1), "n_recip")
-        n_norm = reg(nrm_w, "n_norm")
-        occ = reg(range(self.OUT_DEPTH + 1), "n_occ")
-        row_st = reg(range(4), "row_st")                 # 0 empty, 1-2 computing p_max, 3 valid
-        n_issue = n_act & (occ < self.OUT_DEPTH)
-        n_at_last = n_addr == n_lasta
-        n_done = n_issue & n_at_last
-        em = {k: pick([e_meta[j][k] for j in range(NE)], np_) for k, _ in e_fields}
-        n_start = (pick(e_state, np_) == _RDY) & (row_st == 0) & (~n_act | n_done)
-        with m.If(n_start):
-            m.d.sync += [n_act.eq(1), n_addr.eq(0), n_lasta.eq(em["nb"] - 1), n_eb.eq(np_),
-                         n_lc.eq(em["lc"]), n_recip.eq(em["recip"]), n_norm.eq(em["norm"]),
-                         np_.eq(ptr_next(np_))]
-            for j in range(NE):
-                with m.If(np_ == j):
-                    m.d.sync += e_state[j].eq(_NORM)
-        with m.Elif(n_done):
-            m.d.sync += n_act.eq(0)
-        with m.If(n_issue & ~n_start):
-            m.d.sync += n_addr.eq(n_addr + 1)
-        with m.If(n_done):
-            for j in range(NE):
-                with m.If(n_eb == j):
-                    m.d.sync += e_state[j].eq(_FREE)
-        m.d.comb += e_rd.addr.eq(bank_addr(n_eb, n_addr))
-
-        q0 = {"v": n_issue, "eb": n_eb, "last": n_at_last, "cnt": Mux(n_at_last, n_lc, S),
-              "recip": n_recip, "norm": n_norm}
-        q1 = carry(q0, ["v", "last", "cnt", "recip", "norm"], "n1")
-        # Q2: e from the bank and the reciprocal: the multiplier's inputs
-        q2 = carry(q1, ["v", "last", "cnt", "recip", "norm"], "n2")
-        ne = [Signal(unsigned(PB + 1), name=f"n2_e{lane}") for lane in range(S)]
-        for lane in range(S):
-            m.d.sync += ne[lane].eq(e_rd.data[lane])
-        # Q3: the product
-        q3 = carry(q2, ["v", "last", "cnt", "norm"], "n3")
-        nprod = [Signal(unsigned(2 * PB + 2), name=f"n3_prod{lane}") for lane in range(S)]
-        for lane in range(S):
-            m.d.sync += nprod[lane].eq(ne[lane] * q2["recip"])
-        # Q4: v = prod >> (16 + norm); then p = min((v + 1) >> 1, 65535) into the FIFO
-        q4 = carry(q3, ["v", "last", "cnt"], "n4")
-        nv = [Signal(unsigned(PB + 2), name=f"n4_v{lane}") for lane in range(S)]
-        for lane in range(S):
-            m.d.sync += nv[lane].eq(nprod[lane][PB:] >> q3["norm"])
-        m.submodules.out_fifo = fifo = SyncFIFOBuffered(width=probs_layout(cfg).size,
-                                                         depth=self.OUT_DEPTH)
-        beat = Signal(probs_layout(cfg), name="n_beat")
-        for lane in range(S):
-            pv = nv[lane][1:] + nv[lane][0]
-            p = Mux(pv[PB:] != 0, (1 << PB) - 1, pv[:PB])
-            m.d.comb += beat.data[lane].eq(Mux(q4["cnt"] > lane, p, 0))
-        m.d.comb += [beat.count.eq(q4["cnt"]), beat.last.eq(q4["last"]),
-                     fifo.w_data.eq(beat), fifo.w_en.eq(q4["v"]),
-                     self.o.payload.eq(fifo.r_data), self.o.valid.eq(fifo.r_rdy),
-                     fifo.r_en.eq(self.o.ready)]
-        taken = self.o.valid & self.o.ready
-        m.d.sync += occ.eq(occ + n_issue - taken)
-
-        # ------------------------------------------------------------------ row output
-        rw = Signal(row_info_layout(cfg), name="row_beat")
-        rw_recip = reg(unsigned(PB + 1), "row_recip")
-        rw_norm = reg(nrm_w, "row_norm")
-        rw_v = reg(unsigned(PB + 1), "row_v")
-        with m.If(n_start):
-            m.d.sync += [rw.esum.eq(Mux(em["err"], 0, em["esum"])), rw.n.eq(em["n"]),
-                         rw.max.eq(em["max"]), rw.error.eq(em["err"]), rw.p_max.eq(0),
-                         rw_recip.eq(em["recip"]), rw_norm.eq(em["norm"]), row_st.eq(1)]
-        with m.Elif(row_st == 1):
-            m.d.sync += [rw_v.eq(rw_recip >> rw_norm), row_st.eq(2)]
-        with m.Elif(row_st == 2):
-            pm = rw_v[1:] + rw_v[0]
-            with m.If(~rw.error):
-                m.d.sync += rw.p_max.eq(Mux(pm[PB:] != 0, (1 << PB) - 1, pm[:PB]))
-            m.d.sync += row_st.eq(3)
-        with m.Elif((row_st == 3) & self.row.ready):
-            m.d.sync += row_st.eq(0)
-        m.d.comb += [self.row.payload.eq(rw), self.row.valid.eq(row_st == 3)]
+        wiring.connect(m, banks.rows, norm.rows)
+        m.d.comb += [banks.release.eq(norm.release), banks.release_bank.eq(norm.release_bank)]
+        e_read = e_memory.read_port()
+        m.d.comb += [e_read.addr.eq(norm.e_read.addr), norm.e_read.data.eq(e_read.data)]
+        wiring.connect(m, norm.o, wiring.flipped(self.o))
+        wiring.connect(m, norm.row, wiring.flipped(self.row))
         return m

@@ -273,6 +273,62 @@ class AttentionConfig:
         size = 1 << self.y_frac_bits
         return [round((1 << self.prob_bits) * 2.0 ** (-f / size)) for f in range(size)]
 
+    # --- latencies: the cycle counts the RTL is built with (or asserts at elaboration) and the
+    # cycle models (golden/softmax_cycles.py, golden/pv_cycles.py) use; one copy of each ---
+    @property
+    def softmax_ingest_latency(self) -> int:
+        """Softmax: a row's last input beat -> its exp pass may start (the row maximum known):
+        the accepted beat, the row descriptor, log2 S levels of the maximum tree, the score
+        bank's ready flag: 3 + log2 S."""
+        return 3 + int(math.log2(self.softmax_lanes))
+
+    @property
+    def softmax_exp_latency(self) -> int:
+        """Softmax: the exp pass's last read -> the reciprocal may start (esum known): 12
+        pipeline stages (read, dot, subtract, two shifts, product, two shifts, ROM address, ROM
+        data, two rounding steps), log2 S adder-tree levels, the e bank's done flag:
+        13 + log2 S (the model's exp start + B + this)."""
+        return 13 + int(math.log2(self.softmax_lanes))
+
+    @property
+    def softmax_recip_cycles(self) -> int:
+        """Softmax: the reciprocal's start -> the normalise pass may start, and the reciprocal's
+        occupancy per row: take esum, normalise, e_width + 2 quotient bits (one a cycle), round,
+        the e bank's ready flag: 22."""
+        return self.e_width + 2 + 3
+
+    @property
+    def softmax_out_latency(self) -> int:
+        """Softmax: the normalise pass's last read -> the last ``o`` transfer: the read, 3
+        pipeline stages (e, product, shift), the output FIFO's write and read: 6."""
+        return 6
+
+    @property
+    def softmax_row_gap(self) -> int:
+        """Softmax: the least number of cycles between the starts of two normalise passes: the
+        ``row`` beat is computed (p_max in 2 cycles) and taken first: 4."""
+        return 4
+
+    @property
+    def pv_recip_ready(self) -> int:
+        """Prob x V: the issue of a renormalised query's last word -> its reciprocal is ready for
+        the renormalisation lane: the word's R1 register, the reciprocal's start, normalise,
+        prob_bits + 2 quotient bits (one a cycle), round, the lane's start flag: 22."""
+        return self.prob_bits + 2 + 4
+
+    @property
+    def pv_grant_lookahead(self) -> int:
+        """Prob x V: a query's last word is issued when the fold register is sure to be free this
+        many cycles later: the depth of the multiplier pipeline (R1, R2, R3): 3."""
+        return 3
+
+    @property
+    def pv_lane_depth(self) -> int:
+        """Prob x V: registers of the renormalisation lane from reading a column of the fold
+        register to writing it into the output register: ceil(log2(Mv) / 2) levels of 4:1 read
+        multiplexers, the multipliers' input registers, their products, two adds."""
+        return (self.pv_mults.bit_length()) // 2 + 4
+
 
 @dataclass(frozen=True)
 class MemoryConfig:
