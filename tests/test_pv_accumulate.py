@@ -12,8 +12,8 @@ from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig
 from spatten.hw.pv_accumulate import Accumulators
-from spatten.sim.amaranth_tb import to_py
-from spatten.sim.unit_top import pick_seed
+from spatten.sim.infra.amaranth_tb import to_py
+from spatten.sim.infra.testbench import pick_seed
 
 CONFIGS = {
     "small": AttentionConfig(pv_mults=16, qk_mults=16, capacity=64),

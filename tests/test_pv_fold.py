@@ -18,8 +18,8 @@ from spatten.config import AttentionConfig
 from spatten.hw.pv_common import output_layout
 from spatten.hw.pv_fold import FoldRegister
 from spatten.hw.pv_output import OutputRegister
-from spatten.sim.amaranth_tb import run_streams
-from spatten.sim.unit_top import pick_seed
+from spatten.sim.infra.amaranth_tb import run_streams
+from spatten.sim.infra.testbench import pick_seed
 
 CONFIGS = {
     "small": (AttentionConfig(pv_mults=16, qk_mults=16, capacity=64), None),

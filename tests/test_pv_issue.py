@@ -17,8 +17,8 @@ from amaranth.sim import Simulator
 from spatten.config import AttentionConfig
 from spatten.hw.pv_common import MIN_D_LOG2, ProbVSizes
 from spatten.hw.pv_issue import PairRuns, WordIssue
-from spatten.sim.amaranth_tb import run_streams, to_py
-from spatten.sim.unit_top import pick_seed
+from spatten.sim.infra.amaranth_tb import run_streams, to_py
+from spatten.sim.infra.testbench import pick_seed
 
 CONFIGS = {
     "small": AttentionConfig(pv_mults=16, qk_mults=16, capacity=64),            # S = 4

@@ -15,7 +15,7 @@ from amaranth.sim import Simulator
 from spatten.config import AttentionConfig
 from spatten.golden.attention import pv
 from spatten.hw.pv_lane import RenormLane
-from spatten.sim.unit_top import pick_seed
+from spatten.sim.infra.testbench import pick_seed
 
 CONFIGS = {
     "small": (AttentionConfig(pv_mults=16, qk_mults=16, capacity=64), None),

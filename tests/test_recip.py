@@ -14,8 +14,8 @@ from amaranth.hdl import Shape, signed, unsigned
 
 from spatten.config import AttentionConfig
 from spatten.hw.recip import Reciprocal
-from spatten.sim.amaranth_tb import run_streams
-from spatten.sim.unit_top import pick_seed
+from spatten.sim.infra.amaranth_tb import run_streams
+from spatten.sim.infra.testbench import pick_seed
 
 CFG = AttentionConfig()
 #: the two users: the softmax (esum, normalised down only, saturated) and prob x V (the

@@ -13,8 +13,8 @@ import pytest
 from spatten.config import AttentionConfig
 from spatten.hw.softmax_banks import EBankRing
 from spatten.hw.softmax_common import E_BANKS
-from spatten.sim.amaranth_tb import run_streams
-from spatten.sim.unit_top import pick_seed
+from spatten.sim.infra.amaranth_tb import run_streams
+from spatten.sim.infra.testbench import pick_seed
 
 CFG = AttentionConfig(qk_mults=16, capacity=64)
 

@@ -12,8 +12,9 @@ from amaranth.lib.memory import Memory
 
 from spatten.config import AttentionConfig
 from spatten.hw.softmax_ingest import ScoreIngest
-from spatten.sim.amaranth_tb import run_streams
-from spatten.sim.unit_top import lane_beats, pick_seed
+from spatten.sim.infra.amaranth_tb import run_streams
+from spatten.sim.infra.testbench import pick_seed
+from spatten.sim.testbenches.unit_top import lane_beats
 
 CONFIGS = {
     "small": AttentionConfig(qk_mults=16, capacity=64),                     # S = 4, 16 beats

@@ -14,8 +14,9 @@ from spatten.config import AttentionConfig
 from spatten.golden.attention import ScoreParams, softmax
 from spatten.hw.softmax_common import E_BANKS, bank_depth
 from spatten.hw.softmax_norm import NormalisePass, RowOutput
-from spatten.sim.amaranth_tb import run_streams
-from spatten.sim.unit_top import lane_beats, pick_seed
+from spatten.sim.infra.amaranth_tb import run_streams
+from spatten.sim.infra.testbench import pick_seed
+from spatten.sim.testbenches.unit_top import lane_beats
 
 CONFIGS = {
     "small": AttentionConfig(qk_mults=16, capacity=64),                     # S = 4
