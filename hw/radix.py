@@ -147,13 +147,13 @@ def flagged_layout(key_shape, lanes: int, rows: int) -> data.StructLayout:
     })
 
 
-def digit_flags_layout(lanes: int, digit_bits: int) -> data.StructLayout:
-    """`DigitHistogram`'s input: a digit per lane, a flag per lane (count this lane), and
-    ``restart`` (this beat starts a new count)."""
+def digit_flags_layout(lanes: int, digit_bits: int, restarts: bool = False) -> data.StructLayout:
+    """`DigitHistogram`'s input: a digit per lane, a flag per lane (count this lane) and, with
+    ``restarts``, ``restart`` (this beat starts a new count)."""
     return data.StructLayout({
         "digits": data.ArrayLayout(unsigned(digit_bits), lanes),
         "flags": lanes,
-        "restart": 1,
+        **({"restart": 1} if restarts else {}),
     })
 
 
@@ -335,9 +335,9 @@ class RowReader(wiring.Component):
             m.d.sync += [elems.eq(self.elems), final_row.eq((self.elems - 1) >> lane_bits)]
         with m.If(self.start):
             m.d.sync += [row.eq(0), reading.eq(1)]
-        m_lane_ok = Signal(lanes)
+        m_lane_ok = Signal(lanes)               # index = m_row * lanes + lane < elems
         for lane in range(lanes):
-            m.d.comb += m_lane_ok[lane].eq(((m_row << lane_bits) + lane) < elems)
+            m.d.comb += m_lane_ok[lane].eq(Cat(Const(lane, lane_bits), m_row) < elems)
 
         # R1
         r1_valid = Signal()
@@ -366,15 +366,18 @@ class DigitHistogram(wiring.Component):
     lanes : int, 1..32        digits a beat
     digit_bits : int, 1..6    D
     capacity : int, >= 1      the most keys counted (sets `count_shape`)
+    restarts : bool           beats carry ``restart`` (default False: a multiplexer per count
+                              less, and a cleaner adder tree)
 
     Ports
     -----
-    i : In(stream(digit_flags_layout))   ``ready`` is always 1
+    i : In(stream(digit_flags_layout(lanes, digit_bits, restarts)))   ``ready`` is always 1
     load, init : In           ``counts = init`` from the next cycle (a beat counted in the same
                               cycle is lost: load between passes)
     counts : Out(ArrayLayout(count_shape(capacity), 2**D - 1))
         ``counts[j] = init[j]`` + the flagged lanes with digit > j over the beats since the
-        last ``load`` or ``restart`` beat (a ``restart`` beat counts from ``init`` again).
+        last ``load`` or ``restart`` beat (a ``restart`` beat counts from ``init`` again;
+        ``init`` is read when the beat is added, a cycle after it is taken).
         With ``init = -(keys still to find)`` its sign says whether the key sought has a digit
         above j.
     busy : Out(1)             a beat is on its way into ``counts``
@@ -383,13 +386,16 @@ class DigitHistogram(wiring.Component):
     flags are registered, then added). One beat a cycle.
     """
 
-    def __init__(self, *, lanes, digit_bits, capacity):
+    def __init__(self, *, lanes, digit_bits, capacity, restarts=False):
         self.lanes = _int_param("lanes", lanes, 1, 32)
         self.digit_bits = _int_param("digit_bits", digit_bits, 1, 6)
         self.capacity = _int_param("capacity", capacity, 1)
+        if not isinstance(restarts, bool):
+            raise TypeError(f"restarts must be a bool, not {restarts!r}")
+        self.restarts = restarts
         counts = data.ArrayLayout(count_shape(capacity), (1 << digit_bits) - 1)
         super().__init__({
-            "i": In(stream.Signature(digit_flags_layout(lanes, digit_bits))),
+            "i": In(stream.Signature(digit_flags_layout(lanes, digit_bits, restarts))),
             "load": In(1),
             "init": In(counts),
             "counts": Out(counts),
@@ -401,7 +407,9 @@ class DigitHistogram(wiring.Component):
         lanes, bins = self.lanes, 1 << self.digit_bits
         beat = self.i.payload
         counted, restart = Signal(), Signal()
-        m.d.sync += [counted.eq(self.i.valid), restart.eq(beat.restart)]
+        m.d.sync += counted.eq(self.i.valid)
+        if self.restarts:
+            m.d.sync += restart.eq(beat.restart)
         above = [Signal(lanes, name=f"above{j}") for j in range(bins - 1)]
         for j in range(bins - 1):
             m.d.sync += above[j].eq(Cat(*[beat.flags[lane] & (beat.digits[lane] >= j + 1)
@@ -410,9 +418,11 @@ class DigitHistogram(wiring.Component):
         with m.If(self.load):
             m.d.sync += [counts[j].eq(init[j]) for j in range(bins - 1)]
         with m.Elif(counted):
-            m.d.sync += [counts[j].eq(Mux(restart, init[j], counts[j])
-                                      + sum(above[j][lane] for lane in range(lanes)))
-                         for j in range(bins - 1)]
+            for j in range(bins - 1):
+                count = Mux(restart, init[j], counts[j]) if self.restarts else counts[j]
+                for lane in range(lanes):       # (a chain from the count: one adder tree)
+                    count = count + above[j][lane]
+                m.d.sync += counts[j].eq(count)
         m.d.comb += [self.i.ready.eq(1), self.busy.eq(counted)]
         return m
 

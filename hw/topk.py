@@ -310,14 +310,13 @@ class TopK(wiring.Component):
                      skid.i.valid.eq(ze_valid), advance.eq(~ze_valid | skid.i.ready),
                      writer.pass_start.eq(pass_start), writer.pass_buffer.eq(pass_buffer)]
 
-        # ---- the output: keys back to values, lanes at and above `count` zero
+        # ---- the output: keys back to values (sign bit flipped). The packer's lanes at and
+        # above `count` are zero: their value is zero when the flip is left out there.
         packed, o = writer.o.payload, out_skid.i.payload
         for lane in range(P):
-            used = packed.count > lane
-            m.d.comb += [
-                o.index[lane].eq(Mux(used, packed.data[lane].index, 0)),
-                o.value[lane].eq(Mux(used, (packed.data[lane].key[:W] ^ SIGN).as_signed(), 0)),
-            ]
+            k = packed.data[lane].key
+            m.d.comb += [o.index[lane].eq(packed.data[lane].index),
+                         o.value[lane].eq(Cat(k[:W - 1], k[W - 1] ^ (packed.count > lane)))]
         m.d.comb += [o.count.eq(packed.count), o.last.eq(packed.last),
                      out_skid.i.valid.eq(writer.o.valid), writer.o.ready.eq(out_skid.i.ready)]
 

@@ -154,7 +154,7 @@ class ValueSelect(wiring.Component):
         # holds it (`row_waiting`) until the selector takes it, then loads the other bank
         m.submodules.intake = intake = RunIntake(lanes=S, beats=R * G, capacity=N)
         m.submodules.top_histogram = top_hist = DigitHistogram(lanes=S, digit_bits=D,
-                                                               capacity=N)
+                                                               capacity=N, restarts=True)
         row_waiting = Signal()
         load_bank = Signal()
         load_k = Signal(range(N + 1))
