@@ -9,7 +9,10 @@ from amaranth.lib.wiring import In, Out
 from .radix import _int_param, _shape_param, flagged_layout
 from .zero_elim import PrefixCount, check_lanes, compact_layout
 
-__all__ = ["indexed_key_layout", "KeptSerializer"]
+__all__ = ["SERIALIZER_LATENCY", "indexed_key_layout", "KeptSerializer"]
+
+#: `KeptSerializer`: an output beat is formed in the cycle its row is on ``i`` (combinational).
+SERIALIZER_LATENCY = 0
 
 
 def indexed_key_layout(key_shape, index_width: int) -> data.StructLayout:
@@ -37,8 +40,8 @@ class KeptSerializer(wiring.Component):
         last (``count`` = c - S (beats before), 0 for a row that keeps none), lanes above
         ``count`` zero; ``last`` on the final beat of a row with ``last``.
 
-    Latency 0: ``o.valid = i.valid`` and the beat is formed from ``i`` combinationally; ``i``
-    is taken (``i.ready``) with the row's final beat. One beat a cycle.
+    Latency `SERIALIZER_LATENCY` (0): ``o.valid = i.valid`` and the beat is formed from ``i``
+    combinationally; ``i`` is taken (``i.ready``) with the row's final beat. One beat a cycle.
     """
 
     def __init__(self, *, key_shape, lanes, out_lanes, rows, index_width):

@@ -10,7 +10,10 @@ from amaranth.lib.wiring import In, Out
 from .radix import _int_param, _shape_param
 from .zero_elim import check_lanes, compact_layout
 
-__all__ = ["candidate_layout", "CandidateWriter"]
+__all__ = ["WRITER_LATENCY", "candidate_layout", "CandidateWriter"]
+
+#: `CandidateWriter`: a beat written in cycle t is counted in ``written`` from t + 1.
+WRITER_LATENCY = 1
 
 
 def candidate_layout(key_shape, index_width: int) -> data.StructLayout:
@@ -50,8 +53,9 @@ class CandidateWriter(wiring.Component):
     written : Out(ArrayLayout(range(rows + 1), 2))   rows of B / C written by their pass so far
     complete : Out(2)         B / C hold every row of their pass
 
-    Latency: a beat taken in cycle t is written at the end of t and counted in ``written`` from
-    t + 1; the next pass may read a row from then. ``o`` is ``i`` (no register).
+    Latency `WRITER_LATENCY`: a beat taken in cycle t is written at the end of t and counted in
+    ``written`` from t + 1; the next pass may read its row from then. ``o`` is ``i`` (no
+    register). One beat a cycle.
     """
 
     def __init__(self, *, key_shape, index_width, lanes, rows):
