@@ -175,6 +175,8 @@ class RunIntake(wiring.Component):
     errors : enum             the unit's error codes: `RunError` (default) or an Amaranth enum
                               with its members NONE, N_ZERO, N_OVER_CAPACITY, BAD_BEAT at the
                               same values (the top-k engine's `ErrorCode`)
+    params : shape-castable or None   the run's parameters (k, a mode), sampled with its first
+                              beat (default None: no ``params`` ports)
 
     Ports
     -----
@@ -192,12 +194,14 @@ class RunIntake(wiring.Component):
                               not last), N_OVER_CAPACITY (more than ``beats`` beats)
     fail, fail_code : In      record a later error (``error = fail_code`` from the next cycle;
                               a beat taken in the same cycle takes precedence)
+    params_in, params : In, Out   (with ``params``) ``params = params_in`` of the run's first
+                              beat, from the next cycle until the next run's
 
     Latency `INTAKE_LATENCY`: the registered outputs show a beat from the next cycle. No
     handshake of its own: one beat a cycle.
     """
 
-    def __init__(self, *, lanes, beats, capacity, errors=RunError):
+    def __init__(self, *, lanes, beats, capacity, errors=RunError, params=None):
         self.lanes = _int_param("lanes", lanes, 1, 32)
         self.beats = _int_param("beats", beats, 1)
         self.capacity = _int_param("capacity", capacity, 1)
@@ -208,7 +212,9 @@ class RunIntake(wiring.Component):
             raise TypeError(f"errors must be an Amaranth enum with the members "
                             f"{', '.join(_BEAT_CODES)} at the values of RunError, not {errors!r}")
         self.errors = errors
+        self.params_shape = None if params is None else _shape_param("params", params)
         super().__init__({
+            **({} if params is None else {"params_in": In(params), "params": Out(params)}),
             "take": In(1),
             "count": In(range(lanes + 1)),
             "last": In(1),
@@ -249,6 +255,9 @@ class RunIntake(wiring.Component):
                 self.error.eq(Mux(error_now != E.NONE, error_now, beat_error)),
                 first.eq(self.last),
             ]
+            if self.params_shape is not None:
+                with m.If(first):
+                    m.d.sync += self.params.eq(self.params_in)
         return m
 
 
@@ -445,14 +454,16 @@ class BinSelect(wiring.Component):
     -------------------------
     digit_bits : int, 1..6    D
     capacity : int, >= 1      the most candidates
+    digits : int, >= 1        L, digits of a key
 
     Ports
     -----
     start, n, k : In          begin a selection: n candidates, k to find (1 <= k <= n)
     above : In(ArrayLayout(count_shape(capacity), 2**D - 1))   the histogram's counts
-    go : In(1)                pick the bin from ``above`` now
+    go, digit : In            pick the bin from ``above`` now, for digit ``digit`` (L - 1: the
+                              top one; carried along to ``bin_digit``)
     valid : Out(1)            the cycle after ``go``; the outputs below are held until the next
-    bin : Out(D)              the chosen bin
+    bin, bin_digit : Out      the chosen bin, and its digit
     in_bin : Out(range(capacity + 1))   the candidates in it (the next digit's candidates)
     to_find : Out(range(capacity + 1))  how many of the k largest lie in it (1..in_bin)
     base : Out(count_shape(capacity))   ``-to_find``: the histogram's ``init`` for the next
@@ -464,11 +475,14 @@ class BinSelect(wiring.Component):
     Latency `BIN_SELECT_LATENCY` (``go`` to ``valid``).
     """
 
-    def __init__(self, *, digit_bits, capacity):
+    def __init__(self, *, digit_bits, capacity, digits):
         self.digit_bits = _int_param("digit_bits", digit_bits, 1, 6)
         self.capacity = _int_param("capacity", capacity, 1)
+        self.digits = _int_param("digits", digits, 1)
         cs = count_shape(capacity)
         super().__init__({
+            "digit": In(range(max(digits, 2))),
+            "bin_digit": Out(range(max(digits, 2))),
             "start": In(1),
             "n": In(range(capacity + 1)),
             "k": In(range(capacity + 1)),
@@ -504,7 +518,8 @@ class BinSelect(wiring.Component):
         m.d.sync += self.valid.eq(self.go)
         with m.If(self.go):
             m.d.sync += [self.bin.eq(pick([Const(b, D) for b in range(bins)])),
-                         count_at_bin.eq(pick(ge[:bins])), count_above_bin.eq(pick(ge[1:]))]
+                         count_at_bin.eq(pick(ge[:bins])), count_above_bin.eq(pick(ge[1:])),
+                         self.bin_digit.eq(self.digit)]
         with m.If(self.valid):
             m.d.sync += [candidates_minus_k.eq(count_at_bin), minus_k.eq(count_above_bin)]
         with m.If(self.start):

@@ -1,5 +1,6 @@
-"""The moments of the top-k engine's statistical mode: the sum and the sum of squares of a run's
-values, gathered while the run streams in."""
+"""The top-k engine's statistical mode: the sum and the sum of squares of a run's values,
+gathered while the run streams in (`Moments`), and the threshold from them (`StatisticalMode`,
+around `hw/stat_threshold.py`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from spatten.config import TopKConfig
+
 from .radix import _int_param
+from .stat_threshold import StatThreshold
 from .zero_elim import check_lanes
 
-__all__ = ["moment_beat_layout", "Moments"]
+__all__ = ["moment_beat_layout", "Moments", "StatisticalMode"]
 
 
 def moment_beat_layout(value_width: int, lanes: int) -> data.StructLayout:
@@ -95,4 +99,69 @@ class Moments(wiring.Component):
         with m.Elif(level_valid):
             m.d.sync += [self.s1.eq(self.s1 + level_v[0]), self.s2.eq(self.s2 + level_q[0])]
         m.d.comb += self.i.ready.eq(1)
+        return m
+
+
+class StatisticalMode(wiring.Component):
+    """The statistical mode's threshold: the `Moments` of a run's beats, then `StatThreshold`
+    once the sums hold its last beat.
+
+    Parameters (keyword-only)
+    -------------------------
+    config : TopKConfig       lanes, value width, capacity, the threshold unit's tables
+
+    Ports
+    -----
+    i : In(stream(moment_beat_layout(value_width, lanes)))   the run's beats (``ready`` is 1)
+    clear : In(1)             with the run's first beat (see `Moments`)
+    start : In(1)             with (or after) the run's last beat on ``i``: compute the threshold
+    n, k : In                 the run's values and how many to keep (held until ``done``)
+    done : Out(1)             one-cycle pulse: ``threshold``, ``select_all``, ``select_none`` are
+                              valid (see `StatThreshold`) and held until the next ``done``
+
+    Latency ``latency`` = `Moments` latency + 1 + `StatThreshold` latency cycles from ``start``
+    to ``done``, whatever the data.
+    """
+
+    def __init__(self, *, config):
+        if not isinstance(config, TopKConfig):
+            raise TypeError(f"config must be a TopKConfig, not {config!r}")
+        self.config = config
+        self.moments = Moments(lanes=config.lanes, value_width=config.value_width,
+                               capacity=config.capacity)
+        self.stat = StatThreshold(config)
+        self.latency = self.moments.latency + 1 + self.stat.latency
+        super().__init__({
+            "i": In(stream.Signature(moment_beat_layout(config.value_width, config.lanes))),
+            "clear": In(1),
+            "start": In(1),
+            "n": In(range(config.capacity + config.lanes + 1)),
+            "k": In(range(config.capacity + 1)),
+            "done": Out(1),
+            "threshold": Out(signed(config.value_width)),
+            "select_all": Out(1),
+            "select_none": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.moments = moments = self.moments
+        m.submodules.stat = stat = self.stat
+        wiring.connect(m, wiring.flipped(self.i), moments.i)
+        waiting = Signal()                      # the sums still lack the last beat
+        wait = Signal(range(moments.latency))
+        start_stat = Signal()                   # registered: the unit starts a cycle later
+        m.d.sync += start_stat.eq(0)
+        with m.If(self.start):
+            m.d.sync += [waiting.eq(1), wait.eq(moments.latency - 1)]
+        with m.Elif(waiting):
+            m.d.sync += wait.eq(wait - 1)
+            with m.If(wait == 0):
+                m.d.sync += [waiting.eq(0), start_stat.eq(1)]
+        m.d.comb += [
+            moments.clear.eq(self.clear), stat.start.eq(start_stat), stat.n.eq(self.n),
+            stat.k.eq(self.k), stat.s1.eq(moments.s1), stat.s2.eq(moments.s2),
+            self.done.eq(stat.done), self.threshold.eq(stat.threshold),
+            self.select_all.eq(stat.select_all), self.select_none.eq(stat.select_none),
+        ]
         return m

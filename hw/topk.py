@@ -54,7 +54,6 @@ from amaranth.lib.wiring import In, Out
 
 from spatten.config import TopKConfig
 
-from .packer import BeatPacker
 from .radix import (
     BinSelect,
     DigitHistogram,
@@ -65,11 +64,12 @@ from .radix import (
     TieBreaker,
     buffer_address,
 )
-from .radix_moments import Moments
+from .radix_compactor import Compactor
+from .radix_feed import FixedDigitFilter, SurvivorFeed
+from .radix_moments import StatisticalMode
+from .radix_output import ValueOutput, value_beat_layout
+from .radix_status import RunStatus
 from .radix_writer import CandidateWriter, candidate_layout
-from .skid import SkidBuffer
-from .stat_threshold import StatThreshold
-from .zero_elim import ZeroEliminator, compact_layout, keep_layout
 
 __all__ = ["Mode", "ErrorCode", "Phase", "TopK", "input_layout", "output_layout"]
 
@@ -98,11 +98,10 @@ class Phase(enum.Enum, shape=4):
     HIST_DRAIN = 2    # the last beat's flags are on their way into the counts
     BIN_SELECT = 3    # pick the bin (committed next cycle) and start the next pass
     PASS = 4          # a candidate pass reads
-    MOMENTS = 5       # statistical: the sums drain
-    STAT = 6          # statistical: the threshold unit runs
-    OUTPUT = 7        # the output pass, until the last output beat leaves
-    EMPTY = 8         # the empty packet of a run that selects nothing
-    EMPTY_OUT = 9     # ... until it has left
+    STAT = 5          # statistical: the sums drain, then the threshold unit runs
+    OUTPUT = 6        # the output pass, until the last output beat leaves
+    EMPTY = 7         # the empty packet of a run that selects nothing
+    EMPTY_OUT = 8     # ... until it has left
 
 
 def input_layout(cfg: TopKConfig) -> data.StructLayout:
@@ -114,12 +113,7 @@ def input_layout(cfg: TopKConfig) -> data.StructLayout:
 
 
 def output_layout(cfg: TopKConfig) -> data.StructLayout:
-    return data.StructLayout({
-        "index": data.ArrayLayout(unsigned(cfg.index_width), cfg.lanes),
-        "value": data.ArrayLayout(signed(cfg.value_width), cfg.lanes),
-        "count": range(cfg.lanes + 1),
-        "last": 1,
-    })
+    return value_beat_layout(cfg.value_width, cfg.index_width, cfg.lanes)
 
 
 class TopK(wiring.Component):
@@ -178,50 +172,45 @@ class TopK(wiring.Component):
             return buffer_address(row, row_bits, Const(region, 2) if isinstance(region, int)
                                   else region)
 
-        m.submodules.intake = intake = RunIntake(lanes=P, beats=R, capacity=CAP, errors=ErrorCode)
+        m.submodules.intake = intake = RunIntake(
+            lanes=P, beats=R, capacity=CAP, errors=ErrorCode,
+            params=data.StructLayout({"k": range(CAP + 1), "mode": Mode}))
         m.submodules.reader = reader = RowReader(key_shape=key, lanes=P, rows=R, capacity=CAP)
+        m.submodules.filter = filt = FixedDigitFilter(key_width=KW, digit_bits=D, lanes=P)
         m.submodules.histogram = hist = DigitHistogram(lanes=P, digit_bits=D, capacity=CAP)
-        m.submodules.bin_select = bins = BinSelect(digit_bits=D, capacity=CAP)
+        m.submodules.bin_select = bins = BinSelect(digit_bits=D, capacity=CAP, digits=L)
         m.submodules.compare = compare = ThresholdCompare(key_shape=key, lanes=P, rows=R)
         m.submodules.tie_breaker = ties = TieBreaker(key_shape=key, lanes=P, rows=R,
                                                      capacity=CAP)
-        # The pass pipeline hands its rows to the zero eliminator through a skid buffer, and a
-        # second one sits before the packer: no ready path runs through more than one unit.
-        elem = candidate_layout(key, cfg.index_width)
-        m.submodules.skid = skid = SkidBuffer(keep_layout(elem, P))
-        m.submodules.ze = ze = ZeroEliminator(elem, P)
-        m.submodules.mid_skid = mid_skid = SkidBuffer(compact_layout(elem, P))
-        m.submodules.packer = packer = BeatPacker(elem, P, zero_above_count=True)
+        m.submodules.feed = feed = SurvivorFeed(key_width=KW, digit_bits=D, lanes=P, rows=R,
+                                                index_width=cfg.index_width)
+        # zero eliminator and packer, behind skid buffers: no ready path runs through two units
+        m.submodules.compactor = compactor = Compactor(candidate_layout(key, cfg.index_width), P)
         m.submodules.writer = writer = CandidateWriter(key_shape=key, index_width=cfg.index_width,
                                                        lanes=P, rows=R)
         # The output leaves through a skid buffer: `o` is a register, `o.ready` goes no further.
-        m.submodules.out_skid = out_skid = SkidBuffer(output_layout(cfg))
-        wiring.connect(m, skid.o, ze.i)
-        wiring.connect(m, ze.o, mid_skid.i)
-        wiring.connect(m, mid_skid.o, packer.i)
-        wiring.connect(m, packer.o, writer.i)
-        wiring.connect(m, out_skid.o, wiring.flipped(self.o))
+        m.submodules.output = output = ValueOutput(value_width=W, key_width=KW, lanes=P,
+                                                   index_width=cfg.index_width)
+        wiring.connect(m, feed.o, compactor.i)
+        wiring.connect(m, compactor.o, writer.i)
+        wiring.connect(m, writer.o, output.i)
+        wiring.connect(m, output.o, wiring.flipped(self.o))
 
-        k_reg = Signal(range(CAP + 1))
-        mode_reg = Signal(Mode)
-        candidates = Signal(range(CAP + 1))     # keys that share the digits chosen so far
+        k_reg, mode_reg = intake.params.k, intake.params.mode    # sampled with the first beat
         hist_digit = Signal(range(max(L, 2)), init=L - 1)  # the digit the current pass counts
-        filter_bin = Signal(D)                  # the bin chosen for digit hist_digit + 1
         filtering = Signal()                    # a candidate pass: keep the keys in filter_bin
         threshold_key = Signal(KW)
         keep_all = Signal()                     # statistical: keep everything
         out_pass = Signal()                     # the reader runs the output pass
         source = Signal(range(3))               # the region the reader reads: A, B or C
-        advance = Signal()                      # the pass pipeline moves this cycle
-        run_start = Signal()                    # the first beat of a run is taken
-        pass_start = Signal()                   # a candidate pass starts (end of this cycle)
-        pass_buffer = Signal()                  # ... and writes B (0) or C (1)
 
         # ---- input beats: keys into A and into R1 (the top digit's histogram)
         beat, injected = self.i.payload, reader.inject.payload
         take = Signal()
+        run_start = take & intake.first
         m.d.comb += [take.eq(self.i.valid & self.i.ready), intake.take.eq(take),
                      intake.count.eq(beat.count), intake.last.eq(beat.last),
+                     intake.params_in.k.eq(self.k), intake.params_in.mode.eq(self.mode),
                      reader.inject.valid.eq(take), injected.row.eq(intake.beat),
                      injected.last.eq(beat.last)]
         for lane in range(P):
@@ -233,35 +222,21 @@ class TopK(wiring.Component):
             m.d.comb += [wp.addr.eq(addr(0, intake.beat)), wp.data.eq(injected.keys),
                          wp.en.eq(intake.store)]
 
-        # ---- reader; a pass over B or C stays behind the writer of the pass before it
+        # ---- reader; a pass over B or C stays behind the writer of the pass before it. The
+        # pass pipeline moves as a whole when the zero eliminator's feed does.
+        advance = feed.candidates.ready
         m.d.comb += [rp.addr.eq(addr(source, reader.addr)), rp.en.eq(reader.read_en),
                      reader.read_data.eq(rp.data), reader.o.ready.eq(advance)]
-        with m.Switch(source):
-            for region in (1, 2):
-                with m.Case(region):
-                    m.d.comb += reader.may_read.eq(writer.complete[region - 1]
-                                                   | (reader.addr < writer.written[region - 1]))
+        behind = [writer.complete[j] | (reader.addr < writer.written[j]) for j in (0, 1)]
+        m.d.comb += reader.may_read.eq(Mux(source == 1, behind[0],
+                                           Mux(source == 2, behind[1], 1)))
 
-        # ---- filter and histogram. Digits sit at fixed places: a candidate pass writes its
-        # survivors back shifted left by one digit (they all share the digit it filtered on), so
-        # every pass filters on the top digit of what it reads and counts the second; the input
-        # pass counts the top digit. (No variable digit select on the critical path.)
+        # ---- filter and histogram (digits at fixed places: `hw/radix_feed.py`)
         r1 = reader.o.payload
-
-        def top(k):
-            return k[KW - D:]
-
-        def second(k):
-            return k[KW - 2 * D:KW - D] if L > 1 else k[KW - D:]
-
-        match = Signal(P)                       # in the pass, and in the filter's bin
-        for lane in range(P):
-            in_bin = (top(r1.keys[lane]) == filter_bin) if L > 1 else Const(1)
-            m.d.comb += [match[lane].eq(r1.lane_ok[lane] & (~filtering | in_bin)),
-                         hist.i.payload.digits[lane].eq(
-                             Mux(filtering, second(r1.keys[lane]), top(r1.keys[lane])))]
-        m.d.comb += [hist.i.valid.eq(reader.o.valid & advance & ~out_pass),
-                     hist.i.payload.flags.eq(match)]
+        m.d.comb += [filt.keys.eq(r1.keys), filt.lane_ok.eq(r1.lane_ok),
+                     filt.filtering.eq(filtering), filt.filter_bin.eq(bins.bin),
+                     hist.i.valid.eq(reader.o.valid & advance & ~out_pass),
+                     hist.i.payload.flags.eq(filt.match), hist.i.payload.digits.eq(filt.digits)]
         # The counts start at -k (a run's first beat loads them a cycle later, from registers),
         # then at -(keys still to find) for each digit (the bin select's commit).
         run_start_r = Signal()
@@ -270,100 +245,60 @@ class TopK(wiring.Component):
         m.d.comb += hist.load.eq(run_start_r | bins.valid)
         m.d.comb += [hist.init[j].eq(hist_init) for j in range((1 << D) - 1)]
 
-        # ---- bin select; its commit narrows the candidates and appends a digit to the key
-        m.d.comb += [bins.above.eq(hist.counts), bins.n.eq(intake.n), bins.k.eq(k_reg)]
+        # ---- bin select (its bin is the next pass's filter); its commit appends a digit to
+        # the threshold
+        m.d.comb += [bins.above.eq(hist.counts), bins.n.eq(intake.n), bins.k.eq(k_reg),
+                     bins.digit.eq(hist_digit)]
         with m.If(bins.valid):
-            m.d.sync += [candidates.eq(bins.in_bin), filter_bin.eq(bins.bin),
-                         threshold_key.eq(Cat(bins.bin, threshold_key[:-D]) if KW > D
-                                          else bins.bin)]
+            m.d.sync += threshold_key.eq(Cat(bins.bin, threshold_key[:-D]) if KW > D
+                                         else bins.bin)
         m.d.comb += [ties.ties_set.eq(bins.valid), ties.ties.eq(bins.to_find)]
 
-        # ---- R2: candidate passes hand on the row and its match flags; the output pass
-        # compares with the threshold, R3 and R4 add the tie ranks and keep flags
+        # ---- R2: candidate passes hand on the row and its match flags to the zero eliminator
+        # (through the feed); the output pass compares with the threshold, R3 and R4 add the
+        # tie ranks and keep flags
         compared = compare.i.payload
         m.d.comb += [
             compare.i.valid.eq(reader.o.valid & ~r1.injected & (out_pass | filtering)),
             compared.keys.eq(r1.keys), compared.lane_ok.eq(r1.lane_ok), compared.row.eq(r1.row),
-            compared.last.eq(r1.last), compared.match.eq(match),
+            compared.last.eq(r1.last), compared.match.eq(filt.match),
             compare.threshold.eq(threshold_key), compare.keep_all.eq(keep_all),
-            compare.o.ready.eq(advance),
+            feed.candidates.valid.eq(compare.o.valid),
+            feed.candidates.payload.eq(compare.o.payload),
+            compare.o.ready.eq(advance), feed.output_pass.eq(out_pass),
             ties.i.payload.eq(compare.o.payload), ties.i.valid.eq(compare.o.valid & out_pass),
-            ties.o.ready.eq(advance),
         ]
+        wiring.connect(m, ties.o, feed.kept)
 
-        # ---- into the zero eliminator: candidate rows from R2 (a survivor drops its shared
-        # top digit), output rows from R4
-        def shifted(k):
-            return Cat(Const(0, D), k[:KW - D]) if L > 1 else k
-
-        candidate, flagged, ze_in = compare.o.payload, ties.o.payload, skid.i.payload
-        ze_valid = Mux(out_pass, ties.o.valid, compare.o.valid)
-        for lane in range(P):
-            m.d.comb += [
-                ze_in.data[lane].key.eq(
-                    Mux(out_pass, flagged.keys[lane], shifted(candidate.keys[lane]))),
-                ze_in.data[lane].index.eq(
-                    Cat(Const(lane, cfg.lane_bits), Mux(out_pass, flagged.row, candidate.row))),
-            ]
-        m.d.comb += [ze_in.keep.eq(Mux(out_pass, flagged.keep, candidate.match)),
-                     ze_in.last.eq(Mux(out_pass, flagged.last, candidate.last)),
-                     skid.i.valid.eq(ze_valid), advance.eq(~ze_valid | skid.i.ready),
-                     writer.pass_start.eq(pass_start), writer.pass_buffer.eq(pass_buffer)]
-
-        # ---- the output: keys back to values (sign bit flipped). The packer's lanes at and
-        # above `count` are zero: their value is zero when the flip is left out there.
-        packed, o = writer.o.payload, out_skid.i.payload
-        for lane in range(P):
-            k = packed.data[lane].key
-            m.d.comb += [o.index[lane].eq(packed.data[lane].index),
-                         o.value[lane].eq(Cat(k[:W - 1], k[W - 1] ^ (packed.count > lane)))]
-        m.d.comb += [o.count.eq(packed.count), o.last.eq(packed.last),
-                     out_skid.i.valid.eq(writer.o.valid), writer.o.ready.eq(out_skid.i.ready)]
-
-        # ---- statistical mode: the moments of the input beats (from R1), the threshold unit
+        # ---- statistical mode: the moments of the input beats (from R1), then the threshold
         if self.statistical:
-            m.submodules.moments = moments = Moments(lanes=P, value_width=W, capacity=CAP)
-            m.submodules.stat = stat = StatThreshold(cfg)
-            m.d.comb += [moments.i.valid.eq(reader.o.valid & r1.injected),
-                         moments.i.payload.lane_ok.eq(r1.lane_ok), moments.clear.eq(run_start)]
-            m.d.comb += [moments.i.payload.values[lane].eq((r1.keys[lane][:W] ^ SIGN).as_signed())
+            m.submodules.statistical = stat = StatisticalMode(config=cfg)
+            m.d.comb += [stat.i.valid.eq(reader.o.valid & r1.injected),
+                         stat.i.payload.lane_ok.eq(r1.lane_ok), stat.clear.eq(run_start),
+                         stat.n.eq(intake.n), stat.k.eq(k_reg)]
+            m.d.comb += [stat.i.payload.values[lane].eq((r1.keys[lane][:W] ^ SIGN).as_signed())
                          for lane in range(P)]
-            stat_start = Signal()               # registered: the unit sees it a cycle later
-            m.d.sync += stat_start.eq(0)
-            m.d.comb += [stat.n.eq(intake.n), stat.k.eq(k_reg), stat.s1.eq(moments.s1),
-                         stat.s2.eq(moments.s2), stat.start.eq(stat_start)]
 
-        # ---- status counters
-        total_cycles, select_cycles = Signal(32), Signal(32)
-        selected = Signal(range(CAP + 1))
-        counting_total, counting_select = Signal(), Signal()
-        ran = Signal()                          # a run has finished since reset
-        with m.If(counting_total):
-            m.d.sync += total_cycles.eq(total_cycles + 1)
-        with m.If(counting_select):
-            m.d.sync += select_cycles.eq(select_cycles + 1)
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += selected.eq(selected + self.o.payload.count)
+        # ---- status
+        m.submodules.status = status = RunStatus(lanes=P, capacity=CAP)
+        phase = Signal(Phase)
         m.d.comb += [
+            status.take.eq(take), status.first.eq(intake.first), status.last.eq(beat.last),
+            status.out_take.eq(self.o.valid & self.o.ready),
+            status.out_count.eq(self.o.payload.count),
+            status.select_done.eq(bins.valid & (bins.bin_digit == 0)),    # (or the statistical
+                                                                        # threshold's `done`)
+            self.busy.eq(status.busy), self.done.eq(status.done),
             self.n.eq(Mux(intake.n > CAP, CAP, intake.n)),
             self.error_code.eq(intake.error),
             self.error.eq(intake.error != ErrorCode.NONE),
             self.threshold.eq((threshold_key[:W] ^ SIGN).as_signed()),
-            self.select_cycles.eq(select_cycles),
-            self.total_cycles.eq(total_cycles),
-            self.selected.eq(selected),
+            self.select_cycles.eq(status.select_cycles),
+            self.total_cycles.eq(status.total_cycles),
+            self.selected.eq(status.selected),
         ]
-        # The select counter runs from the cycle after the last input beat to the commit of the
-        # last digit (exact) or the statistical threshold's `done` (both inclusive).
-        final_go, final_go_r = Signal(), Signal()
-        m.d.sync += final_go_r.eq(final_go)
-        with m.If(bins.valid & final_go_r):
-            m.d.sync += counting_select.eq(0)
 
         # ---- control
-        phase = Signal(Phase)
-        wait = Signal(range(64))
-
         def start_reader(region, elems):
             m.d.comb += [reader.load.eq(1), reader.elems.eq(elems), reader.start.eq(1)]
             m.d.sync += source.eq(region)
@@ -371,8 +306,8 @@ class TopK(wiring.Component):
         def end_run():
             # the pass state for the next run is set here, not with its first beat (a shorter
             # path from the input handshake); reset leaves the same values
-            m.d.sync += [counting_total.eq(0), counting_select.eq(0), out_pass.eq(0), ran.eq(1),
-                         hist_digit.eq(L - 1), filtering.eq(0), keep_all.eq(0),
+            m.d.comb += status.end.eq(1)
+            m.d.sync += [out_pass.eq(0), hist_digit.eq(L - 1), filtering.eq(0), keep_all.eq(0),
                          phase.eq(Phase.RECV)]
 
         def fail(code):
@@ -381,21 +316,12 @@ class TopK(wiring.Component):
 
         with m.Switch(phase):
             with m.Case(Phase.RECV):
-                m.d.comb += [self.i.ready.eq(1), self.busy.eq(~intake.first),
-                             self.done.eq(intake.first & ran)]
-                with m.If(take):
-                    m.d.sync += counting_total.eq(1)
-                    with m.If(intake.first):
-                        m.d.sync += [k_reg.eq(self.k), mode_reg.eq(self.mode),
-                                     total_cycles.eq(1), select_cycles.eq(0), selected.eq(0),
-                                     ran.eq(0)]
-                        m.d.comb += run_start.eq(1)
-                    with m.If(beat.last):
-                        m.d.sync += [counting_select.eq(1), phase.eq(Phase.CHECK)]
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(take & beat.last):
+                    m.d.sync += phase.eq(Phase.CHECK)
 
             with m.Case(Phase.CHECK):
-                m.d.comb += [self.busy.eq(1), bins.start.eq(1), writer.clear.eq(1)]
-                m.d.sync += candidates.eq(intake.n)
+                m.d.comb += [bins.start.eq(1), writer.clear.eq(1)]
                 with m.If(intake.error != ErrorCode.NONE):
                     m.d.sync += phase.eq(Phase.EMPTY)
                 with m.Elif((mode_reg != Mode.EXACT)
@@ -407,54 +333,43 @@ class TopK(wiring.Component):
                     m.d.sync += [threshold_key.eq(SIGN * 2 - 1), phase.eq(Phase.EMPTY)]
                 if self.statistical:
                     with m.Elif(mode_reg == Mode.STATISTICAL):
-                        # the last beat is in R1 now: its sums are complete `latency` later
-                        m.d.sync += [wait.eq(moments.latency - 1), phase.eq(Phase.MOMENTS)]
+                        m.d.comb += stat.start.eq(1)        # (the last beat is in R1 now)
+                        m.d.sync += phase.eq(Phase.STAT)
                 with m.Else():
                     m.d.sync += phase.eq(Phase.HIST_DRAIN)
 
             with m.Case(Phase.HIST_DRAIN):
-                m.d.comb += self.busy.eq(1)
                 m.d.sync += phase.eq(Phase.BIN_SELECT)
 
             with m.Case(Phase.BIN_SELECT):
                 # The counts are complete: pick the bin (it commits next cycle) and start the
                 # next pass now; its first row reaches R1, where the new bin is needed, after it.
-                m.d.comb += [self.busy.eq(1), bins.go.eq(1)]
+                m.d.comb += bins.go.eq(1)
                 with m.If(hist_digit == 0):
-                    m.d.comb += final_go.eq(1)
                     m.d.sync += [out_pass.eq(1), phase.eq(Phase.OUTPUT)]
                     start_reader(0, intake.n)
                 with m.Else():
                     m.d.sync += [hist_digit.eq(hist_digit - 1), filtering.eq(1),
                                  phase.eq(Phase.PASS)]
-                    m.d.comb += pass_start.eq(1)
+                    m.d.comb += writer.pass_start.eq(1)
                     with m.If(hist_digit == L - 1):
                         start_reader(0, intake.n)
                     with m.Else():
-                        # read what the previous pass wrote (`candidates`: the commit of this
-                        # bin select updates it only at the end of the next cycle), write the
-                        # other buffer
-                        start_reader(Mux(source == 1, 2, 1), candidates)
-                        m.d.comb += pass_buffer.eq(source != 1)
+                        # read what the previous pass wrote (`in_bin` of the previous bin: this
+                        # one's shows from the next cycle), write the other buffer
+                        start_reader(Mux(source == 1, 2, 1), bins.in_bin)
+                        m.d.comb += writer.pass_buffer.eq(source != 1)
 
             with m.Case(Phase.PASS):
-                m.d.comb += self.busy.eq(1)
                 with m.If(~reader.busy):
                     # every row has passed R1: the last one's counts are complete next cycle
                     m.d.sync += phase.eq(Phase.BIN_SELECT)
 
             if self.statistical:
-                with m.Case(Phase.MOMENTS):
-                    m.d.comb += self.busy.eq(1)
-                    m.d.sync += wait.eq(wait - 1)
-                    with m.If(wait == 0):
-                        m.d.sync += [stat_start.eq(1), phase.eq(Phase.STAT)]
-
                 with m.Case(Phase.STAT):
-                    m.d.comb += self.busy.eq(1)
                     with m.If(stat.done):
-                        m.d.sync += [counting_select.eq(0),
-                                     threshold_key.eq(stat.threshold.as_unsigned() ^ SIGN)]
+                        m.d.comb += status.select_done.eq(1)
+                        m.d.sync += threshold_key.eq(stat.threshold.as_unsigned() ^ SIGN)
                         with m.If(stat.select_none):
                             m.d.sync += phase.eq(Phase.EMPTY)
                         with m.Else():
@@ -464,19 +379,16 @@ class TopK(wiring.Component):
                             start_reader(0, intake.n)
 
             with m.Case(Phase.OUTPUT):
-                m.d.comb += self.busy.eq(1)
                 with m.If(self.o.valid & self.o.ready & self.o.payload.last):
                     end_run()
 
             with m.Case(Phase.EMPTY):
                 # one beat with count 0 and last: the packet of a run that selects nothing
-                m.d.comb += [self.busy.eq(1), out_skid.i.valid.eq(1),
-                             o.eq(output_layout(cfg).const({"count": 0, "last": 1}))]
-                with m.If(out_skid.i.ready):
+                m.d.comb += output.empty.valid.eq(1)
+                with m.If(output.empty.ready):
                     m.d.sync += phase.eq(Phase.EMPTY_OUT)
 
             with m.Case(Phase.EMPTY_OUT):
-                m.d.comb += self.busy.eq(1)
                 with m.If(self.o.valid & self.o.ready):
                     end_run()
 

@@ -152,30 +152,28 @@ class ValueSelect(wiring.Component):
 
         # ---- loader: takes a row into bank `load_bank` and counts its top digit (from -k);
         # holds it (`row_waiting`) until the selector takes it, then loads the other bank
-        m.submodules.intake = intake = RunIntake(lanes=S, beats=R * G, capacity=N)
+        m.submodules.intake = intake = RunIntake(lanes=S, beats=R * G, capacity=N,
+                                                 params=range(N + 1))    # k
         m.submodules.top_histogram = top_hist = DigitHistogram(lanes=S, digit_bits=D,
                                                                capacity=N, restarts=True)
         row_waiting = Signal()
         load_bank = Signal()
-        load_k = Signal(range(N + 1))
+        load_k = intake.params                # k of the row loaded last
         rows_in = Signal(8)                   # rows whose last beat was taken
         rows_out = Signal(8)                  # packets whose last beat was sent
         beat = self.i.payload
         take = Signal()
         m.d.comb += [self.i.ready.eq(~row_waiting), take.eq(self.i.valid & ~row_waiting),
                      intake.take.eq(take), intake.count.eq(beat.count),
-                     intake.last.eq(beat.last)]
+                     intake.last.eq(beat.last), intake.params_in.eq(self.k)]
         m.d.comb += [
             wp.addr.eq(buffer_address(intake.beat >> group_bits, row_bits, load_bank)),
             wp.en.eq(Mux(take & intake.store, 1 << (intake.beat[:group_bits] if G > 1 else 0),
                          0)),
         ]
         m.d.comb += [wp.data[g * S + j].eq(beat.data[j]) for g in range(G) for j in range(S)]
-        with m.If(take):
-            with m.If(intake.first):
-                m.d.sync += load_k.eq(self.k)
-            with m.If(beat.last):
-                m.d.sync += [row_waiting.eq(1), rows_in.eq(rows_in + 1)]
+        with m.If(take & beat.last):
+            m.d.sync += [row_waiting.eq(1), rows_in.eq(rows_in + 1)]
         # L1 registers the beat's keys; the histogram counts their top digits
         l1_valid, l1_first = Signal(), Signal()
         l1_keys = [Signal(KW, name=f"l1_key{j}") for j in range(S)]
@@ -193,7 +191,7 @@ class ValueSelect(wiring.Component):
         # ---- selector: reader, histogram of the pass's digit, bin select
         m.submodules.reader = reader = RowReader(key_shape=key, lanes=P, rows=R, capacity=N)
         m.submodules.histogram = hist = DigitHistogram(lanes=P, digit_bits=D, capacity=N)
-        m.submodules.bin_select = bins = BinSelect(digit_bits=D, capacity=N)
+        m.submodules.bin_select = bins = BinSelect(digit_bits=D, capacity=N, digits=L)
         select_bank = Signal()                # the bank the selector reads
         take_row = Signal()                   # the selector takes the loaded row
         row_error = Signal(RunError)
@@ -219,15 +217,12 @@ class ValueSelect(wiring.Component):
         m.d.comb += [hist.init[j].eq(Mux(take_row, top_hist.counts[j], bins.base))
                      for j in range((1 << D) - 1)]
         m.d.comb += [bins.above.eq(hist.counts), bins.start.eq(take_row), bins.n.eq(intake.n),
-                     bins.k.eq(load_k)]
+                     bins.k.eq(load_k), bins.digit.eq(hist_digit)]
         # the commit puts the bin in its place; the last digit's sets the ties (during the
         # earlier ones the output rows of the row before may still be in the tie breaker)
-        committing = Signal.like(hist_digit)  # the digit of the bin select in flight
-        with m.If(bins.go):
-            m.d.sync += committing.eq(hist_digit)
         with m.If(bins.valid):
             for h in range(L):
-                with m.If(committing == h):
+                with m.If(bins.bin_digit == h):
                     m.d.sync += [chosen[h * D:(h + 1) * D].eq(bins.bin),
                                  chosen_mask[h * D:(h + 1) * D].eq((1 << D) - 1)]
 
@@ -242,7 +237,7 @@ class ValueSelect(wiring.Component):
             compare.i.valid.eq(reader.o.valid & out_pass), compared.keys.eq(r1.keys),
             compared.lane_ok.eq(r1.lane_ok), compared.row.eq(r1.row), compared.last.eq(r1.last),
             compare.threshold.eq(threshold),
-            ties.ties_set.eq(bins.valid & (committing == 0)), ties.ties.eq(bins.to_find),
+            ties.ties_set.eq(bins.valid & (bins.bin_digit == 0)), ties.ties.eq(bins.to_find),
         ]
         wiring.connect(m, compare.o, ties.i)
         m.submodules.row_skid = row_skid = SkidBuffer(flagged_layout(key, P, R))

@@ -382,7 +382,7 @@ def bin_select_run(digit_bits, digits, keys, k):
     BinSelect's pick and commit; returns (chosen key, ties to keep, in_bin per digit, seen
     valid cycles relative to go)."""
     n = len(keys)
-    dut = BinSelect(digit_bits=digit_bits, capacity=max(n, 2))
+    dut = BinSelect(digit_bits=digit_bits, capacity=max(n, 2), digits=digits)
     bins = (1 << digit_bits) - 1
     out = {}
 
@@ -397,6 +397,7 @@ def bin_select_run(digit_bits, digits, keys, k):
             ds = [digits_of(x, digit_bits, digits)[h] for x in cand]
             ctx.set(dut.above, [sum(d > j for d in ds) - k_rem for j in range(bins)])
             ctx.set(dut.go, 1)
+            ctx.set(dut.digit, digits - 1 - h)
             await ctx.tick()
             ctx.set(dut.go, 0)
             for t in range(1, 4):               # valid exactly BIN_SELECT_LATENCY after go
@@ -406,6 +407,7 @@ def bin_select_run(digit_bits, digits, keys, k):
                     assert ctx.get(dut.in_bin) == sum(d == b for d in ds)
                     assert ctx.get(dut.to_find) == k_rem - sum(d > b for d in ds)
                     assert ctx.get(dut.base) == -ctx.get(dut.to_find)
+                    assert ctx.get(dut.bin_digit) == digits - 1 - h
                     in_bins.append(ctx.get(dut.in_bin))
                     key = key << digit_bits | b
                     k_rem = ctx.get(dut.to_find)
@@ -575,8 +577,12 @@ def test_tie_breaker(lanes, case, gap, stall):
     (lambda: DigitHistogram(lanes=4, digit_bits=True, capacity=8), TypeError, "digit_bits"),
     (lambda: DigitHistogram(lanes=4, digit_bits=2, capacity=8, restarts=1), TypeError,
      "restarts must be a bool"),
-    (lambda: BinSelect(digit_bits=0, capacity=8), ValueError, "digit_bits must be from 1 to 6"),
-    (lambda: BinSelect(digit_bits=2, capacity=0), ValueError, "capacity must be at least 1"),
+    (lambda: BinSelect(digit_bits=0, capacity=8, digits=2), ValueError,
+     "digit_bits must be from 1 to 6"),
+    (lambda: BinSelect(digit_bits=2, capacity=0, digits=2), ValueError,
+     "capacity must be at least 1"),
+    (lambda: BinSelect(digit_bits=2, capacity=4, digits=0), ValueError,
+     "digits must be at least 1"),
     (lambda: TieCounter(lanes=4, capacity=1.5), TypeError, "capacity must be an int"),
     (lambda: ThresholdCompare(key_shape=unsigned(4), lanes=40, rows=2), ValueError, "lanes"),
     (lambda: TieBreaker(key_shape=unsigned(4), lanes=6, rows=2, capacity=4), ValueError,
