@@ -151,6 +151,26 @@ def test_intake_fail_and_precedence():
     simulate(dut, bench)
 
 
+def test_intake_samples_params_with_the_first_beat():
+    dut = RunIntake(lanes=2, beats=4, capacity=8, params=data.StructLayout({"k": 4, "m": 2}))
+    runs = [[(2, 0, 5, 1), (2, 0, 9, 3), (1, 1, 7, 2)], [(2, 1, 3, 0)], [(0, 1, 11, 1)]]
+
+    async def bench(ctx):
+        for run in runs:
+            for count, last, k, mode in run:
+                ctx.set(dut.take, 1)
+                ctx.set(dut.count, count)
+                ctx.set(dut.last, last)
+                ctx.set(dut.params_in, {"k": k, "m": mode})
+                await ctx.tick()
+                ctx.set(dut.take, 0)
+                await ctx.tick()                # (idle: the params hold)
+                assert to_py(ctx.get(dut.params)) == {"k": run[0][2], "m": run[0][3]}
+
+    simulate(dut, bench)
+    assert not hasattr(RunIntake(lanes=2, beats=4, capacity=8), "params")
+
+
 class _TopKCodes(enum.Enum, shape=3):
     NONE = 0
     N_ZERO = 1
@@ -568,6 +588,7 @@ def test_tie_breaker(lanes, case, gap, stall):
     (lambda: RunIntake(lanes=4, beats=2, capacity="8"), TypeError, "capacity must be an int"),
     (lambda: RunIntake(lanes=4, beats=2, capacity=8, errors=int), TypeError, "errors must be"),
     (lambda: RunIntake(lanes=4, beats=2, capacity=8, errors=BadCodes), TypeError, "N_ZERO"),
+    (lambda: RunIntake(lanes=4, beats=2, capacity=8, params="k"), TypeError, "params"),
     (lambda: RowReader(key_shape="x", lanes=4, rows=2, capacity=8), TypeError, "shape-castable"),
     (lambda: RowReader(key_shape=unsigned(4), lanes=3, rows=2, capacity=8), ValueError,
      "power of two"),

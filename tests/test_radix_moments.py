@@ -110,3 +110,73 @@ def test_extremes_at_capacity(lanes, width):
 def test_bad_parameters(kwargs, exc, msg):
     with pytest.raises(exc, match=msg):
         Moments(**kwargs)
+
+
+# --------------------------------------------------------------------------- StatisticalMode
+
+
+@pytest.mark.parametrize("lanes,width,capacity", [(4, 8, 32), (1, 6, 12), (8, 12, 64)])
+def test_statistical_mode(lanes, width, capacity):
+    """Runs of random values and k (k = 0, k = n, all values equal among them): `done` exactly
+    `latency` cycles after `start` (given with the last beat), the threshold and the
+    select_all/select_none flags as the golden model computes them."""
+    import numpy as np
+
+    from spatten.config import TopKConfig
+    from spatten.golden.stat_threshold import stat_threshold_from_values
+    from spatten.hw.radix_moments import StatisticalMode
+
+    seed = SEED + lanes + width
+    print("seed", seed)
+    rng = random.Random(seed)
+    cfg = TopKConfig(lanes=lanes, value_width=width, capacity=capacity)
+    dut = StatisticalMode(config=cfg)
+    lo, hi = cfg.value_min, cfg.value_max
+    runs = []
+    for case in ["random", "equal", "k0", "kn", "random", "one"]:
+        n = 1 if case == "one" else rng.randrange(2, capacity + 1)
+        values = [rng.randrange(lo, hi + 1)] * n if case == "equal" else \
+            [rng.randrange(lo, hi + 1) for _ in range(n)]
+        k = {"k0": 0, "kn": n}.get(case, rng.randrange(1, n + 1))
+        runs.append((values, k))
+    got = []
+
+    async def bench(ctx):
+        for values, k in runs:
+            beats = [values[i:i + lanes] for i in range(0, len(values), lanes)]
+            ctx.set(dut.n, len(values))
+            ctx.set(dut.k, k)
+            for idx, b in enumerate(beats):
+                while rng.random() < 0.3:
+                    ctx.set(dut.i.valid, 0)
+                    await ctx.tick()
+                ctx.set(dut.i.valid, 1)
+                ctx.set(dut.i.payload, {"values": b + [0] * (lanes - len(b)),
+                                        "lane_ok": (1 << len(b)) - 1})
+                ctx.set(dut.clear, int(idx == 0))
+                ctx.set(dut.start, int(idx == len(beats) - 1))
+                await ctx.tick()
+                ctx.set(dut.clear, 0)
+                ctx.set(dut.start, 0)
+            ctx.set(dut.i.valid, 0)
+            for t in range(1, dut.latency + 5):
+                if ctx.get(dut.done):
+                    got.append((t, ctx.get(dut.threshold), ctx.get(dut.select_all),
+                                ctx.get(dut.select_none)))
+                await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    want = []
+    for values, k in runs:
+        st = stat_threshold_from_values(cfg, np.array(values), k)
+        want.append((dut.latency, st.threshold, int(st.select_all), int(st.select_none)))
+    assert got == want
+
+
+def test_statistical_mode_bad_config():
+    from spatten.hw.radix_moments import StatisticalMode
+    with pytest.raises(TypeError, match="config must be a TopKConfig"):
+        StatisticalMode(config={"lanes": 4})
