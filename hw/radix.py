@@ -331,11 +331,11 @@ class RowReader(wiring.Component):
             self.addr.eq(row), self.read_en.eq(advance),
             issue.eq(reading & advance & self.may_read), last_row.eq(row == final_row),
         ]
-        # M: the read in flight (the memory's output register holds its row)
-        m_valid, m_last = Signal(), Signal()
-        m_row = Signal(range(rows))
+        # the read in flight (the memory's output register holds its row)
+        fetch_valid, fetch_last = Signal(), Signal()
+        fetch_row = Signal(range(rows))
         with m.If(advance):
-            m.d.sync += [m_valid.eq(issue), m_row.eq(row), m_last.eq(last_row)]
+            m.d.sync += [fetch_valid.eq(issue), fetch_row.eq(row), fetch_last.eq(last_row)]
         with m.If(issue):
             m.d.sync += row.eq(row + 1)
             with m.If(last_row):
@@ -344,9 +344,9 @@ class RowReader(wiring.Component):
             m.d.sync += [elems.eq(self.elems), final_row.eq((self.elems - 1) >> lane_bits)]
         with m.If(self.start):
             m.d.sync += [row.eq(0), reading.eq(1)]
-        m_lane_ok = Signal(lanes)               # index = m_row * lanes + lane < elems
+        fetch_lane_ok = Signal(lanes)               # index = fetch_row * lanes + lane < elems
         for lane in range(lanes):
-            m.d.comb += m_lane_ok[lane].eq(Cat(Const(lane, lane_bits), m_row) < elems)
+            m.d.comb += fetch_lane_ok[lane].eq(Cat(Const(lane, lane_bits), fetch_row) < elems)
 
         # R1
         r1_valid = Signal()
@@ -355,11 +355,11 @@ class RowReader(wiring.Component):
             m.d.sync += [r1_valid.eq(1), r1.keys.eq(inj.keys), r1.lane_ok.eq(inj.lane_ok),
                          r1.row.eq(inj.row), r1.last.eq(inj.last), r1.injected.eq(1)]
         with m.Elif(advance):
-            m.d.sync += [r1_valid.eq(m_valid), r1.keys.eq(self.read_data),
-                         r1.lane_ok.eq(m_lane_ok), r1.row.eq(m_row), r1.last.eq(m_last),
+            m.d.sync += [r1_valid.eq(fetch_valid), r1.keys.eq(self.read_data),
+                         r1.lane_ok.eq(fetch_lane_ok), r1.row.eq(fetch_row), r1.last.eq(fetch_last),
                          r1.injected.eq(0)]
         m.d.comb += [self.inject.ready.eq(1), self.o.valid.eq(r1_valid),
-                     self.busy.eq(reading | m_valid | r1_valid)]
+                     self.busy.eq(reading | fetch_valid | r1_valid)]
         return m
 
 

@@ -176,11 +176,12 @@ class TopK(wiring.Component):
             lanes=P, beats=R, capacity=CAP, errors=ErrorCode,
             params=data.StructLayout({"k": range(CAP + 1), "mode": Mode}))
         m.submodules.reader = reader = RowReader(key_shape=key, lanes=P, rows=R, capacity=CAP)
-        m.submodules.filter = filt = FixedDigitFilter(key_width=KW, digit_bits=D, lanes=P)
+        m.submodules.digit_filter = digit_filter = FixedDigitFilter(key_width=KW, digit_bits=D,
+                                                                    lanes=P)
         m.submodules.histogram = hist = DigitHistogram(lanes=P, digit_bits=D, capacity=CAP)
         m.submodules.bin_select = bins = BinSelect(digit_bits=D, capacity=CAP, digits=L)
         m.submodules.compare = compare = ThresholdCompare(key_shape=key, lanes=P, rows=R)
-        m.submodules.tie_breaker = ties = TieBreaker(key_shape=key, lanes=P, rows=R,
+        m.submodules.tie_breaker = tie_breaker = TieBreaker(key_shape=key, lanes=P, rows=R,
                                                      capacity=CAP)
         m.submodules.feed = feed = SurvivorFeed(key_width=KW, digit_bits=D, lanes=P, rows=R,
                                                 index_width=cfg.index_width)
@@ -233,10 +234,11 @@ class TopK(wiring.Component):
 
         # ---- filter and histogram (digits at fixed places: `hw/radix_feed.py`)
         r1 = reader.o.payload
-        m.d.comb += [filt.keys.eq(r1.keys), filt.lane_ok.eq(r1.lane_ok),
-                     filt.filtering.eq(filtering), filt.filter_bin.eq(bins.bin),
+        m.d.comb += [digit_filter.keys.eq(r1.keys), digit_filter.lane_ok.eq(r1.lane_ok),
+                     digit_filter.filtering.eq(filtering), digit_filter.filter_bin.eq(bins.bin),
                      hist.i.valid.eq(reader.o.valid & advance & ~out_pass),
-                     hist.i.payload.flags.eq(filt.match), hist.i.payload.digits.eq(filt.digits)]
+                     hist.i.payload.flags.eq(digit_filter.match),
+                     hist.i.payload.digits.eq(digit_filter.digits)]
         # The counts start at -k (a run's first beat loads them a cycle later, from registers),
         # then at -(keys still to find) for each digit (the bin select's commit).
         run_start_r = Signal()
@@ -252,7 +254,8 @@ class TopK(wiring.Component):
         with m.If(bins.valid):
             m.d.sync += threshold_key.eq(Cat(bins.bin, threshold_key[:-D]) if KW > D
                                          else bins.bin)
-        m.d.comb += [ties.ties_set.eq(bins.valid), ties.ties.eq(bins.to_find)]
+        m.d.comb += [tie_breaker.ties_set.eq(bins.valid),
+                     tie_breaker.ties.eq(bins.to_find)]
 
         # ---- R2: candidate passes hand on the row and its match flags to the zero eliminator
         # (through the feed); the output pass compares with the threshold, R3 and R4 add the
@@ -261,14 +264,15 @@ class TopK(wiring.Component):
         m.d.comb += [
             compare.i.valid.eq(reader.o.valid & ~r1.injected & (out_pass | filtering)),
             compared.keys.eq(r1.keys), compared.lane_ok.eq(r1.lane_ok), compared.row.eq(r1.row),
-            compared.last.eq(r1.last), compared.match.eq(filt.match),
+            compared.last.eq(r1.last), compared.match.eq(digit_filter.match),
             compare.threshold.eq(threshold_key), compare.keep_all.eq(keep_all),
             feed.candidates.valid.eq(compare.o.valid),
             feed.candidates.payload.eq(compare.o.payload),
             compare.o.ready.eq(advance), feed.output_pass.eq(out_pass),
-            ties.i.payload.eq(compare.o.payload), ties.i.valid.eq(compare.o.valid & out_pass),
+            tie_breaker.i.payload.eq(compare.o.payload),
+            tie_breaker.i.valid.eq(compare.o.valid & out_pass),
         ]
-        wiring.connect(m, ties.o, feed.kept)
+        wiring.connect(m, tie_breaker.o, feed.kept)
 
         # ---- statistical mode: the moments of the input beats (from R1), then the threshold
         if self.statistical:
@@ -375,7 +379,7 @@ class TopK(wiring.Component):
                         with m.Else():
                             m.d.sync += [keep_all.eq(stat.select_all), out_pass.eq(1),
                                          phase.eq(Phase.OUTPUT)]
-                            m.d.comb += [ties.ties_set.eq(1), ties.ties.eq(CAP)]
+                            m.d.comb += [tie_breaker.ties_set.eq(1), tie_breaker.ties.eq(CAP)]
                             start_reader(0, intake.n)
 
             with m.Case(Phase.OUTPUT):

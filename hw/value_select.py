@@ -229,7 +229,7 @@ class ValueSelect(wiring.Component):
         # ---- output pass: compare, ties, then a skid buffer holds each flagged row while the
         # serializer sends its kept keys S at a time into the beat packer
         m.submodules.compare = compare = ThresholdCompare(key_shape=key, lanes=P, rows=R)
-        m.submodules.tie_breaker = ties = TieBreaker(key_shape=key, lanes=P, rows=R,
+        m.submodules.tie_breaker = tie_breaker = TieBreaker(key_shape=key, lanes=P, rows=R,
                                                      capacity=N)
         threshold = chosen[:KW]
         compared = compare.i.payload
@@ -237,18 +237,19 @@ class ValueSelect(wiring.Component):
             compare.i.valid.eq(reader.o.valid & out_pass), compared.keys.eq(r1.keys),
             compared.lane_ok.eq(r1.lane_ok), compared.row.eq(r1.row), compared.last.eq(r1.last),
             compare.threshold.eq(threshold),
-            ties.ties_set.eq(bins.valid & (bins.bin_digit == 0)), ties.ties.eq(bins.to_find),
+            tie_breaker.ties_set.eq(bins.valid & (bins.bin_digit == 0)),
+            tie_breaker.ties.eq(bins.to_find),
         ]
-        wiring.connect(m, compare.o, ties.i)
+        wiring.connect(m, compare.o, tie_breaker.i)
         m.submodules.row_skid = row_skid = SkidBuffer(flagged_layout(key, P, R))
         empty_go = Signal()                   # the empty packet of a row that keeps nothing
-        flagged = ties.o.payload
+        flagged = tie_breaker.o.payload
         m.d.comb += [
-            row_skid.i.valid.eq(ties.o.valid | empty_go),
+            row_skid.i.valid.eq(tie_breaker.o.valid | empty_go),
             row_skid.i.payload.keys.eq(flagged.keys), row_skid.i.payload.row.eq(flagged.row),
             row_skid.i.payload.keep.eq(Mux(empty_go, 0, flagged.keep)),
             row_skid.i.payload.last.eq(flagged.last | empty_go),
-            advance.eq(~ties.o.valid | row_skid.i.ready), ties.o.ready.eq(advance),
+            advance.eq(~tie_breaker.o.valid | row_skid.i.ready), tie_breaker.o.ready.eq(advance),
         ]
         m.submodules.serializer = serializer = KeptSerializer(
             key_shape=key, lanes=P, out_lanes=S, rows=R, index_width=cfg.index_width)
@@ -313,7 +314,7 @@ class ValueSelect(wiring.Component):
 
             with m.Case(Phase.EMPTY):
                 # once the output rows of the row before have left the tie breaker
-                with m.If(~compare.o.valid & ~ties.busy):
+                with m.If(~compare.o.valid & ~tie_breaker.busy):
                     m.d.comb += empty_go.eq(1)
                     with m.If(row_skid.i.ready):
                         m.d.sync += phase.eq(Phase.IDLE)
