@@ -182,7 +182,7 @@ class TopK(wiring.Component):
         m.submodules.bin_select = bins = BinSelect(digit_bits=D, capacity=CAP, digits=L)
         m.submodules.compare = compare = ThresholdCompare(key_shape=key, lanes=P, rows=R)
         m.submodules.tie_breaker = tie_breaker = TieBreaker(key_shape=key, lanes=P, rows=R,
-                                                     capacity=CAP)
+                                                            capacity=CAP)
         m.submodules.feed = feed = SurvivorFeed(key_width=KW, digit_bits=D, lanes=P, rows=R,
                                                 index_width=cfg.index_width)
         # zero eliminator and packer, behind skid buffers: no ready path runs through two units
@@ -199,7 +199,7 @@ class TopK(wiring.Component):
 
         k_reg, mode_reg = intake.params.k, intake.params.mode    # sampled with the first beat
         hist_digit = Signal(range(max(L, 2)), init=L - 1)  # the digit the current pass counts
-        filtering = Signal()                    # a candidate pass: keep the keys in filter_bin
+        filtering = Signal()                    # a candidate pass: keep the keys in bins.bin
         threshold_key = Signal(KW)
         keep_all = Signal()                     # statistical: keep everything
         out_pass = Signal()                     # the reader runs the output pass

@@ -230,7 +230,7 @@ class ValueSelect(wiring.Component):
         # serializer sends its kept keys S at a time into the beat packer
         m.submodules.compare = compare = ThresholdCompare(key_shape=key, lanes=P, rows=R)
         m.submodules.tie_breaker = tie_breaker = TieBreaker(key_shape=key, lanes=P, rows=R,
-                                                     capacity=N)
+                                                            capacity=N)
         threshold = chosen[:KW]
         compared = compare.i.payload
         m.d.comb += [
