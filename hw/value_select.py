@@ -26,7 +26,7 @@ o : Out(stream.Signature(row_layout(pair_layout, S)))
     zero. A row that keeps nothing (``k = 0``, or an error) is one beat with ``count = 0``.
 busy : Out(1)
     A row has been started and its output packet has not been sent.
-error, error_code : Out(1), Out(ErrorCode)
+error, error_code : Out(1), Out(RunError)
     The status of the row the selector took last (from the moment it takes it to the moment it
     takes the next): ``N_ZERO`` (a row of one empty beat), ``N_OVER_CAPACITY``, ``BAD_BEAT``
     (count 0 or > S, or a partial beat that is not the last), ``K_OVER_N``. Such a row emits the
@@ -53,24 +53,40 @@ bin selects and candidate passes; the output pass one cycle a P-key row plus one
 kept keys of that row, and 9 or 10 cycles of pipeline (`golden.select_cycles` gives the exact
 figure). With a stream of rows the load of the next row hides behind the selection of this
 one: the selector takes a row every max(load + 3, selection + output pass) cycles.
+
+The blocks are components: `RunIntake`, `DigitHistogram` (twice: the loader's top digit, S
+keys a cycle, and the passes', P a cycle), `RowReader`, `BinSelect`, `ThresholdCompare` and
+`TieBreaker` of the radix-select core (`hw/radix.py`), the `KeptSerializer`
+(`hw/radix_serializer.py`) and the beat packer; this unit wires them and runs the passes
+(`Phase`).
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig
 
 from .packer import BeatPacker
+from .radix import (
+    BinSelect,
+    DigitHistogram,
+    RowReader,
+    RunError,
+    RunIntake,
+    ThresholdCompare,
+    TieBreaker,
+    buffer_address,
+    flagged_layout,
+)
+from .radix_serializer import KeptSerializer
 from .rowstream import row_layout
 from .skid import SkidBuffer
-from .topk import ErrorCode, bin_picker, count_ties, set_ties
-from .zero_elim import PrefixCount
 
-__all__ = ["ValueSelect", "pair_layout"]
+__all__ = ["ValueSelect", "Phase", "pair_layout"]
 
 
 def pair_layout(cfg: AttentionConfig) -> data.StructLayout:
@@ -79,8 +95,14 @@ def pair_layout(cfg: AttentionConfig) -> data.StructLayout:
                               "prob": unsigned(cfg.prob_bits)})
 
 
-def _log2(x: int) -> int:
-    return x.bit_length() - 1
+class Phase(enum.Enum, shape=3):
+    """The selector's control states (the loader runs on its own)."""
+    IDLE = 0          # waiting for a loaded row (and its top digit's counts)
+    CHECK = 1         # the row's error, k = 0
+    BIN_SELECT = 2    # pick the bin (committed next cycle) and start the next pass
+    PASS = 3          # a candidate pass reads
+    OUTPUT = 4        # the output pass reads (its rows go on while the next row is taken)
+    EMPTY = 5         # the empty packet of a row that keeps nothing
 
 
 class ValueSelect(wiring.Component):
@@ -103,7 +125,7 @@ class ValueSelect(wiring.Component):
             "o": Out(stream.Signature(row_layout(pair_layout(cfg), cfg.softmax_lanes))),
             "busy": Out(1),
             "error": Out(1),
-            "error_code": Out(ErrorCode),
+            "error_code": Out(RunError),
             "threshold": Out(cfg.prob_bits),
         })
 
@@ -113,339 +135,188 @@ class ValueSelect(wiring.Component):
                           cfg.prob_bits, cfg.capacity)
         L = -(-KW // D)                       # digits
         KP = L * D                            # key width padded to whole digits
-        NB = 1 << D                           # bins per digit
         R = N // P                            # A rows of one bank
         G = P // S                            # input beats per A row
-        LP, LG = _log2(P), _log2(G)
-        rb = max(1, (R - 1).bit_length())     # A row address bits (then the bank bit)
-        cnt_shape = range(N + 1)
-        d_shape = signed(N.bit_length() + 1)
-        row_keys = data.ArrayLayout(unsigned(KW), P)
-
+        group_bits = (G - 1).bit_length()
+        row_bits = max(1, (R - 1).bit_length())
+        key = unsigned(KW)
         m = Module()
 
-        # ================================================================ buffer A (two banks)
-        m.submodules.mem = mem = Memory(shape=row_keys, depth=2 << rb, init=[])
-        wp = mem.write_port(granularity=S)
-        rp = mem.read_port()
+        # buffer A: two banks of R rows of P keys, written S keys at a time
+        m.submodules.mem = mem = Memory(shape=data.ArrayLayout(key, P), depth=2 << row_bits,
+                                        init=[])
+        wp, rp = mem.write_port(granularity=S), mem.read_port()
 
-        def addr(row, bank):
-            row = Value.cast(row)
-            return Cat(row[:rb], Const(0, rb - min(rb, len(row))), bank)
+        def padded(k):
+            return Cat(k, Const(0, KP - KW)) if KP > KW else k.as_unsigned()
 
-        def top_digit(key):
-            return key.as_unsigned()[(L - 1) * D:] if KP == KW else \
-                Cat(key, Const(0, KP - KW))[(L - 1) * D:]
-
-        # ================================================================ loader
-        # Takes a row into bank `lb` and counts its top digit (lcnt[b] = keys with digit >= b,
-        # minus k); holds it (`l_full`) until the selector takes it, then loads the other bank.
-        l_first = Signal(init=1)              # the next beat starts a row
-        l_full = Signal()                     # a whole row waits for the selector
-        lb = Signal()
-        l_pos = Signal(range(R * G + 1))      # beats of the row so far (stops at R * G)
-        l_n = Signal(range(N + S + 1))        # keys so far (stops growing past capacity)
-        l_k = Signal(cnt_shape)
-        l_err = Signal(ErrorCode)
-        runs_in = Signal(8)                   # rows whose last beat was taken
-        runs_out = Signal(8)                  # packets whose last beat was sent
-
+        # ---- loader: takes a row into bank `load_bank` and counts its top digit (from -k);
+        # holds it (`row_waiting`) until the selector takes it, then loads the other bank
+        m.submodules.intake = intake = RunIntake(lanes=S, beats=R * G, capacity=N,
+                                                 params=range(N + 1))    # k
+        m.submodules.top_histogram = top_hist = DigitHistogram(lanes=S, digit_bits=D,
+                                                               capacity=N, restarts=True)
+        row_waiting = Signal()
+        load_bank = Signal()
+        load_k = intake.params                # k of the row loaded last
+        rows_in = Signal(8)                   # rows whose last beat was taken
+        rows_out = Signal(8)                  # packets whose last beat was sent
         beat = self.i.payload
         take = Signal()
-        m.d.comb += [self.i.ready.eq(~l_full), take.eq(self.i.valid & ~l_full)]
-        pos_now = Mux(l_first, 0, l_pos)
-        n_now = Mux(l_first, 0, l_n)
-        err_now = Mux(l_first, ErrorCode.NONE, l_err)
-        beat_err = Signal(ErrorCode)
-        with m.If(beat.count == 0):
-            m.d.comb += beat_err.eq(Mux(l_first & beat.last, ErrorCode.N_ZERO,
-                                        ErrorCode.BAD_BEAT))
-        with m.Elif((beat.count > S) | (~beat.last & (beat.count != S))):
-            m.d.comb += beat_err.eq(ErrorCode.BAD_BEAT)
-        with m.Elif(pos_now >= R * G):
-            m.d.comb += beat_err.eq(ErrorCode.N_OVER_CAPACITY)
+        m.d.comb += [self.i.ready.eq(~row_waiting), take.eq(self.i.valid & ~row_waiting),
+                     intake.take.eq(take), intake.count.eq(beat.count),
+                     intake.last.eq(beat.last), intake.params_in.eq(self.k)]
         m.d.comb += [
-            wp.addr.eq(addr(pos_now >> LG, lb)),
-            wp.en.eq(Mux(take & (beat_err == ErrorCode.NONE) & (err_now == ErrorCode.NONE),
-                         1 << (pos_now[:LG] if LG else 0), 0)),
+            wp.addr.eq(buffer_address(intake.beat >> group_bits, row_bits, load_bank)),
+            wp.en.eq(Mux(take & intake.store, 1 << (intake.beat[:group_bits] if G > 1 else 0),
+                         0)),
         ]
-        for g in range(G):
-            for j in range(S):
-                m.d.comb += wp.data[g * S + j].eq(beat.data[j])
-        with m.If(take):
-            m.d.sync += [
-                l_pos.eq(Mux(pos_now >= R * G, R * G, pos_now + 1)),
-                l_n.eq(Mux(n_now > N, n_now, n_now + beat.count)),
-                l_err.eq(Mux(err_now != ErrorCode.NONE, err_now, beat_err)),
-                l_first.eq(beat.last),
-            ]
-            with m.If(l_first):
-                m.d.sync += l_k.eq(self.k)
-            with m.If(beat.last):
-                m.d.sync += [l_full.eq(1), runs_in.eq(runs_in + 1)]
-
-        # top digit histogram: L1 registers the keys, L2 the flags digit >= b, then the counts
-        l1_v, l1_first = Signal(), Signal()
-        l1_key = [Signal(KW, name=f"l1_key{j}") for j in range(S)]
+        m.d.comb += [wp.data[g * S + j].eq(beat.data[j]) for g in range(G) for j in range(S)]
+        with m.If(take & beat.last):
+            m.d.sync += [row_waiting.eq(1), rows_in.eq(rows_in + 1)]
+        # L1 registers the beat's keys; the histogram counts their top digits
+        l1_valid, l1_first = Signal(), Signal()
+        l1_keys = [Signal(KW, name=f"l1_key{j}") for j in range(S)]
         l1_ok = Signal(S)
-        m.d.sync += [l1_v.eq(take), l1_first.eq(take & l_first)]
+        m.d.sync += [l1_valid.eq(take), l1_first.eq(take & intake.first)]
         with m.If(take):
-            m.d.sync += [l1_key[j].eq(beat.data[j]) for j in range(S)]
+            m.d.sync += [l1_keys[j].eq(beat.data[j]) for j in range(S)]
             m.d.sync += l1_ok.eq(Cat(*[beat.count > j for j in range(S)]))
-        l2_v, l2_first = Signal(), Signal()
-        l2_ge = [None] + [Signal(S, name=f"l2_ge{b}") for b in range(1, NB)]
-        m.d.sync += [l2_v.eq(l1_v), l2_first.eq(l1_first)]
-        for b in range(1, NB):
-            m.d.sync += l2_ge[b].eq(Cat(*[l1_ok[j] & (top_digit(l1_key[j]) >= b)
-                                          for j in range(S)]))
-        lcnt = [None] + [Signal(d_shape, name=f"lcnt{b}") for b in range(1, NB)]
-        with m.If(l2_v):
-            for b in range(1, NB):
-                base = Mux(l2_first, -l_k, lcnt[b])
-                m.d.sync += lcnt[b].eq(base + sum(l2_ge[b][j] for j in range(S)))
+        m.d.comb += [top_hist.i.valid.eq(l1_valid), top_hist.i.payload.restart.eq(l1_first),
+                     top_hist.i.payload.flags.eq(l1_ok)]
+        m.d.comb += [top_hist.i.payload.digits[j].eq(padded(l1_keys[j])[(L - 1) * D:])
+                     for j in range(S)]
+        m.d.comb += [top_hist.init[j].eq(-load_k) for j in range((1 << D) - 1)]
 
-        # ================================================================ selector state
-        sb = Signal()                         # the bank the selector reads
-        s_n = Signal(range(N + S + 1))
-        s_k = Signal(cnt_shape)
-        s_err = Signal(ErrorCode)
-        neg_k_rem = Signal(d_shape)           # -(how many are still to find among the candidates)
-        d0 = Signal(d_shape)                  # candidates - k_rem
-        hdig = Signal(range(max(L, 2)))       # digit histogrammed by the current pass
-        pfx = Signal(KP)                      # the digits chosen so far, at their places
-        mask = Signal(KP)                     # ... and which digits they are
+        # ---- selector: reader, histogram of the pass's digit, bin select
+        m.submodules.reader = reader = RowReader(key_shape=key, lanes=P, rows=R, capacity=N)
+        m.submodules.histogram = hist = DigitHistogram(lanes=P, digit_bits=D, capacity=N)
+        m.submodules.bin_select = bins = BinSelect(digit_bits=D, capacity=N, digits=L)
+        select_bank = Signal()                # the bank the selector reads
+        take_row = Signal()                   # the selector takes the loaded row
+        row_error = Signal(RunError)
+        k_zero = Signal()
+        hist_digit = Signal(range(max(L, 2)))  # the digit the current pass counts
+        chosen = Signal(KP)                   # the digits chosen so far, at their places
+        chosen_mask = Signal(KP)              # ... and which digits they are
         out_pass = Signal()
-        ties_left = Signal(cnt_shape)
-        ties_cap = Signal(range(P + 1))
-
-        # reader
-        rd_row = Signal(range(R))
-        rd_final = Signal(range(R))
-        reading = Signal()
-        adv = Signal()                        # the reader pipeline moves this cycle
-        issue = Signal()
-        rd_last = Signal()
-        m.d.comb += [
-            rp.addr.eq(addr(rd_row, sb)), rp.en.eq(adv),
-            issue.eq(reading & adv), rd_last.eq(rd_row == rd_final),
-        ]
-        m_valid, m_last = Signal(), Signal()
-        m_row = Signal(range(R))
-        with m.If(adv):
-            m.d.sync += [m_valid.eq(issue), m_row.eq(rd_row), m_last.eq(rd_last)]
-        with m.If(issue):
-            m.d.sync += rd_row.eq(rd_row + 1)
-            with m.If(rd_last):
-                m.d.sync += reading.eq(0)
-
-        # R1: a row of A and its valid lanes
-        r1_valid, r1_last = Signal(), Signal()
-        r1_keys = Signal(row_keys)
-        r1_ok = Signal(P)
-        r1_row = Signal(range(R))
-        with m.If(adv):
-            m.d.sync += [r1_valid.eq(m_valid), r1_keys.eq(rp.data), r1_row.eq(m_row),
-                         r1_last.eq(m_last)]
-            m.d.sync += r1_ok.eq(Cat(*[((m_row << LP) + lane) < s_n for lane in range(P)]))
-
-        # ================================================================ pass histogram
-        # H1: ge[b][lane] = the key matches the chosen digits and its current digit is >= b;
-        # then dcnt[b] += popcount (dcnt[b] = candidates with digit >= b, minus k_rem)
-        h1_valid = Signal()
-        m.d.sync += h1_valid.eq(r1_valid & adv & ~out_pass)
-        h1_ge = [None] + [Signal(P, name=f"h1_ge{b}") for b in range(1, NB)]
-        r1_match = Signal(P)
-        r1_dig = [Signal(D, name=f"r1_dig{lane}") for lane in range(P)]
+        advance = Signal()                    # the pass pipeline moves this cycle
+        m.d.comb += [rp.addr.eq(buffer_address(reader.addr, row_bits, select_bank)),
+                     rp.en.eq(reader.read_en), reader.read_data.eq(rp.data),
+                     reader.o.ready.eq(advance), reader.load.eq(take_row),
+                     reader.elems.eq(intake.n)]
+        # a pass counts the keys whose digits above `hist_digit` are the chosen ones
+        r1 = reader.o.payload
+        match = Signal(P)
         for lane in range(P):
-            key = Cat(r1_keys[lane], Const(0, KP - KW)) if KP > KW else r1_keys[lane]
-            m.d.comb += [r1_match[lane].eq(r1_ok[lane] & (((key ^ pfx) & mask) == 0)),
-                         r1_dig[lane].eq(key.word_select(hdig, D))]
-        for b in range(1, NB):
-            m.d.sync += h1_ge[b].eq(Cat(*[r1_match[lane] & (r1_dig[lane] >= b)
-                                          for lane in range(P)]))
-        dcnt = [Signal(d_shape, name=f"dcnt{b}") for b in range(NB + 1)]
-        d_load = Signal()
-        d_init = [Signal(d_shape, name=f"d_init{b}") for b in range(NB)]
-        with m.If(d_load):
-            m.d.sync += [dcnt[b].eq(d_init[b]) for b in range(1, NB)]
-        with m.Elif(h1_valid):
-            m.d.sync += [dcnt[b].eq(dcnt[b] + sum(h1_ge[b][lane] for lane in range(P)))
-                         for b in range(1, NB)]
-        m.d.comb += [dcnt[0].eq(d0), dcnt[NB].eq(neg_k_rem)]
-
-        # ================================================================ bin select, commit
-        # BS: the highest bin whose count is >= 0 (the signs form a thermometer code: `sel` is
-        # one-hot); the commit, a cycle later: k_rem, the candidates, the digit's place in pfx.
-        bs_go, bs_valid = Signal(), Signal()
-        bs_bin = Signal(D)
-        bs_dat, bs_dab = Signal(d_shape), Signal(d_shape)
-        bs_dig = Signal.like(hdig)
-        m.d.sync += bs_valid.eq(bs_go)
-        pick = bin_picker(m, dcnt)
-
-        with m.If(bs_go):
-            m.d.sync += [bs_bin.eq(pick([Const(b, D) for b in range(NB)])),
-                         bs_dat.eq(pick(dcnt[:NB])), bs_dab.eq(pick(dcnt[1:])),
-                         bs_dig.eq(hdig)]
-        with m.If(bs_valid):
+            k = padded(r1.keys[lane])
+            m.d.comb += [match[lane].eq(r1.lane_ok[lane] & (((k ^ chosen) & chosen_mask) == 0)),
+                         hist.i.payload.digits[lane].eq(k.word_select(hist_digit, D))]
+        m.d.comb += [hist.i.valid.eq(reader.o.valid & advance & ~out_pass),
+                     hist.i.payload.flags.eq(match), hist.load.eq(take_row | bins.valid)]
+        m.d.comb += [hist.init[j].eq(Mux(take_row, top_hist.counts[j], bins.base))
+                     for j in range((1 << D) - 1)]
+        m.d.comb += [bins.above.eq(hist.counts), bins.start.eq(take_row), bins.n.eq(intake.n),
+                     bins.k.eq(load_k), bins.digit.eq(hist_digit)]
+        # the commit puts the bin in its place; the last digit's sets the ties (during the
+        # earlier ones the output rows of the row before may still be in the tie breaker)
+        with m.If(bins.valid):
             for h in range(L):
-                with m.If(bs_dig == h):
-                    m.d.sync += [pfx[h * D:(h + 1) * D].eq(bs_bin),
-                                 mask[h * D:(h + 1) * D].eq(NB - 1)]
-            m.d.sync += [neg_k_rem.eq(bs_dab), d0.eq(bs_dat)]
-            # (only the last digit's commit sets the ties: the output rows of the row before
-            # may still be on their way through R3 and R4 during the earlier ones)
-            with m.If(bs_dig == 0):
-                m.d.sync += set_ties(ties_left, ties_cap, -bs_dab, P)
-            m.d.comb += [d_load.eq(1)] + [d_init[b].eq(bs_dab) for b in range(1, NB)]
+                with m.If(bins.bin_digit == h):
+                    m.d.sync += [chosen[h * D:(h + 1) * D].eq(bins.bin),
+                                 chosen_mask[h * D:(h + 1) * D].eq((1 << D) - 1)]
 
-        # ================================================================ output pass: R2-R4
-        # R2 compares with the threshold, R3 adds the tie ranks, R4 the keep flags (as the
-        # top-k engine's output pass)
-        m.submodules.eq_prefix = eq_prefix = PrefixCount(P)
-        thr = pfx[:KW]
-        r2_valid, r3_valid, r4_valid = Signal(), Signal(), Signal()
-        r2_gt, r2_eq = Signal(P), Signal(P)
-        r2_keys, r3_keys, r4_keys = Signal(row_keys), Signal(row_keys), Signal(row_keys)
-        r2_row, r3_row, r4_row = Signal(range(R)), Signal(range(R)), Signal(range(R))
-        r2_last, r3_last, r4_last = Signal(), Signal(), Signal()
-        with m.If(adv):
-            m.d.sync += [r2_valid.eq(r1_valid & out_pass), r2_keys.eq(r1_keys),
-                         r2_row.eq(r1_row), r2_last.eq(r1_last)]
-            m.d.sync += [r2_gt.eq(Cat(*[r1_ok[lane] & (r1_keys[lane] > thr)
-                                        for lane in range(P)])),
-                         r2_eq.eq(Cat(*[r1_ok[lane] & (r1_keys[lane] == thr)
-                                        for lane in range(P)]))]
-        m.d.comb += eq_prefix.flags.eq(r2_eq)
-        r3_gt, r3_eq = Signal(P), Signal(P)
-        r3_prefix = Signal(data.ArrayLayout(range(P), P))
-        r3_eqn = Signal(range(P + 1))
-        with m.If(adv):
-            m.d.sync += [r3_valid.eq(r2_valid), r3_keys.eq(r2_keys), r3_row.eq(r2_row),
-                         r3_last.eq(r2_last), r3_gt.eq(r2_gt), r3_eq.eq(r2_eq),
-                         r3_eqn.eq(eq_prefix.total)]
-            m.d.sync += [r3_prefix[lane].eq(eq_prefix.prefix[lane]) for lane in range(P)]
-        r4_keep = Signal(P)
-        with m.If(adv):
-            m.d.sync += [r4_valid.eq(r3_valid), r4_keys.eq(r3_keys), r4_row.eq(r3_row),
-                         r4_last.eq(r3_last)]
-            m.d.sync += [r4_keep[lane].eq(r3_gt[lane] | (r3_eq[lane]
-                                                         & (r3_prefix[lane] < ties_cap)))
-                         for lane in range(P)]
-            with m.If(r3_valid):
-                m.d.sync += count_ties(ties_left, ties_cap, r3_eqn, P)
-
-        # ================================================================ serializer
-        # A skid buffer holds each flagged row; the serializer sends its flagged keys S at a
-        # time (the lowest first) through a second skid buffer into the beat packer.
-        flagged = data.StructLayout({"keys": row_keys, "keep": P, "row": range(R), "last": 1})
-        m.submodules.row_skid = row_skid = SkidBuffer(flagged)
-        empty_go = Signal()                   # the empty packet of a row that keeps nothing
+        # ---- output pass: compare, ties, then a skid buffer holds each flagged row while the
+        # serializer sends its kept keys S at a time into the beat packer
+        m.submodules.compare = compare = ThresholdCompare(key_shape=key, lanes=P, rows=R)
+        m.submodules.tie_breaker = tie_breaker = TieBreaker(key_shape=key, lanes=P, rows=R,
+                                                            capacity=N)
+        threshold = chosen[:KW]
+        compared = compare.i.payload
         m.d.comb += [
-            row_skid.i.valid.eq(r4_valid | empty_go),
-            row_skid.i.payload.keys.eq(r4_keys), row_skid.i.payload.row.eq(r4_row),
-            row_skid.i.payload.keep.eq(Mux(empty_go, 0, r4_keep)),
-            row_skid.i.payload.last.eq(r4_last | empty_go),
-            adv.eq(~r4_valid | row_skid.i.ready),
+            compare.i.valid.eq(reader.o.valid & out_pass), compared.keys.eq(r1.keys),
+            compared.lane_ok.eq(r1.lane_ok), compared.row.eq(r1.row), compared.last.eq(r1.last),
+            compare.threshold.eq(threshold),
+            tie_breaker.ties_set.eq(bins.valid & (bins.bin_digit == 0)),
+            tie_breaker.ties.eq(bins.to_find),
         ]
-        pl = pair_layout(cfg)
-        m.submodules.ser_skid = ser_skid = SkidBuffer(row_layout(pl, S))
-        m.submodules.packer = packer = BeatPacker(pl, S, zero_above_count=True)
+        wiring.connect(m, compare.o, tie_breaker.i)
+        m.submodules.row_skid = row_skid = SkidBuffer(flagged_layout(key, P, R))
+        empty_go = Signal()                   # the empty packet of a row that keeps nothing
+        flagged = tie_breaker.o.payload
+        m.d.comb += [
+            row_skid.i.valid.eq(tie_breaker.o.valid | empty_go),
+            row_skid.i.payload.keys.eq(flagged.keys), row_skid.i.payload.row.eq(flagged.row),
+            row_skid.i.payload.keep.eq(Mux(empty_go, 0, flagged.keep)),
+            row_skid.i.payload.last.eq(flagged.last | empty_go),
+            advance.eq(~tie_breaker.o.valid | row_skid.i.ready), tie_breaker.o.ready.eq(advance),
+        ]
+        m.submodules.serializer = serializer = KeptSerializer(
+            key_shape=key, lanes=P, out_lanes=S, rows=R, index_width=cfg.index_width)
+        m.submodules.ser_skid = ser_skid = SkidBuffer(row_layout(pair_layout(cfg), S))
+        m.submodules.packer = packer = BeatPacker(pair_layout(cfg), S, zero_above_count=True)
+        wiring.connect(m, row_skid.o, serializer.i)
+        m.d.comb += [ser_skid.i.payload.eq(serializer.o.payload),   # (index, key) as (index, prob)
+                     ser_skid.i.valid.eq(serializer.o.valid),
+                     serializer.o.ready.eq(ser_skid.i.ready)]
         wiring.connect(m, ser_skid.o, packer.i)
         wiring.connect(m, packer.o, wiring.flipped(self.o))
 
-        fr = row_skid.o.payload
-        started = Signal()                    # part of the held row has been sent
-        rem = Signal(P)                       # ... and these flags are still to send
-        cur = Signal(P)
-        m.d.comb += cur.eq(Mux(started, rem, fr.keep))
-        m.submodules.ser_prefix = ser_prefix = PrefixCount(P)
-        m.d.comb += ser_prefix.flags.eq(cur)
-        sp = ser_prefix.prefix
-        done_row = Signal()
-        m.d.comb += done_row.eq(ser_prefix.total <= S)
-        sv = ser_skid.i.payload
-        for s in range(S):
-            idx, prob = Mux(ser_prefix.total > s, Cat(Const(0, LP), fr.row), 0), 0
-            for lane in range(P):
-                hit = cur[lane] & (sp[lane] == s)
-                idx = idx | Mux(hit, lane, 0)
-                prob = prob | Mux(hit, fr.keys[lane], 0)
-            m.d.comb += [sv.data[s].index.eq(idx),
-                         sv.data[s].prob.eq(prob)]
-        m.d.comb += [
-            sv.count.eq(Mux(done_row, ser_prefix.total, S)),
-            sv.last.eq(fr.last & done_row),
-            ser_skid.i.valid.eq(row_skid.o.valid),
-            row_skid.o.ready.eq(ser_skid.i.ready & done_row),
-        ]
-        with m.If(row_skid.o.valid & ser_skid.i.ready):
-            m.d.sync += [started.eq(~done_row),
-                         rem.eq(Cat(*[cur[lane] & (sp[lane] >= S) for lane in range(P)]))]
-
-        # ================================================================ control
-        def start_reader():
-            return [rd_row.eq(0), reading.eq(1), rd_final.eq((s_n - 1) >> LP)]
-
+        # ---- status and control
         with m.If(self.o.valid & self.o.ready & self.o.payload.last):
-            m.d.sync += runs_out.eq(runs_out + 1)
+            m.d.sync += rows_out.eq(rows_out + 1)
         m.d.comb += [
-            self.busy.eq(~l_first | (runs_in != runs_out)),
-            self.error_code.eq(s_err),
-            self.error.eq(s_err != ErrorCode.NONE),
-            self.threshold.eq(thr),
+            self.busy.eq(~intake.first | (rows_in != rows_out)),
+            self.error_code.eq(row_error),
+            self.error.eq(row_error != RunError.NONE),
+            self.threshold.eq(threshold),
         ]
-        drained = Signal()                    # the output rows of the last row have left R4
-        m.d.comb += drained.eq(~r2_valid & ~r3_valid & ~r4_valid)
+        phase = Signal(Phase)
+        with m.Switch(phase):
+            with m.Case(Phase.IDLE):
+                # take the loaded row once its last counts are in
+                with m.If(row_waiting & ~l1_valid & ~top_hist.busy):
+                    m.d.comb += take_row.eq(1)
+                    m.d.sync += [
+                        select_bank.eq(load_bank), load_bank.eq(~load_bank),
+                        row_waiting.eq(0), k_zero.eq(load_k == 0), hist_digit.eq(L - 1),
+                        chosen.eq(0), chosen_mask.eq(0), phase.eq(Phase.CHECK),
+                        row_error.eq(Mux(intake.error != RunError.NONE, intake.error,
+                                         Mux(load_k > intake.n, RunError.K_OVER_N,
+                                             RunError.NONE))),
+                    ]
 
-        with m.FSM(name="sel"):
-            with m.State("IDLE"):
-                # take the loaded row once its last counts are in lcnt
-                with m.If(l_full & ~l1_v & ~l2_v):
-                    m.d.sync += [sb.eq(lb), lb.eq(~lb), l_full.eq(0), s_n.eq(l_n),
-                                 s_k.eq(l_k), hdig.eq(L - 1), pfx.eq(0), mask.eq(0),
-                                 s_err.eq(Mux(l_err != ErrorCode.NONE, l_err,
-                                              Mux(l_k > l_n, ErrorCode.K_OVER_N,
-                                                  ErrorCode.NONE)))]
-                    m.d.comb += [d_load.eq(1)] + [d_init[b].eq(lcnt[b]) for b in range(1, NB)]
-                    m.next = "CHECK"
-
-            with m.State("CHECK"):
-                m.d.sync += [neg_k_rem.eq(-s_k), d0.eq(s_n - s_k)]
-                with m.If(s_err != ErrorCode.NONE):
-                    m.next = "EMPTY"
-                with m.Elif(s_k == 0):
-                    m.d.sync += pfx.eq((1 << KW) - 1)
-                    m.next = "EMPTY"
+            with m.Case(Phase.CHECK):
+                with m.If(row_error != RunError.NONE):
+                    m.d.sync += phase.eq(Phase.EMPTY)
+                with m.Elif(k_zero):
+                    m.d.sync += [chosen.eq((1 << KW) - 1), phase.eq(Phase.EMPTY)]
                 with m.Else():
-                    m.next = "BIN_SELECT"
+                    m.d.sync += phase.eq(Phase.BIN_SELECT)
 
-            with m.State("BIN_SELECT"):
-                m.d.comb += bs_go.eq(1)
-                m.d.sync += start_reader()
-                with m.If(hdig == 0):
-                    m.d.sync += out_pass.eq(1)
-                    m.next = "OUTPUT"
+            with m.Case(Phase.BIN_SELECT):
+                m.d.comb += [bins.go.eq(1), reader.start.eq(1)]
+                with m.If(hist_digit == 0):
+                    m.d.sync += [out_pass.eq(1), phase.eq(Phase.OUTPUT)]
                 with m.Else():
-                    m.d.sync += hdig.eq(hdig - 1)
-                    m.next = "PASS"
+                    m.d.sync += [hist_digit.eq(hist_digit - 1), phase.eq(Phase.PASS)]
 
-            with m.State("PASS"):
-                with m.If(~reading & ~m_valid & ~r1_valid):
-                    # the last row is in H1: its counts are in dcnt next cycle
-                    m.next = "BIN_SELECT"
+            with m.Case(Phase.PASS):
+                with m.If(~reader.busy):
+                    # the last row's flags are in the histogram: its counts are in next cycle
+                    m.d.sync += phase.eq(Phase.BIN_SELECT)
 
-            with m.State("OUTPUT"):
-                with m.If(~reading & ~m_valid & ~r1_valid):
+            with m.Case(Phase.OUTPUT):
+                with m.If(~reader.busy):
                     # every row has been compared with the threshold; the rest of the output
                     # pipeline runs on while the next row is selected
-                    m.d.sync += out_pass.eq(0)
-                    m.next = "IDLE"
+                    m.d.sync += [out_pass.eq(0), phase.eq(Phase.IDLE)]
 
-            with m.State("EMPTY"):
-                with m.If(drained):
+            with m.Case(Phase.EMPTY):
+                # once the output rows of the row before have left the tie breaker
+                with m.If(~compare.o.valid & ~tie_breaker.busy):
                     m.d.comb += empty_go.eq(1)
                     with m.If(row_skid.i.ready):
-                        m.next = "IDLE"
+                        m.d.sync += phase.eq(Phase.IDLE)
 
         return m

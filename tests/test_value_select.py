@@ -15,7 +15,7 @@ import pytest
 
 from spatten.config import AttentionConfig
 from spatten.golden.attention import value_select
-from spatten.hw.topk import ErrorCode
+from spatten.hw.radix import RunError as ErrorCode
 from spatten.hw.value_select import ValueSelect
 from spatten.sim.infra.amaranth_tb import run_streams
 from spatten.sim.infra.testbench import cfg_tag, run_testbench
