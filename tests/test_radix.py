@@ -35,7 +35,7 @@ from spatten.hw.radix import (
     key_row_layout,
     read_row_layout,
 )
-from spatten.sim.amaranth_tb import run_streams, to_py
+from spatten.sim.infra.amaranth_tb import run_streams, to_py
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 

@@ -14,7 +14,7 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from spatten.hw.radix_feed import FEED_LATENCY, FixedDigitFilter, SurvivorFeed
-from spatten.sim.amaranth_tb import run_streams
+from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 

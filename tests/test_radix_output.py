@@ -14,7 +14,7 @@ from amaranth import unsigned
 
 from spatten.hw.radix_compactor import Compactor, compactor_latency
 from spatten.hw.radix_output import OUTPUT_LATENCY, ValueOutput
-from spatten.sim.amaranth_tb import run_streams
+from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 

@@ -11,7 +11,7 @@ import pytest
 from amaranth import unsigned
 
 from spatten.hw.radix_serializer import SERIALIZER_LATENCY, KeptSerializer
-from spatten.sim.amaranth_tb import run_streams
+from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 

@@ -12,7 +12,7 @@ import pytest
 from amaranth import unsigned
 
 from spatten.hw.radix_writer import WRITER_LATENCY, CandidateWriter
-from spatten.sim.amaranth_tb import run_streams
+from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 

@@ -46,8 +46,8 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from spatten.config import AttentionConfig
 from spatten.golden.attention import value_select
 from spatten.golden.select_cycles import select_cycles
+from spatten.hw.radix import RunError as ErrorCode
 from spatten.hw.rowstream import row_layout
-from spatten.hw.topk import ErrorCode
 from spatten.hw.value_select import ValueSelect, pair_layout
 
 from ..infra.bench import UnitBench, report, tb_config
