@@ -139,13 +139,13 @@ def attention_pins(cfg: AttentionConfig, prefix: str) -> dict:
     return {
         "bels": bels,
         "rows": [
-            {"regex": rf"{esc}\.vmem\.0\.(\d+)", "row": 46, "targets": pv_x},
-            {"regex": rf"{esc}\.kmsb\.0\.(\d+)", "row": 22, "targets": qk_x},
-            {"regex": rf"{esc}\.klsb\.0\.(\d+)", "row": 22, "targets": qk_x},
+            {"regex": rf"{esc}\.buffers\.vmem\.0\.(\d+)", "row": 46, "targets": pv_x},
+            {"regex": rf"{esc}\.buffers\.kmsb\.0\.(\d+)", "row": 22, "targets": qk_x},
+            {"regex": rf"{esc}\.buffers\.klsb\.0\.(\d+)", "row": 22, "targets": qk_x},
             {"regex": rf"{esc}\.softmax\.(?:scores|ebanks|exp_rom)\.\d+\.(\d+)",
              "row": 70, "targets": soft_x},
             {"regex": rf"{esc}\.vsel\.mem\.0\.(\d+)", "row": 82, "targets": spread},
-            {"regex": rf"{esc}\.kept_fifo\.storage\.0\.(\d+)", "row": 82,
+            {"regex": rf"{esc}\.pairs\.kept_fifo\.storage\.0\.(\d+)", "row": 82,
              "targets": spread},
         ],
     }

@@ -10,7 +10,6 @@ needs several words), the last beat of a batch log2(M) + 8 cycles after its last
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from spatten.config import AttentionConfig
@@ -27,8 +26,9 @@ def _per_query(value, queries: int, name: str) -> list[int]:
 
 
 def qk_latency(cfg: AttentionConfig) -> int:
-    """Cycles from a ``q`` transfer to the query's first ``o`` beat, nothing else in flight."""
-    return int(math.log2(cfg.qk_mults)) + 9
+    """Cycles from a ``q`` transfer to the query's first ``o`` beat, nothing else in flight:
+    the config's `qk_latency` (log2(M) + 9), the one number the RTL is built to."""
+    return cfg.qk_latency
 
 
 def qk_query_cycles(cfg: AttentionConfig, n: int, d: int) -> int:
@@ -54,7 +54,7 @@ def qk_schedule(cfg: AttentionConfig, n, d, queries: int = 1) -> list[tuple[int,
         raise ValueError(f"queries must be at least 1, not {queries}")
     ns = _per_query(n, queries, "n")
     ds = _per_query(d, queries, "d")
-    read_latency = qk_latency(cfg) - 1
+    read_latency = cfg.qk_read_latency
     S = cfg.softmax_lanes
     out, start = [], 1
     for ni, di in zip(ns, ds, strict=True):

@@ -268,6 +268,21 @@ class AttentionConfig:
     def data_max(self) -> int:
         return (1 << (self.data_width - 1)) - 1
 
+    @property
+    def qk_read_latency(self) -> int:
+        """Cycles of the Q.K array (`hw.qk.QKArray`) from the K read that completes an output
+        beat to that beat on its output: the K buffer's read (1), the K word's fabric register
+        (1), the multipliers' input and product registers (2), one register per adder-tree level
+        (log2 M), gather (1), pack (1) and the output FIFO (2)."""
+        return int(math.log2(self.qk_mults)) + 8
+
+    @property
+    def qk_latency(self) -> int:
+        """Cycles of the Q.K array from a query's ``q`` transfer to its first output beat,
+        nothing else in flight: its first K read the next cycle, then `qk_read_latency` (when
+        one K word holds all the keys of the beat, see `golden.qk_cycles.qk_schedule`)."""
+        return self.qk_read_latency + 1
+
     def exp_table(self) -> list[int]:
         """round(2**16 * 2**(-f / 2**y_frac_bits)) for every fraction f: the exponent ROM."""
         size = 1 << self.y_frac_bits

@@ -15,11 +15,12 @@ import time
 import numpy as np
 import pytest
 from amaranth.hdl import Shape
+from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig, TopKConfig, preset
 from spatten.golden.attention import qk as golden_qk
 from spatten.golden.qk_cycles import qk_cycle_model, qk_latency, qk_query_cycles, qk_schedule
-from spatten.hw.qk import QKArray, k_depth
+from spatten.hw.qk import PACK_LATENCY, DotPacker, QKArray, QKIssue, k_depth, output_fifo_depth
 from spatten.hw.qk import qk_latency as hw_qk_latency
 from spatten.sim.infra.amaranth_tb import run_streams
 from spatten.sim.infra.testbench import run_testbench
@@ -301,3 +302,166 @@ def test_cocotb_verilator(cfg, runs, seed):
     print(f"verilator: built={res.built} ({res.build_seconds:.1f} s), run {res.run_seconds:.1f} s,"
           f" total {time.monotonic() - t0:.1f} s; {res.summary()}")
     assert res.failed == 0 and res.passed == 3, res.summary()
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The array's parts on their own: the read stage and the beat packer
+
+
+def word_model(cfg, d, n):
+    """[(descriptor {l, nvalid, last, pos}, output beats it completes)] of the K words a query
+    of n keys at head dimension d reads, in order (n = 0 counts as 1, above the capacity as the
+    capacity)."""
+    g, S = cfg.qk_mults // d, cfg.softmax_lanes
+    rest, words = min(max(n, 1), cfg.capacity), []
+    while rest:
+        nvalid = min(g, rest)
+        rest -= nvalid
+        pos = len(words) % (S // g) if g <= S else 0
+        beats = -(-nvalid // S) if g > S else int(pos == S // g - 1 or rest == 0)
+        words.append(({"l": d.bit_length() - 1, "nvalid": nvalid, "last": int(rest == 0),
+                       "pos": pos}, beats))
+    return words
+
+
+def reserved_entries(cfg, word, beats):
+    """Output FIFO entries `QKIssue` reserves for a word: one per beat the word starts."""
+    return beats if cfg.qk_mults >> word["l"] > cfg.softmax_lanes else int(word["pos"] == 0)
+
+
+@pytest.mark.parametrize("gap,stall", [(0.0, 0.0), (0.4, 0.3), (0.0, 0.8)])
+@pytest.mark.parametrize("cfg", [SMALL, VARIANTS["m64-s1"], VARIANTS["m32-s16"]],
+                         ids=["small", "m64-s1", "m32-s16"])
+def test_issue_reads_each_query_in_order_within_the_fifo_room(cfg, gap, stall, seed):
+    """`QKIssue` under random gaps on ``q`` and beats taken from the output FIFO at random:
+    every query's words read in order with their descriptors and query, the reserved FIFO
+    entries never above `output_fifo_depth`, ``busy`` exact; back to back and unstalled, each
+    query reads for exactly `qk_query_cycles` cycles with no bubble between queries."""
+    rng = np.random.default_rng(seed)
+    prng = random.Random(seed)
+    # (q, d, n) or (q, d, n, d_log2 and n driven): n = 0 reads as 1, d_log2 = 0 as 3
+    queries = random_queries(cfg, rng, 8) + [(q_beat(cfg, rng, 8), 8, 1, 3, 0),
+                                             (q_beat(cfg, rng, 8), 8, cfg.capacity, 0,
+                                              cfg.capacity)]
+    side = [{"d_log2": raw[0] if raw else d.bit_length() - 1, "n": raw[1] if raw else n}
+            for _, d, n, *raw in queries]
+    models = [word_model(cfg, d, n) for _, d, n, *_ in queries]
+    every_word = [(w, beats) for model in models for w, beats in model]
+    dut = QKIssue(config=cfg)
+    reads, words, taken, busy_log = [], [], [], []    # reads: (cycle, addr, entries reserved)
+
+    def watch(ctx, cycle):
+        # the word read in the previous cycle comes with its descriptor and query
+        if reads and reads[-1][0] == cycle - 1:
+            assert ctx.get(dut.word.valid) == 1
+            got = ctx.get(dut.word)
+            words.append(({f: getattr(got, f) for f in ("l", "nvalid", "last", "pos")},
+                          list(ctx.get(dut.word_q))))
+        else:
+            assert ctx.get(dut.word.valid) == 0, f"a word without a read in cycle {cycle}"
+        used = sum(r for *_, r in reads) - len(taken)
+        assert used <= output_fifo_depth(cfg), f"FIFO overrun in cycle {cycle}"
+        busy_log.append((ctx.get(dut.busy), used))
+        # a beat is taken only once it can have reached the FIFO
+        arrived = sum(r for c, _, r in reads if c <= cycle - cfg.qk_read_latency)
+        take = int(arrived > len(taken) and prng.random() >= stall)
+        ctx.set(dut.beat_taken, take)
+        if take:
+            taken.append(cycle)
+        if ctx.get(dut.k_rd_en):
+            w, beats = every_word[len(reads)]
+            reads.append((cycle, ctx.get(dut.k_rd_addr), reserved_entries(cfg, w, beats)))
+
+    total_beats = sum(b for _, b in every_word)
+    res = run_streams(dut, sources={"q": [q[0] for q in queries]}, sinks={}, sideband={"q": side},
+                      rng=prng, gap=gap, watch=watch,
+                      quiet=200 + int(12 * (total_beats + len(every_word)) / (1 - stall)))
+    accepted = res["accepted"]["q"]
+    assert len(accepted) == len(queries) and len(reads) == len(every_word)
+    assert len(taken) == sum(r for *_, r in reads) == total_beats, "beats reserved and taken"
+    first = [sum(len(m) for m in models[:qi]) for qi in range(len(queries) + 1)]
+    last_read = [reads[first[qi + 1] - 1][0] for qi in range(len(queries))]
+    for qi, (qbeat, d, *_) in enumerate(queries):
+        mine = slice(first[qi], first[qi + 1])
+        assert [a for _, a, _ in reads[mine]] == list(range(len(models[qi])))
+        assert reads[first[qi]][0] > accepted[qi]
+        assert [w for w, _ in words[mine]] == [w for w, _ in models[qi]]
+        assert all(q == [qbeat[j % d] for j in range(cfg.qk_mults)] for _, q in words[mine])
+    # busy: a query accepted and not all of it read, or reserved entries not all taken
+    for cycle, (busy, used) in enumerate(busy_log):
+        reading = any(a < cycle <= r for a, r in zip(accepted, last_read, strict=True))
+        assert busy == int(reading or used > 0), f"busy in cycle {cycle}"
+    if gap == stall == 0.0:
+        # back to back: the next query is taken in the cycle of the last read, and each query
+        # holds the read stage for as many cycles as the model says
+        assert accepted[1:] == last_read[:-1]
+        starts = [reads[first[qi]][0] for qi in range(len(queries))]
+        assert starts[0] == accepted[0] + 1
+        assert [b - a for a, b in zip(starts, starts[1:], strict=False)] == \
+            [qk_query_cycles(cfg, n, d) for _, d, n, *_ in queries[:-1]]
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.5])
+@pytest.mark.parametrize("cfg", [SMALL, VARIANTS["m64-s1"], VARIANTS["m32-s16"]],
+                         ids=["small", "m64-s1", "m32-s16"])
+def test_dot_packer_packs_words_into_beats(cfg, gap, seed):
+    """`DotPacker`: the words of random queries (their dots at level log2 d, garbage in the
+    other levels and in the lanes past nvalid), paced as `QKIssue` paces them, with random idle
+    cycles between them: exactly the queries' beats, each `PACK_LATENCY` cycles after the word
+    that completes it, and ``macs`` = sum(n d)."""
+    rng = np.random.default_rng(seed)
+    prng = random.Random(seed)
+    dut = DotPacker(config=cfg)
+    assert dut.latency == PACK_LATENCY
+    lo, hi = -(1 << (cfg.dot_width - 1)), (1 << (cfg.dot_width - 1)) - 1
+    levels = dut.dots.shape().members
+    schedule, want, want_at, macs = [], [], [], 0      # schedule: a (word, dots) or None a cycle
+    for _ in range(10):
+        d = int(rng.choice(dims(cfg)))
+        n = int(rng.integers(1, 3 * max(cfg.qk_mults // d, cfg.softmax_lanes) + 2))
+        width = 2 * cfg.data_width + d.bit_length() - 1     # the level's sums
+        dots = [prng.randrange(-(1 << (width - 1)), 1 << (width - 1)) for _ in range(n)]
+        want += expected_beats(cfg, dots)
+        macs += n * d
+        for w, beats in word_model(cfg, d, n):
+            while prng.random() < gap:
+                schedule.append(None)
+            sums = {k: [prng.randrange(lo, hi) >> (cfg.dot_width - levels[k].elem_shape.width)
+                        for _ in range(levels[k].length)] for k in levels}
+            sums[f"level{w['l']}"][:w["nvalid"]] = dots[:w["nvalid"]]
+            dots = dots[w["nvalid"]:]
+            want_at += [len(schedule) + PACK_LATENCY + k for k in range(beats)]
+            schedule.append(({**w, "valid": 1}, sums))
+            # QKIssue reads nothing more while a word's beats leave (g > S)
+            schedule += [None] * max(0, beats - 1)
+    got, got_at = [], []
+
+    async def bench(ctx):
+        for t in range(len(schedule) + PACK_LATENCY + 2):
+            now = schedule[t] if t < len(schedule) else None
+            ctx.set(dut.word.valid, now is not None)
+            if now is not None:
+                ctx.set(dut.word, now[0])
+                ctx.set(dut.dots, now[1])
+            if ctx.get(dut.beat_valid):
+                beat = ctx.get(dut.beat)
+                got.append({"data": list(beat.data), "count": beat.count, "last": beat.last})
+                got_at.append(t)
+            await ctx.tick()
+        assert ctx.get(dut.macs) == macs
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == want
+    assert got_at == want_at
+
+
+def test_parts_reject_bad_configs():
+    for part in (QKIssue, DotPacker):
+        with pytest.raises(TypeError, match="config must be a spatten.config.AttentionConfig"):
+            part(config=TopKConfig())
+        with pytest.raises(TypeError):
+            part(DEFAULT)                                     # keyword-only
