@@ -11,7 +11,7 @@ from amaranth.lib import data
 from amaranth.sim import Simulator
 
 from spatten.hw.adder_tree import AdderTree, level_sums_layout
-from spatten.sim.unit_top import pick_seed
+from spatten.sim.infra.testbench import pick_seed
 
 TAG = data.StructLayout({"valid": 1, "what": 5})
 

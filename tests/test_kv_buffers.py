@@ -12,8 +12,8 @@ from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig, MemoryConfig
 from spatten.hw.kv_buffers import KVBuffers
-from spatten.sim.amaranth_tb import run_streams, to_py
-from spatten.sim.unit_top import pick_seed
+from spatten.sim.infra.amaranth_tb import run_streams, to_py
+from spatten.sim.infra.testbench import pick_seed
 
 CONFIGS = {
     # a power-of-two buffer (the bank offset is an OR) and one that is not (an addition, and

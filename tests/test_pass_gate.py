@@ -11,8 +11,8 @@ import pytest
 
 from spatten.config import AttentionConfig
 from spatten.hw.pass_gate import DECISIONS, FINALS, PassGate
-from spatten.sim.amaranth_tb import run_streams, to_py
-from spatten.sim.unit_top import pick_seed
+from spatten.sim.infra.amaranth_tb import run_streams, to_py
+from spatten.sim.infra.testbench import pick_seed
 
 CFG = AttentionConfig(qk_mults=16, pv_mults=16, capacity=64, softmax_lanes=4, topk_lanes=8)
 

@@ -12,8 +12,8 @@ from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig
 from spatten.hw.run_control import ErrorCode, RunControl, RunState, run_registers
-from spatten.sim.amaranth_tb import run_streams, to_py
-from spatten.sim.unit_top import pick_seed
+from spatten.sim.infra.amaranth_tb import run_streams, to_py
+from spatten.sim.infra.testbench import pick_seed
 
 CFG = AttentionConfig(qk_mults=16, pv_mults=16, capacity=64, softmax_lanes=4, topk_lanes=8)
 GOOD = {"n": 30, "d_log2": 4, "k_v": 12, "renorm": 1, "shift": 3, "scale": 1234,
