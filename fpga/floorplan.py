@@ -9,7 +9,8 @@ rows of its own, in the order its wiring wants:
 
 - The Q.K array (M lanes): in lane order, whole 16-lane subtrees of its adder tree in row 10,
   the rest from the left end of row 34.
-- prob x V (Mv lanes): lane e folds with lanes e + 8, e + 16, .. e + Mv/2 (`hw.pv`), and the
+- prob x V (Mv lanes): lane e folds with lanes e + 8, e + 16, .. e + Mv/2 (`hw.attention.pv`), and
+the
   renormalisation lane's first read multiplexer reads the same lanes, so the lanes are in groups
   of equal e mod 8, each group on neighbouring sites: whole groups in row 58, the rest from the
   right end of row 34, the lane's own multipliers just left of them.
@@ -33,7 +34,7 @@ __all__ = ["ECP5_85F_DSP_ROWS", "ECP5_85F_EBR_ROWS", "ATTENTION_PATHS", "dsp_sit
            "ebr_sites", "bel_column", "qk_lane_order", "pv_lane_order", "attention_bels",
            "attention_pins", "top_pins"]
 
-#: where the `hw.attention.Attention` sits inside the board harness, per `hw.tops` name
+#: where the `hw.attention.attention.Attention` sits inside the board harness, per `hw.tops` name
 ATTENTION_PATHS = {"attention": "dut", "attention_fed": "dut.unit"}
 
 #: rows of MULT18X18D sites on the LFE5U-85F
@@ -74,8 +75,8 @@ def pv_lane_order(mv: int) -> list[int]:
 
 
 def attention_bels(cfg: AttentionConfig, prefix: str) -> dict[str, str]:
-    """{hierarchical cell name: BEL} for the multipliers of the `hw.attention.Attention` at
-    `prefix` (``"dut"`` in the board harness, ``"dut.unit"`` inside `hw.tops.Fed`).
+    """{hierarchical cell name: BEL} for the multipliers of the `hw.attention.attention.Attention`
+    at `prefix` (``"dut"`` in the board harness, ``"dut.unit"`` inside `hw.tops.Fed`).
 
     Raises ValueError when the arrays do not fit the rows as described in the module's
     docstring."""
@@ -86,7 +87,7 @@ def attention_bels(cfg: AttentionConfig, prefix: str) -> dict[str, str]:
     qk_row0 = min(M, n - n % 16)                  # whole 16-lane subtrees
     pv_group = max(1, Mv // 8)
     pv_row2 = min(Mv, (n // pv_group) * pv_group)  # whole fold groups
-    # hw.pv: the renormalisation lane multiplies chunks of prob_bits + 1 bits of the sum
+    # hw.attention.pv: the renormalisation lane multiplies chunks of prob_bits + 1 bits of the sum
     lane_mults = -(-cfg.acc_width // (cfg.prob_bits + 1))
     mid = (M - qk_row0) + (Mv - pv_row2) + lane_mults
     if mid > n:
@@ -116,8 +117,8 @@ def bel_column(bel: str) -> int:
 
 
 def attention_pins(cfg: AttentionConfig, prefix: str) -> dict:
-    """The pins of the `hw.attention.Attention` at `prefix` for `fpga.pins`: the multipliers
-    (`attention_bels`) and the block RAMs.
+    """The pins of the `hw.attention.attention.Attention` at `prefix` for `fpga.pins`: the
+    multipliers (`attention_bels`) and the block RAMs.
 
     - The V buffer in the block-RAM row between prob x V's two rows (46), each block near the
       lanes its bits feed; the K planes in the row between the Q.K array's (22), likewise.

@@ -225,8 +225,8 @@ def softmax(cfg: AttentionConfig, dots, params: ScoreParams) -> SoftmaxResult:
 
 def value_select(cfg: AttentionConfig, p, k_v: int | None) -> np.ndarray:
     """Indices (ascending) of the ``k_v`` largest probabilities of one row, ties to the lowest
-    index (what `hw.value_select.ValueSelect` keeps); ``k_v = None`` or ``k_v >= n`` keeps every
-    key."""
+    index (what `hw.attention.value_select.ValueSelect` keeps); ``k_v = None`` or ``k_v >= n`` keeps
+    every key."""
     p = np.asarray(p, dtype=np.int64)
     n = p.shape[0]
     if k_v is None or k_v >= n:

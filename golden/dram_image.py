@@ -354,7 +354,7 @@ def coalesce(indices) -> list[tuple[int, int]]:
 
 
 def buffer_runs(indices, first: int = 0) -> list[dict]:
-    """The runs ``{start, count, dst}`` (`hw.fetch.run_layout`) that bring rows ``indices``
+    """The runs ``{start, count, dst}`` (`hw.memory.fetch.run_layout`) that bring rows ``indices``
     (strictly ascending) to buffer positions ``first, first + 1, ...``: `coalesce` with each
     run's first position; what the core's coalescers ask a plane reader for."""
     out, dst = [], first

@@ -1,4 +1,4 @@
-"""Cycle model of the prob x V array (`hw/pv.py`), exact when nothing stalls.
+"""Cycle model of the prob x V array (`hw/attention/pv.py`), exact when nothing stalls.
 
 Work. A query's kept indices travel S to a beat (the last beat partial; an empty query is one
 beat with count 0). Each beat occupies the issue stage for as many cycles as it touches V words

@@ -1,4 +1,4 @@
-"""Cycle model of the Q.K array (`hw/qk.py`), exact when nothing stalls.
+"""Cycle model of the Q.K array (`hw/attention/qk.py`), exact when nothing stalls.
 
 A query of n keys at head dimension d (g = M/d keys per K word, S dots per output beat) holds the
 array's read stage for ceil(n / min(g, S)) cycles: one K word a cycle while g <= S, one output beat

@@ -1,5 +1,5 @@
-"""Cycle model of the value-pruning selector (`hw/value_select.py`), exact for a row alone with
-its input always valid and ``o`` always ready.
+"""Cycle model of the value-pruning selector (`hw/attention/value_select.py`), exact for a row alone
+with its input always valid and ``o`` always ready.
 
 Cycles count from the transfer of the row's first input beat (cycle 0). With B = ceil(n/S)
 input beats, r = ceil(n/P) rows of A and L digits of D bits::

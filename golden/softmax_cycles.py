@@ -1,4 +1,4 @@
-"""Cycle model of the streaming softmax (`hw/softmax.py`), exact when nothing stalls.
+"""Cycle model of the streaming softmax (`hw/attention/softmax.py`), exact when nothing stalls.
 
 The unit takes a row through four phases, each with its own resources (two score banks, two e
 banks, one reciprocal unit, one output pipeline), so successive rows overlap. Cycles count from

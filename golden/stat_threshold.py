@@ -1,4 +1,4 @@
-"""Golden model of the statistical top-k threshold (`hw/stat_threshold.py`), bit-exact.
+"""Golden model of the statistical top-k threshold (`hw/topk/stat_threshold.py`), bit-exact.
 
 The statistical mode of the top-k engine keeps every value ``v >= mean + z * sigma`` where ``z``
 is the normal quantile that leaves a fraction ``k / n`` of a normal population above it; about

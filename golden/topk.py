@@ -162,9 +162,9 @@ def select_statistical(cfg: TopKConfig, values, k: int) -> TopKResult:
 
 
 def _packer_writes(counts, arrivals, lanes):
-    """Cycles in which `hw.packer.BeatPacker` (output never stalled) emits its beats, for a packet
-    whose beats carry `counts` items and arrive (are accepted) in cycles `arrivals`: two cycles
-    after the beat that releases a beat, three for the remainder of a split last beat."""
+    """Cycles in which `hw.common.packer.BeatPacker` (output never stalled) emits its beats, for a
+    packet whose beats carry `counts` items and arrive (are accepted) in cycles `arrivals`: two
+    cycles after the beat that releases a beat, three for the remainder of a split last beat."""
     out, fill = [], 0
     for idx, (c, a) in enumerate(zip(counts, arrivals, strict=True)):
         total = fill + c
@@ -182,7 +182,7 @@ def _packer_writes(counts, arrivals, lanes):
 
 
 def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
-    """Cycle counts of `hw.topk.TopK` when an input beat arrives every cycle and the output is
+    """Cycle counts of `hw.topk.topk.TopK` when an input beat arrives every cycle and the output is
     never stalled: ``select`` (from the cycle after the last input beat until the threshold is
     known, inclusive) and ``total`` (first input beat to last output beat, inclusive), plus the
     radix passes' row counts.

@@ -75,26 +75,26 @@ class Fed(wiring.Component):
 
 
 def _topk(cfg: Config):
-    from .topk import TopK
+    from .topk.topk import TopK
 
     return TopK(config=cfg.topk)
 
 
 def _attention(cfg: Config):
-    from .attention import Attention
+    from .attention.attention import Attention
 
     return Attention(config=cfg.attention)
 
 
 def _core(cfg: Config):
-    from .core import Core
+    from .memory.core import Core
 
     # memory.group_size query heads per K/V head (3 by default, as in SmolLM2)
     return Core(config=cfg)
 
 
 def _attention_fed(cfg: Config):
-    # The pipeline as `hw.core.Core` drives it: the buffer writes of the memory side (K MSB,
+    # The pipeline as `hw.memory.core.Core` drives it: the buffer writes of the memory side (K MSB,
     # K LSB and V rows) and the queries filled 128 bits a cycle. `load`, the standalone
     # pipeline's own loader of the same buffers, is idle in the Core; fed as well, it was a
     # second 768-bit write path to every K and V block RAM (17 % of router2's early congestion).

@@ -33,7 +33,7 @@ def _check_int(name: str, value, lo: int, hi: int) -> None:
 
 @dataclass(frozen=True)
 class TopKConfig:
-    """Parameters of the top-k engine (`hw/topk.py`).
+    """Parameters of the top-k engine (`hw/topk/topk.py`).
 
     lanes        P, values per input/output beat and comparisons per cycle (power of two, 1..32)
     value_width  W, bits of each signed input value (2..32)
@@ -106,9 +106,10 @@ class TopKConfig:
 
 @dataclass(frozen=True)
 class AttentionConfig:
-    """The fixed-point contract and the sizes of the attention datapath (`hw/qk.py`,
-    `hw/softmax.py`, `hw/pv.py`, `hw/attention.py`). Every width below is derived from the worst
-    case the formats allow; `golden/attention.py` follows the same rules bit for bit.
+    """The fixed-point contract and the sizes of the attention datapath (`hw/attention/qk.py`,
+    `hw/attention/softmax.py`, `hw/attention/pv.py`, `hw/attention/attention.py`). Every width below
+    is derived from the worst case the formats allow; `golden/attention.py` follows the same rules
+    bit for bit.
 
     Formats (``S`` signed, ``U`` unsigned; ``a.b`` = integer.fraction bits)
     ---------------------------------------------------------------------
@@ -128,7 +129,8 @@ class AttentionConfig:
     p              probability, U0.`prob_bits`: min((e * recip + half) >> (17 + norm), 2**16 - 1)
     acc            sum of p * v over the kept keys: S(prob_bits + W + log2 n_max), exact (the
                    pipeline's prob x V holds it in S(W + prob_bits + 2): a softmax row's
-                   probabilities sum below 2**16 + 2 + n/2 < 2**17, `hw.pv.ProbV` p_sum_bits)
+                   probabilities sum below 2**16 + 2 + n/2 < 2**17, `hw.attention.pv.ProbV`
+                   p_sum_bits)
     out            S(data_width + out_frac_bits): v's scale with out_frac_bits more fraction bits (a
                    convex combination of v rows stays in v's range; the extra bits keep rows of
                    small norm accurate): round(acc / 2**(prob_bits - out_frac_bits)), or with
@@ -143,8 +145,9 @@ class AttentionConfig:
     capacity       n_max, keys (and values) one head may hold on chip
     softmax_lanes  S, scores the softmax handles per cycle (power of two, <= qk_mults / 8 keeps the
                    Q.K array busy down to d = M / S)
-    topk_lanes     P, keys a pass of value pruning's selector reads a cycle (`hw/value_select.py`)
-    topk_digit_bits  D, bits of the selector's radix digit: ceil(prob_bits / D) passes a row
+    topk_lanes     P, keys a pass of value pruning's selector reads a cycle
+    (`hw/attention/value_select.py`) topk_digit_bits  D, bits of the selector's radix digit:
+    ceil(prob_bits / D) passes a row
     """
 
     data_width: int = 12
@@ -270,10 +273,10 @@ class AttentionConfig:
 
     @property
     def qk_read_latency(self) -> int:
-        """Cycles of the Q.K array (`hw.qk.QKArray`) from the K read that completes an output
-        beat to that beat on its output: the K buffer's read (1), the K word's fabric register
-        (1), the multipliers' input and product registers (2), one register per adder-tree level
-        (log2 M), gather (1), pack (1) and the output FIFO (2)."""
+        """Cycles of the Q.K array (`hw.attention.qk.QKArray`) from the K read that completes an
+        output beat to that beat on its output: the K buffer's read (1), the K word's fabric
+        register (1), the multipliers' input and product registers (2), one register per adder-tree
+        level (log2 M), gather (1), pack (1) and the output FIFO (2)."""
         return int(math.log2(self.qk_mults)) + 8
 
     @property
@@ -357,7 +360,8 @@ class MemoryConfig:
     align           byte alignment of every plane in the DRAM image
     addr_width      bits of a DRAM byte address (requests, plane bases)
     token_bits      bits of a token index, a row of a plane (up to 2**token_bits rows)
-    group_size      query heads per head group the core (`hw.core.Core`) serves from one K and V
+    group_size      query heads per head group the core (`hw.memory.core.Core`) serves from one K
+    and V
                     (grouped-query attention: 3 as in SmolLM2; MiniLM has 1), 1..8
     q_slots         Q rows the core fetches ahead of the pipeline (each one DRAM run), 1..16
     """
@@ -457,9 +461,9 @@ def preset(name: str) -> Config:
 
 
 def zero_eliminator_latency(lanes: int) -> int:
-    """Cycles from a beat entering `hw.zero_elim.ZeroEliminator` to its compacted beat leaving it,
-    when the output is never stalled: one register after the prefix count, then one after every
-    second of the log2(lanes) shift stages (rounded up)."""
+    """Cycles from a beat entering `hw.common.zero_elim.ZeroEliminator` to its compacted beat
+    leaving it, when the output is never stalled: one register after the prefix count, then one
+    after every second of the log2(lanes) shift stages (rounded up)."""
     stages = int(math.log2(lanes))
     return 1 + (stages + 1) // 2
 

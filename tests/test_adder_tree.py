@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The registered adder tree (`hw/adder_tree.py`): every offered level's sums of the terms of
+"""The registered adder tree (`hw/common/adder_tree.py`): every offered level's sums of the terms of
 exactly `latency` cycles earlier, the tag alongside, for signed and unsigned terms, extreme
 values, and bad parameters. Set SPATTEN_SEED to fix the seed of the random terms."""
 
@@ -10,7 +10,7 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 from amaranth.sim import Simulator
 
-from spatten.hw.adder_tree import AdderTree, level_sums_layout
+from spatten.hw.common.adder_tree import AdderTree, level_sums_layout
 from spatten.sim.infra.testbench import pick_seed
 
 TAG = data.StructLayout({"valid": 1, "what": 5})

@@ -1,5 +1,5 @@
-"""The memory side (hw/core.py: fetch unit + query pipeline) behind the DRAM model, in cocotb on
-Verilator, against `golden.progressive.run_group`: outputs, pass order, row beats, probabilities
+"""The memory side (hw/memory/core.py: fetch unit + query pipeline) behind the DRAM model, in cocotb
+on Verilator, against `golden.progressive.run_group`: outputs, pass order, row beats, probabilities
 and the DRAM bytes of every tensor, for index lists single/contiguous/sparse/full, tau off, 0, a
 middle value and 1, value pruning, grouped-query attention (3 query heads a K/V head), DRAM
 latency, bandwidth limits and stalls, stream gaps and backpressure, and bad jobs. Both K splits

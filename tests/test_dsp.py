@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""The registered multiplier (`hw/dsp.py`): exact products of every operand-shape combination the
-arrays use and of the extremes an 18-bit operand allows, the latency of each register choice
+"""The registered multiplier (`hw/common/dsp.py`): exact products of every operand-shape combination
+the arrays use and of the extremes an 18-bit operand allows, the latency of each register choice
 exactly, the ``a_en`` hold, the MULT18X18D it becomes on an ECP5 platform, and bad parameters.
 Set SPATTEN_SEED to fix the seed of the random operands."""
 
@@ -13,7 +13,7 @@ from amaranth.hdl import signed, unsigned
 from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig
-from spatten.hw.dsp import MULT18X18D_OPERAND_BITS, Multiplier, MultiplierRegisters
+from spatten.hw.common.dsp import MULT18X18D_OPERAND_BITS, Multiplier, MultiplierRegisters
 from spatten.sim.infra.testbench import pick_seed
 
 CFG = AttentionConfig()

@@ -1,7 +1,7 @@
-"""The fetch unit's plane readers and DRAM arbiter (hw/fetch.py) against the DRAM image golden
-model, in the Amaranth simulator with the DRAM model of sim/dram.py: buffer contents, requests
-and bytes exactly as `golden.dram_image` predicts, under DRAM latency, bandwidth limits, random
-stalls, command gaps and write backpressure; bad input gives an error, not a hang."""
+"""The fetch unit's plane readers and DRAM arbiter (hw/memory/fetch.py) against the DRAM image
+golden model, in the Amaranth simulator with the DRAM model of sim/dram.py: buffer contents,
+requests and bytes exactly as `golden.dram_image` predicts, under DRAM latency, bandwidth limits,
+random stalls, command gaps and write backpressure; bad input gives an error, not a hang."""
 
 import os
 import random
@@ -21,7 +21,7 @@ from spatten.golden.dram_image import (
     coalesce,
     read_image,
 )
-from spatten.hw.fetch import ISSUE_LATENCY, BurstIssuer, DramArbiter, PlaneReader
+from spatten.hw.memory.fetch import ISSUE_LATENCY, BurstIssuer, DramArbiter, PlaneReader
 from spatten.sim.infra.amaranth_tb import run_streams
 from spatten.sim.models.dram import DramModel
 

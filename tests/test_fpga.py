@@ -664,7 +664,7 @@ def test_attention_floorplan_names_are_cells_of_the_design():
     import re
 
     from spatten.fpga.floorplan import attention_pins
-    from spatten.hw.attention import Attention
+    from spatten.hw.attention.attention import Attention
 
     cfg = preset("small")
     cells, memories = _flattened_names(rtlil.convert(Attention(config=cfg), name="top",
@@ -680,13 +680,13 @@ def test_attention_floorplan_names_are_cells_of_the_design():
 
 
 class OneMult(wiring.Component):
-    """Tiny DUT: one `hw.dsp.Multiplier` (a registered MULT18X18D on the ECP5)."""
+    """Tiny DUT: one `hw.common.dsp.Multiplier` (a registered MULT18X18D on the ECP5)."""
 
     def __init__(self):
         super().__init__({"a": In(signed(12)), "b": In(signed(12)), "p": Out(signed(24))})
 
     def elaborate(self, platform):
-        from spatten.hw.dsp import Multiplier
+        from spatten.hw.common.dsp import Multiplier
 
         m = Module()
         m.submodules.mul = mul = Multiplier(a_shape=signed(12), b_shape=signed(12))

@@ -1,5 +1,5 @@
-"""The core's front (hw/intake.py) with real job slots, in the Amaranth simulator under random
-gaps on the job and survivor streams and random backpressure on the K MSB runs: the runs are
+"""The core's front (hw/memory/intake.py) with real job slots, in the Amaranth simulator under
+random gaps on the job and survivor streams and random backpressure on the K MSB runs: the runs are
 `golden.dram_image.buffer_runs` of the survivors at positions 0, 1, ... of the job's bank, the
 index buffer gets every survivor at its position (from the bank's first), a good job is closed
 READY in its banks, a bad list BAD with BAD_INDEX (swallowed to its last beat), a refused job BAD
@@ -15,9 +15,9 @@ from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig, Config, MemoryConfig
 from spatten.golden.dram_image import buffer_runs
-from spatten.hw.fetch import run_layout
-from spatten.hw.intake import ADMIT_LATENCY, Intake
-from spatten.hw.job_slots import (
+from spatten.hw.memory.fetch import run_layout
+from spatten.hw.memory.intake import ADMIT_LATENCY, Intake
+from spatten.hw.memory.job_slots import (
     CoreError,
     JobSlots,
     SlotState,

@@ -1,5 +1,5 @@
-"""The running job (hw/job_runner.py) in the Amaranth simulator, its slot played by a model of
-the job slots: a READY job starts, its Q rows (and only those of its slot) go to the pipeline,
+"""The running job (hw/memory/job_runner.py) in the Amaranth simulator, its slot played by a model
+of the job slots: a READY job starts, its Q rows (and only those of its slot) go to the pipeline,
 the pipeline's outputs to ``o`` up to the last, then the slot is released once its scans are
 over; a BAD job's rows are dropped and its error beat follows `ERROR_BEAT_LATENCY` cycle after
 the last condition holds; the status counters; under random gaps and backpressure."""
@@ -9,8 +9,8 @@ import os
 import pytest
 
 from spatten.config import AttentionConfig, Config
-from spatten.hw.job_runner import ERROR_BEAT_LATENCY, JobRunner
-from spatten.hw.job_slots import CoreError, RowsState, SlotState, slot_layout
+from spatten.hw.memory.job_runner import ERROR_BEAT_LATENCY, JobRunner
+from spatten.hw.memory.job_slots import CoreError, RowsState, SlotState, slot_layout
 from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))

@@ -1,5 +1,5 @@
-"""The core's job slots (hw/job_slots.py) in the Amaranth simulator: each event changes the slot
-its pointer selects, one cycle later (`EVENT_LATENCY`), the pointers move on when their part is
+"""The core's job slots (hw/memory/job_slots.py) in the Amaranth simulator: each event changes the
+slot its pointer selects, one cycle later (`EVENT_LATENCY`), the pointers move on when their part is
 done with a job, a later event wins over an earlier one on the same field, and a DRAM error
 flags only a running job."""
 
@@ -7,7 +7,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig, Config, MemoryConfig
-from spatten.hw.job_slots import (
+from spatten.hw.memory.job_slots import (
     EVENT_LATENCY,
     CoreError,
     JobSlots,

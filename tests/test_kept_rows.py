@@ -1,4 +1,4 @@
-"""The V rows a final pass still needs (hw/kept_rows.py) in the Amaranth simulator: for each
+"""The V rows a final pass still needs (hw/memory/kept_rows.py) in the Amaranth simulator: for each
 query's kept positions, the runs of the tokens of those not yet resident (coalesced, at their
 positions), each position fetched once per job (a prefetch mark counts, a clear forgets the
 job's half), ``done`` once per query after its runs; a beat whose positions are all resident is
@@ -16,7 +16,7 @@ from amaranth.lib.wiring import In
 
 from spatten.config import AttentionConfig, Config
 from spatten.golden.dram_image import coalesce
-from spatten.hw.kept_rows import RESIDENT_CHECK_LATENCY, KeptRows
+from spatten.hw.memory.kept_rows import RESIDENT_CHECK_LATENCY, KeptRows
 from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))

@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""The query pipeline's K and V buffers (`hw/kv_buffers.py`): whole-word loads and the fetch
-unit's group writes under random gaps, loads first (the write streams wait), loads beyond the
+"""The query pipeline's K and V buffers (`hw/attention/kv_buffers.py`): whole-word loads and the
+fetch unit's group writes under random gaps, loads first (the write streams wait), loads beyond the
 buffer dropped with ``load_error``; every word read back a cycle after its address, in either
 bank, K at full precision or with the LSB plane filled; a word read while written gives the new
 data; bad parameters. Set SPATTEN_SEED to fix the seed."""
@@ -11,7 +11,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig, MemoryConfig
-from spatten.hw.kv_buffers import KVBuffers
+from spatten.hw.attention.kv_buffers import KVBuffers
 from spatten.sim.infra.amaranth_tb import run_streams, to_py
 from spatten.sim.infra.testbench import pick_seed
 

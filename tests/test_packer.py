@@ -12,7 +12,7 @@ import zlib
 import pytest
 from amaranth.hdl import signed, unsigned
 
-from spatten.hw.packer import BeatPacker
+from spatten.hw.common.packer import BeatPacker
 from spatten.sim.infra.amaranth_tb import run_streams, to_py
 
 ALL_LANES = (1, 2, 4, 8, 16, 32)

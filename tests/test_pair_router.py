@@ -1,7 +1,7 @@
 # amaranth: UnusedElaboratable=no
-"""The query pipeline's pair router (`hw/pair_router.py`): without pruning every key of a row is
-a pair (its index its place in the row); with pruning the rows go to the selector and its pairs
-come back; with ``v_wait`` the kept indices leave first and prob x V starts a query only after
+"""The query pipeline's pair router (`hw/attention/pair_router.py`): without pruning every key of a
+row is a pair (its index its place in the row); with pruning the rows go to the selector and its
+pairs come back; with ``v_wait`` the kept indices leave first and prob x V starts a query only after
 its ``v_done`` pulse (``v_stall`` meanwhile); all under random gaps on the inputs and random
 backpressure on the outputs. Set SPATTEN_SEED to fix the seed."""
 
@@ -10,7 +10,7 @@ import random
 import pytest
 
 from spatten.config import AttentionConfig
-from spatten.hw.pair_router import PairRouter, kept_depth
+from spatten.hw.attention.pair_router import PairRouter, kept_depth
 from spatten.sim.infra.amaranth_tb import run_streams, to_py
 from spatten.sim.infra.testbench import pick_seed
 

@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""The query pipeline's pass gate (`hw/pass_gate.py`): every pass's row leaves with its tag,
-precision and whether it was dropped; only final passes' probabilities go on; the decisions and
+"""The query pipeline's pass gate (`hw/attention/pass_gate.py`): every pass's row leaves with its
+tag, precision and whether it was dropped; only final passes' probabilities go on; the decisions and
 final tags come out in order; ``refetch`` pulses with each dropped row; all under random gaps on
 the three inputs and random backpressure on the four outputs. Set SPATTEN_SEED to fix the
 seed."""
@@ -10,7 +10,7 @@ import random
 import pytest
 
 from spatten.config import AttentionConfig
-from spatten.hw.pass_gate import DECISIONS, FINALS, PassGate
+from spatten.hw.attention.pass_gate import DECISIONS, FINALS, PassGate
 from spatten.sim.infra.amaranth_tb import run_streams, to_py
 from spatten.sim.infra.testbench import pick_seed
 

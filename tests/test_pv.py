@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The prob x V array (`hw/pv.py`) against `golden.attention.pv` and `golden.pv_cycles`.
+"""The prob x V array (`hw/attention/pv.py`) against `golden.attention.pv` and `golden.pv_cycles`.
 
 Amaranth-simulator tests drive `sim.tb_pv.PvTop` (the array with its V buffer) cycle by cycle:
 every d of a small and of the default config with dense, sparse, contiguous, single, empty and
@@ -22,7 +22,7 @@ from amaranth.hdl import Shape, signed, unsigned
 
 from spatten.config import AttentionConfig, preset
 from spatten.golden.pv_cycles import pv_beat_ops, pv_cycle_model, pv_schedule
-from spatten.hw.pv import ProbV, input_layout, output_layout, pv_latency, v_depth
+from spatten.hw.attention.pv import ProbV, input_layout, output_layout, pv_latency, v_depth
 from spatten.sim.infra.amaranth_tb import run_streams
 from spatten.sim.infra.testbench import cfg_tag, run_testbench
 from spatten.sim.testbenches.tb_pv import PvTop, expected_beat, make_query, query_beats, v_words

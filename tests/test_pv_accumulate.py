@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""The accumulators of prob x V (`hw/pv_accumulate.py`): queries of random words (back to back
-and with gaps, one-word queries, every d), random products (and junk products between queries,
+"""The accumulators of prob x V (`hw/attention/pv_accumulate.py`): queries of random words (back to
+back and with gaps, one-word queries, every d), random products (and junk products between queries,
 which a query's start must clear); each query's sums at its last word against a model (the
 products of its words plus the rounding constant in the lanes below d), the side information
 two registers late, load_next one, the in-flight flags. Set SPATTEN_SEED to fix the seed."""
@@ -11,7 +11,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig
-from spatten.hw.pv_accumulate import Accumulators
+from spatten.hw.attention.pv_accumulate import Accumulators
 from spatten.sim.infra.amaranth_tb import to_py
 from spatten.sim.infra.testbench import pick_seed
 

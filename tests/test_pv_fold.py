@@ -1,7 +1,7 @@
 # amaranth: UnusedElaboratable=no
-"""The fold register and the output register of prob x V (`hw/pv_fold.py`,
-`hw/pv_output.py`), together (the output register's controls are the fold register's): queries
-of every d, with and without renorm, arriving as early as F allows, a model of the
+"""The fold register and the output register of prob x V (`hw/attention/pv_fold.py`,
+`hw/attention/pv_output.py`), together (the output register's controls are the fold register's):
+queries of every d, with and without renorm, arriving as early as F allows, a model of the
 renormalisation lane (results of the test's choosing) and of the reciprocal (ready after a
 random delay), random backpressure on ``o``. Checked: every beat (folded and rounded columns,
 or the lane's results, zeros above d, psum) in order; the columns the lane reads; F's hand-over
@@ -15,9 +15,9 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import Out
 
 from spatten.config import AttentionConfig
-from spatten.hw.pv_common import output_layout
-from spatten.hw.pv_fold import FoldRegister
-from spatten.hw.pv_output import OutputRegister
+from spatten.hw.attention.pv_common import output_layout
+from spatten.hw.attention.pv_fold import FoldRegister
+from spatten.hw.attention.pv_output import OutputRegister
 from spatten.sim.infra.amaranth_tb import run_streams
 from spatten.sim.infra.testbench import pick_seed
 
@@ -30,8 +30,8 @@ CONFIGS = {
 
 
 class FoldAndOutput(wiring.Component):
-    """`FoldRegister` feeding `OutputRegister` as in `hw.pv.ProbV`; the fold register's inputs
-    and the output register's lane inputs are left to the testbench."""
+    """`FoldRegister` feeding `OutputRegister` as in `hw.attention.pv.ProbV`; the fold register's
+    inputs and the output register's lane inputs are left to the testbench."""
 
     def __init__(self, cfg, p_sum_bits):
         self.fold = FoldRegister(config=cfg, p_sum_bits=p_sum_bits)

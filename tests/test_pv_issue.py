@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The front of prob x V (`hw/pv_issue.py`).
+"""The front of prob x V (`hw/attention/pv_issue.py`).
 
 `PairRuns`: queries of random kept pairs (junk in the lanes above the count, junk d_log2 and
 renorm on later beats) under random input gaps and output backpressure; every beat's words,
@@ -15,8 +15,8 @@ import pytest
 from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig
-from spatten.hw.pv_common import MIN_D_LOG2, ProbVSizes
-from spatten.hw.pv_issue import PairRuns, WordIssue
+from spatten.hw.attention.pv_common import MIN_D_LOG2, ProbVSizes
+from spatten.hw.attention.pv_issue import PairRuns, WordIssue
 from spatten.sim.infra.amaranth_tb import run_streams, to_py
 from spatten.sim.infra.testbench import pick_seed
 

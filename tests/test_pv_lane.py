@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The renormalisation lane of prob x V (`hw/pv_lane.py`) with its multipliers (as `ProbV`
+"""The renormalisation lane of prob x V (`hw/attention/pv_lane.py`) with its multipliers (as `ProbV`
 gives them): queries of every d with random kept probabilities and V rows (extremes, zero
 sums, the narrow accumulators of the pipeline), started back to back and after gaps; every
 column's result bit for bit `golden.attention.pv(renorm=True)`, exactly `pv_lane_depth` cycles
@@ -14,7 +14,7 @@ from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig
 from spatten.golden.attention import pv
-from spatten.hw.pv_lane import RenormLane
+from spatten.hw.attention.pv_lane import RenormLane
 from spatten.sim.infra.testbench import pick_seed
 
 CONFIGS = {
@@ -29,7 +29,7 @@ CONFIGS = {
 
 
 class LaneWithMultipliers(RenormLane):
-    """`RenormLane` with its partial-product multipliers, as `hw.pv.ProbV` has them."""
+    """`RenormLane` with its partial-product multipliers, as `hw.attention.pv.ProbV` has them."""
 
     def elaborate(self, platform):
         m = super().elaborate(platform)
@@ -38,7 +38,7 @@ class LaneWithMultipliers(RenormLane):
 
 
 def reciprocal(cfg, psum: int) -> tuple[int, int]:
-    """(recip, leading zeros) of `hw.recip.Reciprocal` as prob x V uses it."""
+    """(recip, leading zeros) of `hw.common.recip.Reciprocal` as prob x V uses it."""
     PW, PB = cfg.psum_width, cfg.prob_bits
     lz = PW - psum.bit_length()
     m = (psum << lz) >> (PW - PB)

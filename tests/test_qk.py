@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The Q.K array (`hw/qk.py`) against `golden.attention.qk` and `golden.qk_cycles`.
+"""The Q.K array (`hw/attention/qk.py`) against `golden.attention.qk` and `golden.qk_cycles`.
 
 Amaranth-simulator tests drive `sim.tb_qk.QKTop` (the array with its K buffer) cycle by cycle:
 every d of a small and of the default config, n = 1 / not a multiple of g or S / the most keys
@@ -20,8 +20,15 @@ from amaranth.sim import Simulator
 from spatten.config import AttentionConfig, TopKConfig, preset
 from spatten.golden.attention import qk as golden_qk
 from spatten.golden.qk_cycles import qk_cycle_model, qk_latency, qk_query_cycles, qk_schedule
-from spatten.hw.qk import PACK_LATENCY, DotPacker, QKArray, QKIssue, k_depth, output_fifo_depth
-from spatten.hw.qk import qk_latency as hw_qk_latency
+from spatten.hw.attention.qk import (
+    PACK_LATENCY,
+    DotPacker,
+    QKArray,
+    QKIssue,
+    k_depth,
+    output_fifo_depth,
+)
+from spatten.hw.attention.qk import qk_latency as hw_qk_latency
 from spatten.sim.infra.amaranth_tb import run_streams
 from spatten.sim.infra.testbench import run_testbench
 from spatten.sim.testbenches.tb_qk import QKTop, expected_beats, k_words

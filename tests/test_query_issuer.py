@@ -1,8 +1,8 @@
 # amaranth: UnusedElaboratable=no
-"""The query pipeline's issuer (`hw/query_issuer.py`): the passes of a run's queries in the order
-`golden.progressive.issue_order` gives (one full pass each without progressive quantization),
-each with its query's data, tag and precision, under random gaps on ``q``, random backpressure
-on ``passes`` and ``in_flight`` and decisions that come late; full passes wait for
+"""The query pipeline's issuer (`hw/attention/query_issuer.py`): the passes of a run's queries in
+the order `golden.progressive.issue_order` gives (one full pass each without progressive
+quantization), each with its query's data, tag and precision, under random gaps on ``q``, random
+backpressure on ``passes`` and ``in_flight`` and decisions that come late; full passes wait for
 ``lsb_ready`` and ask for it; a bad run's queries are swallowed; ``start`` clears the run.
 Set SPATTEN_SEED to fix the seed."""
 
@@ -13,7 +13,7 @@ from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig
 from spatten.golden.progressive import issue_order
-from spatten.hw.query_issuer import RING, QueryIssuer, query_layout
+from spatten.hw.attention.query_issuer import RING, QueryIssuer, query_layout
 from spatten.sim.infra.amaranth_tb import run_streams, to_py
 from spatten.sim.infra.testbench import pick_seed
 

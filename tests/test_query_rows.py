@@ -1,5 +1,5 @@
-"""The core's Q row ring (hw/query_rows.py) in the Amaranth simulator with a model reader: each
-query's row is asked for once (its head's plane, one run of one row into the next ring slot),
+"""The core's Q row ring (hw/memory/query_rows.py) in the Amaranth simulator with a model reader:
+each query's row is asked for once (its head's plane, one run of one row into the next ring slot),
 rows leave in query order with their job's slot and last flag, at most ``q_slots`` are in the
 ring, a head outside the group is fetched as head 0 and flagged, a refused job's queries are
 dropped; a fetched row at the ring's head is offered `ROW_READY_LATENCY` cycle after its
@@ -11,8 +11,8 @@ import random
 import pytest
 
 from spatten.config import AttentionConfig, Config, MemoryConfig
-from spatten.hw.job_slots import SlotState, slot_layout
-from spatten.hw.query_rows import ROW_READY_LATENCY, QueryRows
+from spatten.hw.memory.job_slots import SlotState, slot_layout
+from spatten.hw.memory.query_rows import ROW_READY_LATENCY, QueryRows
 from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))

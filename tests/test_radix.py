@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The radix-select core (`hw/radix.py`) in the Amaranth simulator, one component at a time,
+"""The radix-select core (`hw/topk/radix.py`) in the Amaranth simulator, one component at a time,
 against Python models: the intake's checks and counts, the reader (rows, lane flags, gating,
 injected rows), the digit histogram, the bin select (whole selections digit by digit), the tie
 counter, the threshold compare and the tie breaker; under random input gaps and output
@@ -16,7 +16,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from spatten.hw.radix import (
+from spatten.hw.topk.radix import (
     BIN_SELECT_LATENCY,
     COMPARE_LATENCY,
     HISTOGRAM_LATENCY,

@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""The top-k engine's digits at fixed places (`hw/radix_feed.py`) in the Amaranth simulator: the
-candidate filter against a model on random rows (one digit, one lane, all keys equal); the
+"""The top-k engine's digits at fixed places (`hw/topk/radix_feed.py`) in the Amaranth simulator:
+the candidate filter against a model on random rows (one digit, one lane, all keys equal); the
 survivor feed (candidate rows shifted up a digit, or kept rows) under random input gaps and
 output backpressure, combinational (FEED_LATENCY); bad parameters. Set SPATTEN_SEED to change
 the seed."""
@@ -13,7 +13,7 @@ from amaranth import ClockDomain, Module
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from spatten.hw.radix_feed import FEED_LATENCY, FixedDigitFilter, SurvivorFeed
+from spatten.hw.topk.radix_feed import FEED_LATENCY, FixedDigitFilter, SurvivorFeed
 from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))

@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The moments of the top-k engine's statistical mode (`hw/radix_moments.py`) in the Amaranth
+"""The moments of the top-k engine's statistical mode (`hw/topk/radix_moments.py`) in the Amaranth
 simulator: the sum and the sum of squares of random beats with gaps, exactly ``latency`` cycles
 after each beat, in every cycle; lanes not ok count as zero; extreme values at full capacity; a
 second run after ``clear``; one lane; bad parameters. Set SPATTEN_SEED to change the seed."""
@@ -10,7 +10,7 @@ import random
 import pytest
 from amaranth.sim import Simulator
 
-from spatten.hw.radix_moments import Moments
+from spatten.hw.topk.radix_moments import Moments
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 
@@ -124,7 +124,7 @@ def test_statistical_mode(lanes, width, capacity):
 
     from spatten.config import TopKConfig
     from spatten.golden.stat_threshold import stat_threshold_from_values
-    from spatten.hw.radix_moments import StatisticalMode
+    from spatten.hw.topk.radix_moments import StatisticalMode
 
     seed = SEED + lanes + width
     print("seed", seed)
@@ -177,6 +177,6 @@ def test_statistical_mode(lanes, width, capacity):
 
 
 def test_statistical_mode_bad_config():
-    from spatten.hw.radix_moments import StatisticalMode
+    from spatten.hw.topk.radix_moments import StatisticalMode
     with pytest.raises(TypeError, match="config must be a TopKConfig"):
         StatisticalMode(config={"lanes": 4})

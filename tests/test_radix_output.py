@@ -1,10 +1,10 @@
 # amaranth: UnusedElaboratable=no
-"""The top-k engine's output (`hw/radix_output.py`) and compaction path (`hw/radix_compactor.py`)
-in the Amaranth simulator: packed (key, index) beats become (index, value) beats (the sign
-flipped back, lanes above count zero), the empty packet on request; keep-flagged rows become
-full beats of the kept elements in order; random input gaps and output backpressure; exact
-latencies (OUTPUT_LATENCY, compactor_latency); one lane; extreme values; bad parameters. Set
-SPATTEN_SEED to change the seed."""
+"""The top-k engine's output (`hw/topk/radix_output.py`) and compaction path
+(`hw/topk/radix_compactor.py`) in the Amaranth simulator: packed (key, index) beats become (index,
+value) beats (the sign flipped back, lanes above count zero), the empty packet on request;
+keep-flagged rows become full beats of the kept elements in order; random input gaps and output
+backpressure; exact latencies (OUTPUT_LATENCY, compactor_latency); one lane; extreme values; bad
+parameters. Set SPATTEN_SEED to change the seed."""
 
 import os
 import random
@@ -12,8 +12,8 @@ import random
 import pytest
 from amaranth import unsigned
 
-from spatten.hw.radix_compactor import Compactor, compactor_latency
-from spatten.hw.radix_output import OUTPUT_LATENCY, ValueOutput
+from spatten.hw.topk.radix_compactor import Compactor, compactor_latency
+from spatten.hw.topk.radix_output import OUTPUT_LATENCY, ValueOutput
 from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))

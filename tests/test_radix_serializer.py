@@ -1,8 +1,9 @@
 # amaranth: UnusedElaboratable=no
-"""Value pruning's serializer (`hw/radix_serializer.py`) in the Amaranth simulator: flagged rows
-of P keys in, their kept keys out as (index, key) pairs S a beat, lowest lane first; random input
-gaps and output backpressure; rows that keep none, all, one; one lane; S = P; the beat formed in
-the cycle the row is presented (latency 0); bad parameters. Set SPATTEN_SEED to change the seed."""
+"""Value pruning's serializer (`hw/topk/radix_serializer.py`) in the Amaranth simulator: flagged
+rows of P keys in, their kept keys out as (index, key) pairs S a beat, lowest lane first; random
+input gaps and output backpressure; rows that keep none, all, one; one lane; S = P; the beat formed
+in the cycle the row is presented (latency 0); bad parameters. Set SPATTEN_SEED to change the
+seed."""
 
 import os
 import random
@@ -10,7 +11,7 @@ import random
 import pytest
 from amaranth import unsigned
 
-from spatten.hw.radix_serializer import SERIALIZER_LATENCY, KeptSerializer
+from spatten.hw.topk.radix_serializer import SERIALIZER_LATENCY, KeptSerializer
 from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))

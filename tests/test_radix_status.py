@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The top-k engine's run status (`hw/radix_status.py`) in the Amaranth simulator: runs of
+"""The top-k engine's run status (`hw/topk/radix_status.py`) in the Amaranth simulator: runs of
 random length with idle cycles, a selection that ends early or with the run, output beats;
 every counter and flag against a model of the contract, STATUS_LATENCY after each event; one
 lane; bad parameters. Set SPATTEN_SEED to change the seed."""
@@ -10,7 +10,7 @@ import random
 import pytest
 from amaranth.sim import Simulator
 
-from spatten.hw.radix_status import STATUS_LATENCY, RunStatus
+from spatten.hw.topk.radix_status import STATUS_LATENCY, RunStatus
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
 

@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The top-k engine's candidate writer (`hw/radix_writer.py`) in the Amaranth simulator: two
+"""The top-k engine's candidate writer (`hw/topk/radix_writer.py`) in the Amaranth simulator: two
 candidate passes announced ahead, their packed beats written row by row into B and C (with the
 progress the next pass reads behind: ``written`` a cycle after each write, ``complete`` after the
 last), every other beat passed on to ``o``; random input gaps and output backpressure; one lane;
@@ -11,7 +11,7 @@ import random
 import pytest
 from amaranth import unsigned
 
-from spatten.hw.radix_writer import WRITER_LATENCY, CandidateWriter
+from spatten.hw.topk.radix_writer import WRITER_LATENCY, CandidateWriter
 from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))

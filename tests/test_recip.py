@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The shared reciprocal (`hw/recip.py`) against its formula in exact rationals: exhaustively
+"""The shared reciprocal (`hw/common/recip.py`) against its formula in exact rationals: exhaustively
 for small widths, on edge and random values at the widths of the softmax and of prob x V; exact
 latency and one-at-a-time occupancy; random input gaps and output backpressure (nothing lost,
 duplicated or reordered, the result held while stalled); bad parameters. Set SPATTEN_SEED to fix
@@ -13,7 +13,7 @@ import pytest
 from amaranth.hdl import Shape, signed, unsigned
 
 from spatten.config import AttentionConfig
-from spatten.hw.recip import Reciprocal
+from spatten.hw.common.recip import Reciprocal
 from spatten.sim.infra.amaranth_tb import run_streams
 from spatten.sim.infra.testbench import pick_seed
 

@@ -8,7 +8,7 @@ import random
 import pytest
 from amaranth.hdl import unsigned
 
-from spatten.hw.rowstream import Narrow, Widen
+from spatten.hw.common.rowstream import Narrow, Widen
 from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))
@@ -83,7 +83,7 @@ def test_bad_parameters():
 
 @pytest.mark.parametrize("gap,stall", [(0.0, 0.0), (0.3, 0.5), (0.0, 0.7)])
 def test_fork_every_copy_once(gap, stall):
-    from spatten.hw.rowstream import Fork
+    from spatten.hw.common.rowstream import Fork
 
     seed = SEED + int(stall * 10)
     print("seed", seed)

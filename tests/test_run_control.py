@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""The query pipeline's run control (`hw/run_control.py`): a good run (registers sampled as it
-starts and held, every result out with its tag and ``last`` on the final one, the counters)
+"""The query pipeline's run control (`hw/attention/run_control.py`): a good run (registers sampled
+as it starts and held, every result out with its tag and ``last`` on the final one, the counters)
 under random gaps on the results and backpressure on ``o``; every bad register with its error
 code, the drain and the single error beat; a load beyond the buffer; loads before runs.
 Set SPATTEN_SEED to fix the seed."""
@@ -11,7 +11,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig
-from spatten.hw.run_control import ErrorCode, RunControl, RunState, run_registers
+from spatten.hw.attention.run_control import ErrorCode, RunControl, RunState, run_registers
 from spatten.sim.infra.amaranth_tb import run_streams, to_py
 from spatten.sim.infra.testbench import pick_seed
 

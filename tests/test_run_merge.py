@@ -1,5 +1,5 @@
-"""The V reader's run merge (hw/run_merge.py) in the Amaranth simulator, with a model reader that
-finishes each run a few cycles after taking it: every run of both sources reaches the reader
+"""The V reader's run merge (hw/memory/run_merge.py) in the Amaranth simulator, with a model reader
+that finishes each run a few cycles after taking it: every run of both sources reaches the reader
 once, in each source's order, with its own plane and half; demand runs go first when both are
 offered; ``write_upper`` is the half of the run being finished and the in-flight flags count each
 source's runs in the reader; under random gaps and backpressure (`RUNS_IN_FLIGHT` bounds them)."""
@@ -10,7 +10,7 @@ import random
 import pytest
 
 from spatten.config import AttentionConfig, Config
-from spatten.hw.run_merge import RUNS_IN_FLIGHT, RunMerge
+from spatten.hw.memory.run_merge import RUNS_IN_FLIGHT, RunMerge
 from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))

@@ -1,4 +1,4 @@
-"""The index-buffer scans (hw/scan.py) in the Amaranth simulator: `SlotScan` reads a slot's
+"""The index-buffer scans (hw/memory/scan.py) in the Amaranth simulator: `SlotScan` reads a slot's
 survivors back from its half of the index buffer and gives the runs of consecutive tokens
 (`golden.dram_image.coalesce`) at positions 0, 1, ... of the job, the preferred slot first when
 both want a scan, reads no further than the intake has written, stops at a bad list, reports
@@ -16,8 +16,8 @@ from amaranth.lib.wiring import In
 
 from spatten.config import AttentionConfig, Config
 from spatten.golden.dram_image import buffer_runs
-from spatten.hw.job_slots import slot_layout
-from spatten.hw.scan import SCAN_START_LATENCY, SlotScan
+from spatten.hw.memory.job_slots import slot_layout
+from spatten.hw.memory.scan import SCAN_START_LATENCY, SlotScan
 from spatten.sim.infra.amaranth_tb import run_streams
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))

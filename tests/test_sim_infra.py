@@ -242,7 +242,7 @@ def test_cli_context():
 def test_dead_always_guard_matches_the_trap():
     """The emitted-Verilog guard of `emit_verilog`: an `always @*` whose only statement puts a
     constant into part of a signal (it never runs in Icarus, stays unset in Verilator; found in
-    hw/core.py's Q-row command) is caught; ordinary blocks are not."""
+    hw/memory/core.py's Q-row command) is caught; ordinary blocks are not."""
     from spatten.sim.infra.runner import _DEAD_ALWAYS
 
     trap = ("  always @*\n    \\cmd__payload$162 [22:16] = 7'h01;\n"

@@ -11,7 +11,7 @@ import random
 import pytest
 from amaranth.hdl import unsigned
 
-from spatten.hw.skid import SkidBuffer
+from spatten.hw.common.skid import SkidBuffer
 from spatten.sim.infra.amaranth_tb import run_streams
 from spatten.sim.infra.formal import check_stream_rules, formal_tools_missing
 

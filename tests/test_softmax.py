@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""The streaming softmax (`hw/softmax.py`) against `golden.attention.softmax`, bit for bit, and
-against its cycle model (`golden.softmax_cycles`), cycle for cycle when nothing stalls.
+"""The streaming softmax (`hw/attention/softmax.py`) against `golden.attention.softmax`, bit for
+bit, and against its cycle model (`golden.softmax_cycles`), cycle for cycle when nothing stalls.
 
 Amaranth's simulator: edge rows, random and realistic rows, extreme score parameters, back-to-back
 rows of different lengths, random input gaps, output backpressure and a late ``row`` consumer,
@@ -22,7 +22,7 @@ from amaranth.sim import Simulator
 from spatten.config import AttentionConfig
 from spatten.golden.attention import ScoreParams, score_params, softmax
 from spatten.golden.softmax_cycles import softmax_cycle_model, softmax_interval, softmax_latency
-from spatten.hw.softmax import Softmax
+from spatten.hw.attention.softmax import Softmax
 from spatten.sim.testbenches.tb_softmax import beats_of, cycle_errors, softmax_selftest
 
 SEED = int(os.environ.get("SPATTEN_SEED", "2021"))

@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The softmax's e-bank ring (`hw/softmax_banks.py`): rows claimed, summed, given their
+"""The softmax's e-bank ring (`hw/attention/softmax_banks.py`): rows claimed, summed, given their
 reciprocal, taken by the normalise pass and released, with random delays between the phases and
 random backpressure on ``sums`` (one row at a time, as the reciprocal takes them) and ``rows``;
 every row's figures arrive in order and intact, no
@@ -11,8 +11,8 @@ import random
 import pytest
 
 from spatten.config import AttentionConfig
-from spatten.hw.softmax_banks import EBankRing
-from spatten.hw.softmax_common import E_BANKS
+from spatten.hw.attention.softmax_banks import EBankRing
+from spatten.hw.attention.softmax_common import E_BANKS
 from spatten.sim.infra.amaranth_tb import run_streams
 from spatten.sim.infra.testbench import pick_seed
 

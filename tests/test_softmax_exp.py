@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The softmax's exp pass (`hw/softmax_exp.py`).
+"""The softmax's exp pass (`hw/attention/softmax_exp.py`).
 
 `ExpReader`: rows taken with their e bank under random row gaps and claim backpressure; every
 row's beats read back to back, in order, from the right bank, with the right side information;
@@ -16,8 +16,8 @@ from amaranth.sim import Simulator
 
 from spatten.config import AttentionConfig
 from spatten.golden.attention import ScoreParams, softmax
-from spatten.hw.softmax_common import E_BANKS, bank_depth
-from spatten.hw.softmax_exp import ExpPipeline, ExpReader, exp_rom
+from spatten.hw.attention.softmax_common import E_BANKS, bank_depth
+from spatten.hw.attention.softmax_exp import ExpPipeline, ExpReader, exp_rom
 from spatten.sim.infra.amaranth_tb import run_streams, to_py
 from spatten.sim.infra.testbench import pick_seed
 from spatten.sim.testbenches.unit_top import lane_beats

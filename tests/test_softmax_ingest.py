@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""The softmax's ingest (`hw/softmax_ingest.py`): good and error rows into the two score banks
-under random input gaps, descriptor backpressure and late bank releases; every descriptor and
+"""The softmax's ingest (`hw/attention/softmax_ingest.py`): good and error rows into the two score
+banks under random input gaps, descriptor backpressure and late bank releases; every descriptor and
 every bank's contents checked, a bank never written while it holds an unreleased row, the
 descriptor's latency exact. Set SPATTEN_SEED to fix the seed."""
 
@@ -11,7 +11,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
 from spatten.config import AttentionConfig
-from spatten.hw.softmax_ingest import ScoreIngest
+from spatten.hw.attention.softmax_ingest import ScoreIngest
 from spatten.sim.infra.amaranth_tb import run_streams
 from spatten.sim.infra.testbench import pick_seed
 from spatten.sim.testbenches.unit_top import lane_beats

@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The softmax's normalise pass and row output (`hw/softmax_norm.py`): rows of golden
+"""The softmax's normalise pass and row output (`hw/attention/softmax_norm.py`): rows of golden
 exponentials with their reciprocals, random row gaps, random backpressure on ``o`` and ``row``;
 every probability bit for bit `golden.attention.softmax`, beat structure and order kept, every
 ``row`` beat right (error rows too), the banks released at the last read, the latencies exact.
@@ -12,8 +12,8 @@ import pytest
 
 from spatten.config import AttentionConfig
 from spatten.golden.attention import ScoreParams, softmax
-from spatten.hw.softmax_common import E_BANKS, bank_depth
-from spatten.hw.softmax_norm import NormalisePass, RowOutput
+from spatten.hw.attention.softmax_common import E_BANKS, bank_depth
+from spatten.hw.attention.softmax_norm import NormalisePass, RowOutput
 from spatten.sim.infra.amaranth_tb import run_streams
 from spatten.sim.infra.testbench import pick_seed
 from spatten.sim.testbenches.unit_top import lane_beats

@@ -1,6 +1,6 @@
 """Statistical top-k threshold: golden model against float statistics and hand-worked edge cases;
-RTL (`hw.stat_threshold.StatThreshold`, Amaranth simulator) against the golden model, bit for bit
-and cycle for cycle.
+RTL (`hw.topk.stat_threshold.StatThreshold`, Amaranth simulator) against the golden model, bit for
+bit and cycle for cycle.
 
 Seeds: ``SPATTEN_SEED`` in the environment overrides the fixed default; every seeded test prints it.
 """
@@ -26,7 +26,7 @@ from spatten.golden.stat_threshold import (
     stat_threshold_from_values,
     widths,
 )
-from spatten.hw.stat_threshold import StatThreshold
+from spatten.hw.topk.stat_threshold import StatThreshold
 
 _z_table = lru_cache(maxsize=16)(z_table)
 SEED = int(os.environ.get("SPATTEN_SEED", "20210301"))

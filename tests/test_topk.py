@@ -62,7 +62,7 @@ def test_topk_without_statistical_mode(seed):
     import numpy as np
 
     from spatten.golden.topk import select
-    from spatten.hw.topk import Mode, TopK
+    from spatten.hw.topk.topk import Mode, TopK
     from spatten.sim.infra.amaranth_tb import run_streams
 
     cfg = preset("small").topk

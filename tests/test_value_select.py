@@ -1,9 +1,9 @@
 # amaranth: UnusedElaboratable=no
-"""The value-pruning selector (`hw/value_select.py`) against `golden.attention.value_select`:
-every kept (index, probability) pair of every row, in order, under random gaps and
-backpressure; bad rows give the empty packet and an error code, and the next row is fine; the
-cycle model (`golden.select_cycles`) exactly, for a row alone and for rows back to back; the
-status of back-to-back bad rows; bad parameters. cocotb runs (Verilator: small
+"""The value-pruning selector (`hw/attention/value_select.py`) against
+`golden.attention.value_select`: every kept (index, probability) pair of every row, in order, under
+random gaps and backpressure; bad rows give the empty packet and an error code, and the next row is
+fine; the cycle model (`golden.select_cycles`) exactly, for a row alone and for rows back to back;
+the status of back-to-back bad rows; bad parameters. cocotb runs (Verilator: small
 and default config; Icarus: small) repeat the checks through `sim/tb_value_select.py`."""
 
 import os
@@ -15,8 +15,8 @@ import pytest
 
 from spatten.config import AttentionConfig
 from spatten.golden.attention import value_select
-from spatten.hw.radix import RunError as ErrorCode
-from spatten.hw.value_select import ValueSelect
+from spatten.hw.attention.value_select import ValueSelect
+from spatten.hw.topk.radix import RunError as ErrorCode
 from spatten.sim.infra.amaranth_tb import run_streams
 from spatten.sim.infra.testbench import cfg_tag, run_testbench
 

@@ -9,7 +9,7 @@ from amaranth.hdl import signed, unsigned
 from amaranth.sim import Simulator
 
 from spatten.config import zero_eliminator_latency
-from spatten.hw.zero_elim import PrefixCount, ZeroEliminator
+from spatten.hw.common.zero_elim import PrefixCount, ZeroEliminator
 from spatten.sim.infra.amaranth_tb import run_streams
 
 ALL_LANES = (1, 2, 4, 8, 16, 32)

@@ -1,6 +1,6 @@
 """`spatten bench dram`'s cycle part: real head groups of MiniLM and SmolLM2 through the RTL of
-the memory side and the query pipeline (`hw.core.Core` behind the DRAM model, in cocotb), each
-checked against `golden.progressive.run_group` (outputs and DRAM bytes).
+the memory side and the query pipeline (`hw.memory.core.Core` behind the DRAM model, in cocotb),
+each checked against `golden.progressive.run_group` (outputs and DRAM bytes).
 
 Every group runs alone (one job in flight, the counters are its own) and then each model's groups
 run back to back (two in flight: the next group's fetch overlaps this one's compute), at each of

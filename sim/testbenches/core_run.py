@@ -1,4 +1,5 @@
-"""The memory side in simulation: `hw.core.Core` with the DRAM model of `sim/dram.py` behind it.
+"""The memory side in simulation: `hw.memory.core.Core` with the DRAM model of `sim/dram.py` behind
+it.
 
 `CoreTop` is the simulation top (DRAM model + core); `core_selftest` builds it for a
 configuration and runs the self-checking cocotb tests of `sim/tb_core.py` on Verilator.
@@ -30,7 +31,7 @@ class CoreTop(wiring.Component):
     ports ``dram_load``, ``dram_latency``, ... of this top."""
 
     def __init__(self, config: Config, *, depth_beats: int):
-        from spatten.hw.core import Core
+        from spatten.hw.memory.core import Core
 
         self.core = Core(config=config)
         mem = config.memory

@@ -1,5 +1,5 @@
-"""The query pipeline (`hw/attention.py`) in cocotb: its testbench, and the runs of its RTL
-that the benchmarks use.
+"""The query pipeline (`hw/attention/attention.py`) in cocotb: its testbench, and the runs of its
+RTL that the benchmarks use.
 
 `attention_selftest(cfg, sim=, seed=)` runs the self-checking tests below
 (tests/test_attention.py); `run_attention(cfg, jobs)` runs jobs (`job_from_arrays`) and returns,
@@ -24,7 +24,7 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from spatten.config import AttentionConfig, MemoryConfig
 from spatten.golden import attention as golden
-from spatten.hw.attention import (
+from spatten.hw.attention.attention import (
     Attention,
     ErrorCode,
     load_layout,
@@ -32,7 +32,7 @@ from spatten.hw.attention import (
     query_layout,
     row_info_layout,
 )
-from spatten.hw.rowstream import row_layout
+from spatten.hw.common.rowstream import row_layout
 
 from ..infra.bench import UnitBench, tb_config
 from ..infra.runner import CocotbResult

@@ -1,4 +1,4 @@
-"""cocotb testbench of the memory side (`hw/core.py` behind the DRAM model), run by
+"""cocotb testbench of the memory side (`hw/memory/core.py` behind the DRAM model), run by
 `sim/core_run.py`.
 
 Each job is one head group: a DRAM image (`golden.dram_image`) loaded through the model's
@@ -26,9 +26,9 @@ from spatten.config import AttentionConfig, Config, MemoryConfig
 from spatten.golden import attention as golden
 from spatten.golden.dram_image import ImageLayout, build_image
 from spatten.golden.progressive import TENSORS, group_planes, run_group, tau_fixed
-from spatten.hw.attention import output_layout, row_info_layout
-from spatten.hw.core import CoreError, job_layout, query_cmd_layout, survivor_layout
-from spatten.hw.rowstream import row_layout
+from spatten.hw.attention.attention import output_layout, row_info_layout
+from spatten.hw.common.rowstream import row_layout
+from spatten.hw.memory.core import CoreError, job_layout, query_cmd_layout, survivor_layout
 
 from ..infra.bench import UnitBench
 from ..infra.streams import with_timeout
@@ -150,7 +150,7 @@ def make_group(rng, *, n_stored, m_rows, d, spread=1.5):
 
 def job_desc(grp, n, *, k_v=None, renorm=False, tau=None, fill="mid", bases=None,
              d_log2=None):
-    """The job descriptor (`hw.core.job_layout`) of one head group of `make_group`."""
+    """The job descriptor (`hw.memory.core.job_layout`) of one head group of `make_group`."""
     lay = grp["layout"]
     planes = group_planes(lay, 0, 0)
     b = bases or {}

@@ -1,4 +1,4 @@
-"""The prob x V array (`hw/pv.py`) with its V buffer, and its cocotb testbench.
+"""The prob x V array (`hw/attention/pv.py`) with its V buffer, and its cocotb testbench.
 
 `PvTop(config, init=None)` is the design under test of both the Amaranth-simulator tests and the
 cocotb tests (`tests/test_pv.py`): the `ProbV` array plus the V buffer (a `lib.memory.Memory` of
@@ -38,7 +38,7 @@ from amaranth.lib.wiring import In, Out
 
 from spatten.config import AttentionConfig
 from spatten.golden.pv_cycles import pv_schedule
-from spatten.hw.pv import ProbV, input_layout, output_layout, v_depth, v_word_layout
+from spatten.hw.attention.pv import ProbV, input_layout, output_layout, v_depth, v_word_layout
 
 from ..infra.bench import UnitBench, report, tb_config
 from .unit_top import BufferedUnitTop, random_elements, words_of

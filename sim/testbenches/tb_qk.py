@@ -1,4 +1,4 @@
-"""The Q.K array (`hw/qk.py`) with its K buffer, and its cocotb testbench.
+"""The Q.K array (`hw/attention/qk.py`) with its K buffer, and its cocotb testbench.
 
 `QKTop(config, init=None)` is the design under test of both the Amaranth-simulator tests and the
 cocotb tests (`tests/test_qk.py`): the `QKArray` plus the K buffer (a `lib.memory.Memory` of
@@ -31,7 +31,7 @@ from amaranth.lib.wiring import In, Out
 from spatten.config import AttentionConfig
 from spatten.golden.attention import qk as golden_qk
 from spatten.golden.qk_cycles import qk_cycle_model
-from spatten.hw.qk import QKArray, dots_layout, k_word_layout, q_layout
+from spatten.hw.attention.qk import QKArray, dots_layout, k_word_layout, q_layout
 
 from ..infra.bench import UnitBench, report, tb_config
 from .unit_top import BufferedUnitTop, lane_beats, words_of

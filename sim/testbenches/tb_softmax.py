@@ -1,4 +1,4 @@
-"""The streaming softmax (`hw/softmax.py`) and its cocotb testbench.
+"""The streaming softmax (`hw/attention/softmax.py`) and its cocotb testbench.
 
 `SoftmaxTop(config)` is the design under test on Verilator: the `Softmax` with its run-time
 registers carried in the input stream, so that a stream driver can change them row by row:
@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 from spatten.config import AttentionConfig
 from spatten.golden.attention import softmax as golden_softmax
 from spatten.golden.softmax_cycles import softmax_cycle_model
-from spatten.hw.softmax import Softmax, dots_layout, probs_layout, row_info_layout
+from spatten.hw.attention.softmax import Softmax, dots_layout, probs_layout, row_info_layout
 
 from ..infra.bench import UnitBench, cycle_now, report, tb_config
 from ..infra.runner import CocotbResult

@@ -1,4 +1,4 @@
-"""The top-k engine (`hw/topk.py`) in cocotb: its testbench, and the runs of its RTL that the
+"""The top-k engine (`hw/topk/topk.py`) in cocotb: its testbench, and the runs of its RTL that the
 command line, the demo and the benchmarks use.
 
 `topk_selftest(cfg, sim=, seed=)` runs the self-checking tests below (tests/test_topk.py);
@@ -23,7 +23,7 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from spatten.config import TopKConfig
 from spatten.golden import topk as golden
-from spatten.hw.topk import ErrorCode, Mode, TopK, input_layout, output_layout
+from spatten.hw.topk.topk import ErrorCode, Mode, TopK, input_layout, output_layout
 
 from ..infra.bench import UnitBench, report, tb_config
 from ..infra.runner import CocotbResult

@@ -1,4 +1,4 @@
-"""The value-pruning selector (`hw/value_select.py`) and its cocotb testbench.
+"""The value-pruning selector (`hw/attention/value_select.py`) and its cocotb testbench.
 
 `ValueSelectTop(config)` is the design under test on Verilator and Icarus: the `ValueSelect` with
 its ``k`` carried in the input stream, so that a stream driver can change it row by row, and
@@ -46,9 +46,9 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from spatten.config import AttentionConfig
 from spatten.golden.attention import value_select
 from spatten.golden.select_cycles import select_cycles
-from spatten.hw.radix import RunError as ErrorCode
-from spatten.hw.rowstream import row_layout
-from spatten.hw.value_select import ValueSelect, pair_layout
+from spatten.hw.attention.value_select import ValueSelect, pair_layout
+from spatten.hw.common.rowstream import row_layout
+from spatten.hw.topk.radix import RunError as ErrorCode
 
 from ..infra.bench import UnitBench, report, tb_config
 

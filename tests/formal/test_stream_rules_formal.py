@@ -14,8 +14,8 @@ from amaranth.hdl import Assume, Module, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from spatten.hw.packer import BeatPacker
-from spatten.hw.zero_elim import ZeroEliminator
+from spatten.hw.common.packer import BeatPacker
+from spatten.hw.common.zero_elim import ZeroEliminator
 from spatten.sim.infra.formal import (
     FormalFailure,
     check_stream_rules,

@@ -11,7 +11,7 @@ covers whole runs: several short runs end to end, errors and the statistical mod
 import pytest
 
 from spatten.config import TopKConfig
-from spatten.hw.topk import TopK
+from spatten.hw.topk.topk import TopK
 from spatten.sim.infra.formal import check_stream_rules, formal_tools_missing
 
 pytestmark = pytest.mark.skipif(formal_tools_missing() is not None,

@@ -33,7 +33,7 @@ from amaranth.hdl import (
 )
 from amaranth.lib import wiring
 
-from spatten.hw.zero_elim import ZeroEliminator
+from spatten.hw.common.zero_elim import ZeroEliminator
 from spatten.sim.infra.formal import FormalFailure, emit_rtlil, formal_tools_missing, run_sby
 
 pytestmark = pytest.mark.skipif(formal_tools_missing() is not None,
