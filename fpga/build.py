@@ -141,7 +141,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         name      design name (letters, digits, underscores): file names and report "top"
         out_dir   build folder, created if needed; not under the system temp folder
         seed      nextpnr placer seed (results move about 5% with it); None: the board's own
-        progress  show a spinner with the stage and elapsed time on stderr, then the table
+        progress  show the stage and elapsed time on stderr (`spatten.progress`: a live line
+                  on a terminal, a line per stage in a log), then the table
         config    `Config` giving the target clock (`target_mhz[board]`) and the report's
                   "config" name; default `Config()`
         config_name  the report's "config" name when no `config` is given (or to override it)
@@ -278,10 +279,11 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         worker.start()
         bar = None
         if progress:
-            from tqdm import tqdm
+            # one live line on a terminal; in a log, a line per stage (at most one a minute
+            # while it lasts), never a carriage return
+            from ..progress import progress as progress_display
 
-            bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr,
-                       desc=f"{b.name} {name}: elaborating", leave=True)
+            bar = progress_display(None, f"{b.name} {name}: elaborating")
         while worker.is_alive():
             worker.join(0.25)
             if bar is not None:
