@@ -242,9 +242,12 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         overrides["synth_opts"] = b.synth_opts
     if b.family == "ecp5":
         # Yosys 0.70 trips an internal assertion (rtlil.cc:3091, in ABC's re-integration) on the
-        # flattened harness + top-k engine; flattening and purging dangling wires before
-        # synth_ecp5 avoids it and changes nothing else.
-        overrides["script_after_read"] = f"hierarchy -top {name}\nflatten\nopt_clean -purge"
+        # flattened harness + top-k engine; flattening before synth_ecp5 avoids it. (The
+        # `opt_clean -purge` that followed never ran: Yosys skips a module that still holds
+        # processes, all of them before synth_ecp5's `proc`, and warned "Ignoring module topk
+        # because it contains processes". Without it the top-k netlist has 12884 LUT4 for
+        # 12886, the same flip-flops, carries, DSPs and block RAMs.)
+        overrides["script_after_read"] = f"hierarchy -top {name}\nflatten"
 
     env = tool_environment()
     if b.family == "ecp5":
