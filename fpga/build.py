@@ -287,10 +287,15 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
             from ..progress import progress as progress_display
 
             bar = progress_display(None, f"{b.name} {name}: elaborating")
+        stage = "elaborating"
         while worker.is_alive():
             worker.join(0.25)
             if bar is not None:
-                bar.set_description_str(f"{b.name} {name}: {_stage(out_dir, name, start)}")
+                now = _stage(out_dir, name, start)
+                # router1's progress table names no stage: still the placing or routing seen
+                if not (now == "nextpnr" and stage.startswith("nextpnr: ")):
+                    stage = now
+                bar.set_description_str(f"{b.name} {name}: {stage}")
         if bar is not None:
             bar.set_description_str(f"{b.name} {name}: {'failed' if failure else 'done'}",
                                     refresh=False)
