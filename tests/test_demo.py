@@ -8,6 +8,7 @@ import json
 import pytest
 
 import spatten.fpga.build
+import spatten.hw.tops
 import spatten.sim.runner
 import spatten.sim.topk_run
 from spatten import demo
@@ -39,7 +40,12 @@ def fake_tools(monkeypatch, tmp_path):
     """The demo with a golden engine and a build that reports `state["fmax"]` MHz."""
     state = {"fmax": 91.7, "run": _golden_run}
 
+    def make_top(top, config):
+        # a stand-in: an Amaranth component never elaborated warns (UnusedElaboratable)
+        return ("top", top, config.name)
+
     def emit_verilog(component, name, out_dir):
+        assert component == ("top", "topk", "default")
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{name}.v"
         path.write_text("module topk; endmodule\n")
@@ -47,8 +53,10 @@ def fake_tools(monkeypatch, tmp_path):
 
     def build(board, make_dut, *, name, out_dir, config, **_):
         assert board == "ulx3s-85f" and name == "topk" and config.name == "default"
+        assert make_dut() == ("top", "topk", "default")
         return _report(state["fmax"])
 
+    monkeypatch.setattr(spatten.hw.tops, "make_top", make_top)
     monkeypatch.setattr(spatten.sim.runner, "emit_verilog", emit_verilog)
     monkeypatch.setattr(spatten.sim.topk_run, "run_topk", lambda *a, **k: state["run"](*a, **k))
     monkeypatch.setattr(spatten.fpga.build, "build", build)
