@@ -38,7 +38,7 @@ verilog: $(STAMP) ## emit the Verilog of the top-k engine and the query pipeline
 	$(SPATTEN) verilog --top topk --config $(CONFIG)
 	$(SPATTEN) verilog --top attention --config $(CONFIG)
 
-test: $(STAMP) ## every test (pytest on JOBS=2 workers; 10-30 minutes)
+test: $(STAMP) ## every test (pytest on JOBS=2 workers; about 10 minutes on two free cores)
 	$(PY) -m spatten.sim.toolchain
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup tests
 
