@@ -17,17 +17,12 @@ export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: all setup icarus verilog test test-fast bench synth demo lint clean distclean help
 
-all: help
+all: help ## the same as make help
 
-help:
-	@echo "make demo     the main job: Verilog, the top-k engine in Verilator against the golden"
-	@echo "              model, the ULX3S-85F bitstream, a summary"
-	@echo "make test     every test (pytest on $(JOBS) workers)"
-	@echo "make bench    benchmarks: tables on the terminal, JSON and plots under build/bench"
-	@echo "make synth    bitstreams and Fmax/utilization reports for both boards"
-	@echo "make verilog  emit the Verilog of every unit into build/verilog"
-	@echo "make setup    create $(VENV) and install the project into it (done by the others);"
-	@echo "              as root with apt-get, also Icarus Verilog (the Debian package iverilog)"
+# `make help` lists every target that has a "## description" after its prerequisites
+help: ## this list
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z-]+:.*## / {printf "make %-10s %s\n", $$1, $$2}' \
+		$(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,7 +35,7 @@ $(STAMP): pyproject.toml
 # Icarus Verilog, the second simulator of the cocotb tests, is not on PyPI: the Debian package
 # iverilog, installed when this runs as root where apt-get exists (CI, fresh machines); else one
 # line says why its tests will be skipped (pytest's summary names them).
-icarus:
+icarus: ## Icarus Verilog (apt-get as root), the second simulator of the cocotb tests
 	@mkdir -p build; \
 	if command -v iverilog >/dev/null && command -v vvp >/dev/null; then :; \
 	elif [ "$$(id -u)" != 0 ]; then \
@@ -54,39 +49,39 @@ icarus:
 	  echo "apt-get install iverilog failed (build/apt-iverilog.log): the Icarus tests will be skipped"; \
 	fi
 
-setup: $(STAMP) icarus
+setup: $(STAMP) icarus ## create .venv and install the project into it (the other targets do it)
 
-verilog: $(STAMP)
+verilog: $(STAMP) ## emit the Verilog of the top-k engine and the query pipeline into build/verilog
 	$(SPATTEN) verilog --top topk --config $(CONFIG)
 	$(SPATTEN) verilog --top attention --config $(CONFIG)
 
-test: $(STAMP) icarus
+test: $(STAMP) icarus ## every test (pytest on JOBS=2 workers)
 	$(PY) -m spatten.tools
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup tests
 
-test-fast: $(STAMP) icarus
+test-fast: $(STAMP) icarus ## the tests without FPGA builds and without the slow ones (marked slow)
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not synth and not slow" tests
 
-bench: $(STAMP)
+bench: $(STAMP) ## benchmarks: tables on the terminal, JSON and plots under build/bench
 	$(SPATTEN) bench topk
 	$(SPATTEN) bench attention
 	$(SPATTEN) bench dram --error-trigger
 
-synth: $(STAMP)
+synth: $(STAMP) ## bitstreams and Fmax/utilization reports for both boards (build/synth)
 	$(SPATTEN) synth --board ulx3s-85f --top topk --config default
 	$(SPATTEN) synth --board icebreaker --top topk --config small
 	# the query pipeline at the default configuration, fed as the fetch unit feeds it (about
 	# 15 minutes; the placement and seed of the routed build in the README, "ECP5-85F")
 	$(SPATTEN) synth --board ulx3s-85f --top attention_fed --router router2 --placer static --seed 1
 
-demo: $(STAMP)
+demo: $(STAMP) ## the main job: Verilog, top-k RTL vs golden in Verilator, ULX3S-85F bitstream
 	$(SPATTEN) demo
 
-lint: $(STAMP)
+lint: $(STAMP) ## ruff on every Python file; fails on any finding
 	$(PY) -m ruff check .
 
-clean:
-	rm -rf build/verilog build/sim build/bench build/synth build/formal
+clean: ## remove what the targets wrote under build/, except the compiled YoWASP tools
+	test ! -d build || find build -mindepth 1 -maxdepth 1 ! -name yowasp-cache -exec rm -rf {} +
 
-distclean:
+distclean: ## remove build/ (compiled tools included) and .venv
 	rm -rf build $(VENV) *.egg-info

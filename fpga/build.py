@@ -141,7 +141,8 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         name      design name (letters, digits, underscores): file names and report "top"
         out_dir   build folder, created if needed; not under the system temp folder
         seed      nextpnr placer seed (results move about 5% with it); None: the board's own
-        progress  show a spinner with the stage and elapsed time on stderr, then the table
+        progress  show the stage and elapsed time on stderr (`spatten.progress`: a live line
+                  on a terminal, a line per stage in a log), then the table
         config    `Config` giving the target clock (`target_mhz[board]`) and the report's
                   "config" name; default `Config()`
         config_name  the report's "config" name when no `config` is given (or to override it)
@@ -241,9 +242,12 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         overrides["synth_opts"] = b.synth_opts
     if b.family == "ecp5":
         # Yosys 0.70 trips an internal assertion (rtlil.cc:3091, in ABC's re-integration) on the
-        # flattened harness + top-k engine; flattening and purging dangling wires before
-        # synth_ecp5 avoids it and changes nothing else.
-        overrides["script_after_read"] = f"hierarchy -top {name}\nflatten\nopt_clean -purge"
+        # flattened harness + top-k engine; flattening before synth_ecp5 avoids it. (The
+        # `opt_clean -purge` that followed never ran: Yosys skips a module that still holds
+        # processes, all of them before synth_ecp5's `proc`, and warned "Ignoring module topk
+        # because it contains processes". Without it the top-k netlist has 12884 LUT4 for
+        # 12886, the same flip-flops, carries, DSPs and block RAMs.)
+        overrides["script_after_read"] = f"hierarchy -top {name}\nflatten"
 
     env = tool_environment()
     if b.family == "ecp5":
@@ -278,14 +282,20 @@ def build(board: str, make_dut, *, name: str, out_dir, seed: int | None = None,
         worker.start()
         bar = None
         if progress:
-            from tqdm import tqdm
+            # one live line on a terminal; in a log, a line per stage (at most one a minute
+            # while it lasts), never a carriage return
+            from ..progress import progress as progress_display
 
-            bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr,
-                       desc=f"{b.name} {name}: elaborating", leave=True)
+            bar = progress_display(None, f"{b.name} {name}: elaborating")
+        stage = "elaborating"
         while worker.is_alive():
             worker.join(0.25)
             if bar is not None:
-                bar.set_description_str(f"{b.name} {name}: {_stage(out_dir, name, start)}")
+                now = _stage(out_dir, name, start)
+                # router1's progress table names no stage: still the placing or routing seen
+                if not (now == "nextpnr" and stage.startswith("nextpnr: ")):
+                    stage = now
+                bar.set_description_str(f"{b.name} {name}: {stage}")
         if bar is not None:
             bar.set_description_str(f"{b.name} {name}: {'failed' if failure else 'done'}",
                                     refresh=False)

@@ -42,9 +42,9 @@ def _cos_rows(a, b):
 
 
 def _progress(total, desc):
-    from tqdm import tqdm
+    from spatten.progress import progress  # a live line on a terminal, few lines in a log
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return progress(total, desc)
 
 
 def accuracy(cfg_name: str = "default", texts=None) -> dict:

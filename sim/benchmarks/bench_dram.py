@@ -252,9 +252,9 @@ def _group(cfg: Config, s: Setting, tally: _Tally, layer: int, k, v, q: list, qu
 
 
 def _progress(total, desc):
-    from tqdm import tqdm
+    from spatten.progress import progress  # a live line on a terminal, few lines in a log
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return progress(total, desc)
 
 
 def _cos(a, b) -> float:

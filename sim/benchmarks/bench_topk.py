@@ -43,9 +43,9 @@ def draw(rng, dist: str, n: int, cfg) -> np.ndarray:
 
 
 def _progress(total, desc):
-    from tqdm import tqdm
+    from spatten.progress import progress  # a live line on a terminal, few lines in a log
 
-    return tqdm(total=total, desc=desc, unit="point", leave=False, dynamic_ncols=True)
+    return progress(total, desc, unit="point")
 
 
 def measure(*, trials: int, seed: int, sim: str, stat_trials: int | None = None) -> dict:
