@@ -1,6 +1,6 @@
-"""`spatten bench dram` (sim/benchmarks/bench_dram.py) on its --quick path: one short text per model, taus
-0, 0.2 and 1 (1 refetches every row), one threshold of the error trigger. About 15 s on one
-core, most of it loading SmolLM2; the SmolLM2 checks are skipped without its weights."""
+"""`spatten bench dram` (sim/benchmarks/bench_dram.py) on its --quick path: one short text per
+model, taus 0, 0.2 and 1 (1 refetches every row), one threshold of the error trigger. About 15 s
+on one core, most of it loading SmolLM2; the SmolLM2 checks are skipped without its weights."""
 
 import json
 

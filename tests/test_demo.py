@@ -58,7 +58,8 @@ def fake_tools(monkeypatch, tmp_path):
 
     monkeypatch.setattr(spatten.hw.tops, "make_top", make_top)
     monkeypatch.setattr(spatten.sim.infra.runner, "emit_verilog", emit_verilog)
-    monkeypatch.setattr(spatten.sim.testbenches.tb_topk, "run_topk", lambda *a, **k: state["run"](*a, **k))
+    monkeypatch.setattr(spatten.sim.testbenches.tb_topk, "run_topk",
+                        lambda *a, **k: state["run"](*a, **k))
     monkeypatch.setattr(spatten.fpga.build, "build", build)
     return state, tmp_path
 
