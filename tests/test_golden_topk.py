@@ -6,8 +6,7 @@ import pytest
 
 from spatten.config import TopKConfig, preset
 from spatten.golden import topk as g
-
-SEED = 2021
+from spatten.sim.infra.testbench import pick_seed
 
 
 def brute(values, k):
@@ -21,8 +20,7 @@ def brute(values, k):
 @pytest.mark.parametrize("cfg", [preset("default").topk, preset("small").topk,
                                  TopKConfig(lanes=1, value_width=5, capacity=40, digit_bits=2)])
 def test_select_matches_brute_force(cfg):
-    rng = np.random.default_rng(SEED)
-    print("seed", SEED)
+    rng = np.random.default_rng(pick_seed())
     for trial in range(300):
         n = int(rng.integers(1, min(cfg.capacity, 200) + 1))
         k = int(rng.integers(0, n + 1))
@@ -65,7 +63,7 @@ def test_errors(values, k, msg):
 
 def test_statistical_selects_about_k():
     cfg = preset("default").topk
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(pick_seed())
     for k in (64, 256, 512):
         v = np.clip(np.round(rng.normal(0, 3000, 1024)), -32768, 32767).astype(int)
         res = g.select_statistical(cfg, v, k)
@@ -77,7 +75,7 @@ def test_cycle_model_meets_target():
     """Mean selection cycles at n=1024, k=256, P=16 on uniform 16-bit values: at most 1.5 n/P
     (the issue's target); the random-pivot model on the same inputs sits near the paper's 3.7."""
     cfg = preset("default").topk
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(pick_seed())
     sel, rnd = [], []
     for _ in range(50):
         v = rng.integers(-32768, 32768, 1024)
@@ -98,5 +96,5 @@ def test_cycle_model_structure():
 
 
 def test_random_pivot_model_terminates_on_ties():
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(pick_seed())
     assert g.random_pivot_cycles(np.zeros(100, int), 50, 16, rng) == 7 + 3
