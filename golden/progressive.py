@@ -122,15 +122,17 @@ class GroupResult:
         return out
 
 
-def issue_order(refetch: list) -> list:
-    """The issue order of passes for queries with the given refetch decisions (lookahead one)."""
+def issue_order(refetch: list, ahead: int = DEFAULT.attention.issue_ahead) -> list:
+    """The issue order of passes for queries with the given refetch decisions: `ahead` MSB
+    passes (`AttentionConfig.issue_ahead`), then after each decision its F pass (if refetched)
+    and the next M pass."""
     m = len(refetch)
-    order = [("M", j) for j in range(min(m, 2))]
+    order = [("M", j) for j in range(min(m, ahead))]
     for j in range(m):
         if refetch[j]:
             order.append(("F", j))
-        if j + 2 < m:
-            order.append(("M", j + 2))
+        if j + ahead < m:
+            order.append(("M", j + ahead))
     return order
 
 
@@ -215,7 +217,7 @@ def run_group(cfg: AttentionConfig | Config, planes: GroupPlanes, k, v, q, survi
         passes = [("F", j) for j in range(m)]
     else:
         refetch = [bool(pm < tau_q) for pm in p_max_msb]
-        passes = issue_order(refetch)
+        passes = issue_order(refetch, cfg.issue_ahead)
         if any(refetch):
             reqs["k_lsb"] = requests_for(planes.k_lsb, surv, B, burst)
 

@@ -286,6 +286,13 @@ class AttentionConfig:
         one K word holds all the keys of the beat, see `golden.qk_cycles.qk_schedule`)."""
         return self.qk_read_latency + 1
 
+    @property
+    def issue_ahead(self) -> int:
+        """Progressive quantization: the MSB passes issued before the first refetch decision is
+        acted on (the issuer runs one query ahead: M0 M1 [F0] M2 [F1] ...); the RTL's query
+        issuer and `golden.progressive.issue_order` both follow it."""
+        return 2
+
     def exp_table(self) -> list[int]:
         """round(2**16 * 2**(-f / 2**y_frac_bits)) for every fraction f: the exponent ROM."""
         size = 1 << self.y_frac_bits

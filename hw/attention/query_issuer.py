@@ -14,6 +14,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
 
 from spatten.config import AttentionConfig
 
@@ -118,6 +119,7 @@ class QueryIssuer(wiring.Component):
         rd_pend, rd_full = Signal(), Signal()
         rd_tag = Signal(TAG_BITS)
         rd_addr = Signal(range(RING))
+        ring_bits = exact_log2(RING)   # a counter's low bits address the ring
         m.d.comb += qr.addr.eq(rd_addr)
         iq_v, iq_full = Signal(), Signal()
         iq_tag = Signal(TAG_BITS)
@@ -143,7 +145,7 @@ class QueryIssuer(wiring.Component):
             # that the ring's write enable, which reaches every LUT-RAM cell of the ring,
             # comes from a short path)
             m.d.comb += [self.q.ready.eq(~q_last_seen & (occ < RING)),
-                         qw.addr.eq(q_in[:2]), qw.data.eq(self.q.payload.data)]
+                         qw.addr.eq(q_in[:ring_bits]), qw.data.eq(self.q.payload.data)]
             with m.If(self.q.valid & self.q.ready):
                 m.d.comb += [qw.en.eq(1), q_wr.eq(1)]
                 m.d.sync += q_in.eq(q_in + 1)
@@ -153,14 +155,14 @@ class QueryIssuer(wiring.Component):
             free = Signal()
             m.d.comb += free.eq(~rd_pend & ~iq_v)
             with m.If(self.pq):
-                # M(j + 2) goes before the decision of query j + 1 is acted on (and waits
-                # for query j + 2 to arrive, unless the run has no such query)
+                # M(j + ahead) goes before the decision of query j + 1 is acted on (and
+                # waits for that query to arrive, unless the run has no such query)
                 m_due = Signal()
-                m.d.comb += m_due.eq((m_ahead < 2) & ~(q_last_seen & ~m_waiting))
+                m.d.comb += m_due.eq((m_ahead < cfg.issue_ahead) & ~(q_last_seen & ~m_waiting))
                 with m.If(m_due):
                     with m.If(free & m_waiting):
                         m.d.sync += [rd_pend.eq(1), rd_full.eq(0), rd_tag.eq(m_next),
-                                     rd_addr.eq(m_next[:2]), m_next.eq(m_next + 1)]
+                                     rd_addr.eq(m_next[:ring_bits]), m_next.eq(m_next + 1)]
                         m.d.comb += m_inc.eq(1)
                 with m.Elif(dec.valid):
                     with m.If(dec.payload[0]):
@@ -168,7 +170,7 @@ class QueryIssuer(wiring.Component):
                         with m.If(free & self.lsb_ready):
                             m.d.comb += dec.ready.eq(1)
                             m.d.sync += [rd_pend.eq(1), rd_full.eq(1), rd_tag.eq(f_next),
-                                         rd_addr.eq(f_next[:2]), f_next.eq(f_next + 1)]
+                                         rd_addr.eq(f_next[:ring_bits]), f_next.eq(f_next + 1)]
                             m.d.comb += f_inc.eq(1)
                     with m.Else():
                         m.d.comb += [dec.ready.eq(1), f_inc.eq(1)]
@@ -178,7 +180,7 @@ class QueryIssuer(wiring.Component):
                     m.d.comb += self.lsb_needed.eq(~self.lsb_ready)
                     with m.If(self.lsb_ready):
                         m.d.sync += [rd_pend.eq(1), rd_full.eq(1), rd_tag.eq(m_next),
-                                     rd_addr.eq(m_next[:2]), m_next.eq(m_next + 1)]
+                                     rd_addr.eq(m_next[:ring_bits]), m_next.eq(m_next + 1)]
                         m.d.comb += m_inc.eq(1)
             # the ring's occupancy follows the counters it stands for
             m.d.sync += occ.eq(occ + q_wr - Mux(self.pq, f_inc, m_inc))
