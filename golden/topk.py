@@ -233,13 +233,14 @@ def cycle_model(cfg: TopKConfig, values, k: int, mode: str = "exact") -> dict:
     src_keys = keys                          # what the next pass reads, in buffer order
     src_written = None                       # write cycle of each row of that buffer (None: A)
     for p in range(1, L):                    # candidate passes: histogram digit L-1-p
-        fdig, fbin = L - p, tr.passes[p - 1].bin
+        # the pass keeps the keys whose digit `filter_digit` is the bin the last pass chose
+        filter_digit, filter_bin = L - p, tr.passes[p - 1].bin
         rows = -(-src_keys.size // P)
         x, reads = s, []
         for r in range(rows):
             x = x + 1 if src_written is None else max(x + 1, src_written[r] + 1)
             reads.append(x)
-        match = ((src_keys >> (fdig * D)) & ((1 << D) - 1)) == fbin
+        match = ((src_keys >> (filter_digit * D)) & ((1 << D) - 1)) == filter_bin
         counts = [int(match[r * P:(r + 1) * P].sum()) for r in range(rows)]
         src_written = _packer_writes(counts, [x_r + 3 + 1 + lz + 1 for x_r in reads], P)
         src_keys = src_keys[match]

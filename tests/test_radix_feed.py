@@ -33,17 +33,18 @@ def test_filter(key_width, digit_bits, lanes):
             keys = [rng.randrange(1 << KW) for _ in range(lanes)]
             if trial % 5 == 0:
                 keys = [keys[0]] * lanes              # all keys equal
-            ok, filtering, fbin = rng.randrange(1 << lanes), rng.randrange(2), rng.randrange(1 << D)
+            ok, filtering = rng.randrange(1 << lanes), rng.randrange(2)
+            filter_bin = rng.randrange(1 << D)
             if trial % 3 == 0:
-                fbin = keys[0] >> (KW - D)            # a bin that some keys are in
+                filter_bin = keys[0] >> (KW - D)            # a bin that some keys are in
             ctx.set(dut.keys, keys)
             ctx.set(dut.lane_ok, ok)
             ctx.set(dut.filtering, filtering)
-            ctx.set(dut.filter_bin, fbin)
+            ctx.set(dut.filter_bin, filter_bin)
             for lane, k in enumerate(keys):
                 top = k >> (KW - D)
                 second = (k >> (KW - 2 * D)) & ((1 << D) - 1) if KW > D else top
-                in_bin = top == fbin or KW == D
+                in_bin = top == filter_bin or KW == D
                 assert ctx.get(dut.match) >> lane & 1 == int(
                     bool(ok >> lane & 1) and (not filtering or in_bin))
                 assert ctx.get(dut.digits[lane]) == (second if filtering else top)
