@@ -207,8 +207,12 @@ def summary(build: Path = Path("build")) -> str:
                             + fmt.format(ref["quality"][metric]).split(" ", 1)[1] + ") |")
     for r in _synth_reports(build):
         src = (r.get("source") or {}).get("commit", "not recorded")
+        # one placer seed is one sample of the placement: the row says which, so that a target
+        # met is read as met at that seed, not as met (the median of seeds is a later campaign's)
+        seed = r.get("seed", "?")
         rows.append(f"| [FPGA build]({doc}#fpga-builds) | {r.get('top')} ({r.get('config')}) "
-                    f"on {r.get('board')}, built from {src} | {_fmax_cell(r)} |")
+                    f"on {r.get('board')}, one placer seed ({seed}), built from {src} | "
+                    f"{_fmax_cell(r)} |")
     if not rows:
         return "(nothing measured yet: run `make bench` and `make synth`, then `spatten results " \
                "--update`)"

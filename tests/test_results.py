@@ -12,7 +12,8 @@ def _synth(tmp_path, name, achieved, target, routed=True):
     d.mkdir(parents=True)
     d.joinpath("report.json").write_text(json.dumps({
         "board": "ulx3s-85f", "top": name, "config": "default", "routed": routed,
-        "target_mhz": target, "fmax_mhz": {"sync": {"achieved": achieved, "constraint": target}},
+        "target_mhz": target, "seed": 3,
+        "fmax_mhz": {"sync": {"achieved": achieved, "constraint": target}},
         "utilization": {"TRELLIS_COMB": {"used": 10, "available": 83640}},
         "source": {"commit": "0123456789ab", "modified": False}}))
 
@@ -32,7 +33,7 @@ def test_fmax_met_and_missed(tmp_path):
     rows = {line.split("|")[2].split()[0]: line for line in summary(tmp_path).splitlines()[2:]}
     assert rows["topk"].endswith("| 101.3 MHz against 100: met |")
     assert rows["attention_fed"].endswith("| 60.3 MHz against 100: **missed** |")
-    assert "built from 0123456789ab" in rows["topk"]
+    assert "one placer seed (3), built from 0123456789ab" in rows["topk"]
 
 
 def test_not_routed_is_missed(tmp_path):
