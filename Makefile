@@ -70,8 +70,9 @@ bench: $(STAMP) ## benchmarks: tables on the terminal, JSON and plots under buil
 synth: $(STAMP) ## bitstreams and Fmax/utilization reports for both boards (build/synth)
 	$(SPATTEN) synth --board ulx3s-85f --top topk --config default
 	$(SPATTEN) synth --board icebreaker --top topk --config small
-	# the query pipeline at the default configuration, fed as the fetch unit feeds it (about
-	# 15 minutes; the placement and seed of the routed build in the README, "ECP5-85F")
+	# the query pipeline at the default configuration, fed as the fetch unit feeds it (15-30
+	# minutes; the placement and seed in the README, "On the ECP5-85F"; at this commit router2
+	# stalls on it and the build reports it as not routed)
 	$(SPATTEN) synth --board ulx3s-85f --top attention_fed --router router2 --placer static --seed 1
 
 demo: $(STAMP) ## the main job: Verilog, top-k RTL vs golden in Verilator, ULX3S-85F bitstream
